@@ -35,18 +35,20 @@ Status info_safetensors(const InfoOptions& opt) {
     return {};
 }
 
-}  // namespace
-
-void register_info(CLI::App& app, std::vector<std::pair<CLI::App*, CommandRunner>>& runners) {
+std::pair<CLI::App*, CommandRunner> setup_info(CLI::App& app) {
     auto opt = std::make_shared<InfoOptions>();
     CLI::App* sub = app.add_subcommand("info", "Describe a model folder or a .safetensors file");
     sub->add_option("path", opt->path, "diffusers pipeline folder or .safetensors file")->required();
     sub->add_flag("--json", opt->json, "print JSON instead of a table");
-    runners.emplace_back(sub, [opt]() -> Status {
-        if (!std::filesystem::exists(opt->path))
-            return make_error(ErrorCode::NOT_FOUND, opt->path, ": no such file or folder");
-        return info_safetensors(*opt);
-    });
+    return {sub, [opt]() -> Status {
+                if (!std::filesystem::exists(opt->path))
+                    return make_error(ErrorCode::NOT_FOUND, opt->path, ": no such file or folder");
+                return info_safetensors(*opt);
+            }};
 }
+
+SD3_COMMAND(90, setup_info);
+
+}  // namespace
 
 }  // namespace sd3::tools

@@ -1,20 +1,35 @@
-// The subcommand table and the shared error-to-exit-code path.
+// The subcommand registry and the shared error-to-exit-code path.
 #include "tools/commands.h"
+
+#include <algorithm>
+#include <map>
 
 #include "core/log.h"
 
 namespace sd3::tools {
 
 namespace {
-std::vector<std::pair<CLI::App*, CommandRunner>> g_runners;
+std::multimap<int, CommandSetup>& setups() {
+    static std::multimap<int, CommandSetup> s;
+    return s;
+}
+std::vector<std::pair<CLI::App*, CommandRunner>>& runners() {
+    static std::vector<std::pair<CLI::App*, CommandRunner>> r;
+    return r;
+}
+}  // namespace
+
+bool add_command(int order, CommandSetup setup) {
+    setups().emplace(order, std::move(setup));
+    return true;
 }
 
 void register_commands(CLI::App& app) {
-    register_info(app, g_runners);
+    for (auto& [order, setup] : setups()) runners().push_back(setup(app));
 }
 
 int run_selected(CLI::App& app) {
-    for (auto& [sub, run] : g_runners) {
+    for (auto& [sub, run] : runners()) {
         if (!sub->parsed()) continue;
         const Status s = run();
         if (s.ok()) return 0;

@@ -1,22 +1,25 @@
-// Subcommands of sd3tune. Each registers its options on the CLI11 app and runs through the library;
-// none holds model logic. A failing command prints its Status and exits 1; bad usage exits 2 (CLI11's code).
+// Subcommands of sd3tune. Each tools/cmd_*.cpp registers itself with SD3_COMMAND; none holds model logic.
+// A failing command prints its Status and exits 1; bad usage exits 2 (CLI11's code for parse errors).
 #pragma once
 
 #include <CLI/CLI.hpp>
 #include <functional>
+#include <memory>
 
 #include "core/status.h"
 
 namespace sd3::tools {
 
 using CommandRunner = std::function<Status()>;
+// Adds a subcommand's options to `app` and returns it with the function that runs it once parsed.
+using CommandSetup = std::function<std::pair<CLI::App*, CommandRunner>(CLI::App& app)>;
 
-// Adds every subcommand to `app`.
+bool add_command(int order, CommandSetup setup);
 void register_commands(CLI::App& app);
-// Runs the subcommand the user chose; returns the process exit code.
 int run_selected(CLI::App& app);
 
-// Per-command registration, one per tools/cmd_*.cpp.
-void register_info(CLI::App& app, std::vector<std::pair<CLI::App*, CommandRunner>>& runners);
-
 }  // namespace sd3::tools
+
+// At namespace scope in a cmd_*.cpp: SD3_COMMAND(10, setup_fn); the order sets where --help lists it.
+#define SD3_COMMAND(order, setup) \
+    static const bool SD3_CONCAT(sd3_command_registered_, __LINE__) = ::sd3::tools::add_command(order, setup)

@@ -1,0 +1,36 @@
+// Tensor-level numeric operations: check shapes and dtypes, allocate the result on the input's device, and call
+// the backend (ops/cpu/ today; ops/cuda/ launchers take the same raw arguments). Models and nn/ blocks call
+// these, never a backend directly, so one model code path serves every device.
+// All tensors are float32 and contiguous unless a function says otherwise.
+#pragma once
+
+#include "core/tensor.h"
+#include "ops/cpu/cpu_ops.h"
+
+namespace sd3::ops {
+
+using cpu::Activation;
+
+// x [..., K] · w[N, K]ᵀ + b[N] -> [..., N]; b may be undefined.
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b = {});
+// LayerNorm over the last dimension; w and b may be undefined (no affine).
+Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps);
+// RMSNorm over the last dimension; w may be undefined.
+Tensor rms_norm(const Tensor& x, const Tensor& w, float eps);
+// GroupNorm of x [B, C, H, W] with affine w, b [C].
+Tensor group_norm(const Tensor& x, const Tensor& w, const Tensor& b, int64_t groups, float eps);
+// Conv2d of x [B, Cin, H, W] with w [Cout, Cin, kh, kw], b [Cout] (may be undefined).
+Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& b, int64_t stride, int64_t pad);
+Tensor activation(const Tensor& x, Activation act);
+// Multi-head attention: q [B, Tq, H*D], k and v [B, Tk, H*D] -> [B, Tq, H*D]; bias [H, Tq, Tk] may be undefined.
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, float scale, bool causal = false,
+                 const Tensor& bias = {});
+
+// Element-wise, same shapes (b may also broadcast as described).
+Tensor add(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor scale(const Tensor& a, float s);
+// Concatenation along dimension `dim`.
+Tensor cat(const std::vector<Tensor>& parts, int dim);
+
+}  // namespace sd3::ops
