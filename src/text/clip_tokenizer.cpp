@@ -125,6 +125,30 @@ void ClipTokenizer::Impl::encode_word(const std::string& bytes, std::vector<int3
     }
 }
 
+// The ByteLevel pre-tokenizer (use_regex: true) splits each CLIP piece again with GPT-2's regex
+//   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+// CLIP pieces hold no whitespace, so this only matters for mixed pieces: "<|endoftext|>" typed in another case
+// reaches the BPE as "<|", "endoftext", "|>".
+template <typename Fn>
+void split_byte_level(std::u32string_view t, Fn&& emit) {
+    static const std::u32string kContractions[] = {U"'s", U"'t", U"'re", U"'ve", U"'m", U"'ll", U"'d"};
+    auto kind = [](char32_t c) { return unicode::is_letter(c) ? 0 : unicode::is_number(c) ? 1 : 2; };
+    size_t i = 0;
+    while (i < t.size()) {
+        size_t len = 0;
+        if (t[i] == U'\'')
+            for (const auto& s : kContractions)
+                if (t.compare(i, s.size(), s) == 0) { len = s.size(); break; }
+        if (len == 0) {
+            const int k = kind(t[i]);
+            len = 1;
+            while (i + len < t.size() && kind(t[i + len]) == k) ++len;
+        }
+        emit(t.substr(i, len));
+        i += len;
+    }
+}
+
 // CLIP's pre-tokenizing regex, applied to normalized text (research doc 7.1.3; tokenization_clip.py):
 //   <\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+
 // Alternatives are tried in order at each position; whitespace matches none and is dropped.
@@ -162,9 +186,11 @@ void ClipTokenizer::Impl::encode_normalized(std::u32string_view t, std::vector<i
             ++i;
             continue;
         }
-        piece.clear();
-        for (size_t k = i; k < i + len; ++k) unicode::append_utf8(piece, t[k]);
-        encode_word(piece, out);
+        split_byte_level(t.substr(i, len), [&](std::u32string_view sub) {
+            piece.clear();
+            for (char32_t ch : sub) unicode::append_utf8(piece, ch);
+            encode_word(piece, out);
+        });
         i += len;
     }
 }
