@@ -2,6 +2,7 @@
 // and TextEncoders, which loads and releases the three encoders one at a time.
 #include "infer/prompt_encoding.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "core/check.h"
@@ -123,30 +124,67 @@ Result<Tensor> TextEncoders::encode_t5(const Tensor& ids) const {
     return t5_->forward(ids);
 }
 
+namespace {
+
+// Ids of `which` encoder for prompts [i0, i1) stacked on the batch axis, when they have one length; else undefined.
+Tensor stack_ids(const std::vector<PromptTokens>& prompts, size_t i0, size_t i1, Tensor PromptTokens::*which) {
+    std::vector<Tensor> parts;
+    for (size_t i = i0; i < i1; ++i) {
+        const Tensor& t = prompts[i].*which;
+        if (t.dim() != 2 || (!parts.empty() && t.size(1) != parts[0].size(1)) || t.dtype() != (prompts[i0].*which).dtype())
+            return Tensor();
+        parts.push_back(t);
+    }
+    return parts.size() == 1 ? parts[0] : ops::cat(parts, 0);
+}
+
+}  // namespace
+
 Result<std::vector<PromptEmbeds>> TextEncoders::encode_tokens(const std::vector<PromptTokens>& prompts,
                                                               bool with_clip_skip) {
     const size_t n = prompts.size();
     std::vector<ClipEmbeds> l(n), g(n);
     std::vector<Tensor> t(n);
     const int skip = with_clip_skip ? options_.clip_skip : 0;
+    const size_t chunk = static_cast<size_t>(std::max(1, options_.batch_size));
+    // Runs encoder `id` on prompts [i0, i1) as one batch and stores each prompt's rows.
+    auto run = [&](TextEncoderId id, size_t i0, size_t i1, const Tensor& ids) -> Status {
+        std::vector<int64_t> rows;  // first batch row of each prompt
+        int64_t at = 0;
+        for (size_t i = i0; i < i1; ++i) {
+            rows.push_back(at);
+            at += (id == TextEncoderId::CLIP_L ? prompts[i].clip_l : id == TextEncoderId::CLIP_G ? prompts[i].clip_g
+                                                                                                 : prompts[i].t5)
+                      .size(0);
+        }
+        rows.push_back(at);
+        if (id == TextEncoderId::T5) {
+            SD3_ASSIGN_OR_RETURN(Tensor h, encode_t5(ids));  // [b, L, D_t5]
+            for (size_t i = i0; i < i1; ++i) t[i] = h.slice(0, rows[i - i0], rows[i - i0 + 1]);
+        } else {
+            SD3_ASSIGN_OR_RETURN(ClipEmbeds e, encode_clip(id, ids, skip));
+            for (size_t i = i0; i < i1; ++i) {
+                ClipEmbeds& dst = id == TextEncoderId::CLIP_L ? l[i] : g[i];
+                dst.hidden = e.hidden.slice(0, rows[i - i0], rows[i - i0 + 1]);
+                dst.pooled = e.pooled.slice(0, rows[i - i0], rows[i - i0 + 1]);
+            }
+        }
+        return {};
+    };
     // One encoder at a time; an encoder this call loads is released once every prompt has gone through it.
     for (TextEncoderId id : {TextEncoderId::CLIP_L, TextEncoderId::CLIP_G, TextEncoderId::T5}) {
+        Tensor PromptTokens::*which = id == TextEncoderId::CLIP_L   ? &PromptTokens::clip_l
+                                      : id == TextEncoderId::CLIP_G ? &PromptTokens::clip_g
+                                                                    : &PromptTokens::t5;
         const bool was_loaded = is_loaded(id);
         SD3_TRY(load(id));
-        for (size_t i = 0; i < n; ++i) {
-            switch (id) {
-                case TextEncoderId::CLIP_L: {
-                    SD3_ASSIGN_OR_RETURN(l[i], encode_clip(id, prompts[i].clip_l, skip));
-                    break;
-                }
-                case TextEncoderId::CLIP_G: {
-                    SD3_ASSIGN_OR_RETURN(g[i], encode_clip(id, prompts[i].clip_g, skip));
-                    break;
-                }
-                case TextEncoderId::T5: {
-                    SD3_ASSIGN_OR_RETURN(t[i], encode_t5(prompts[i].t5));
-                    break;
-                }
+        for (size_t i0 = 0; i0 < n; i0 += chunk) {
+            const size_t i1 = std::min(n, i0 + chunk);
+            const Tensor ids = stack_ids(prompts, i0, i1, which);
+            if (ids.defined()) {
+                SD3_TRY(run(id, i0, i1, ids));
+            } else {  // lengths differ: one prompt at a time
+                for (size_t i = i0; i < i1; ++i) SD3_TRY(run(id, i, i + 1, prompts[i].*which));
             }
         }
         if (!was_loaded) release(id);

@@ -24,6 +24,7 @@ struct TextEncoderOptions {
     T5LoadOptions t5;                 // T5's weight format (default int8, as the reference trains)
     int max_sequence_length = 256;    // T5 tokens: 256 for generation (diffusers' default), 77 in the reference training
     int clip_skip = 0;                // 0 = hidden_states[-2], SD3's default; applied to the prompt, not the negative
+    int batch_size = 8;               // prompts per encoder forward in encode_tokens (rows are independent)
 };
 
 // One encoder's output for a batch of B prompts.

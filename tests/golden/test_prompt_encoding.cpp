@@ -185,5 +185,33 @@ TEST(PromptEncoding, LoadUseReleaseOneAtATime) {
     EXPECT_TRUE(all_close(b->hidden, a->hidden, 0, 0));
 }
 
+TEST(PromptEncoding, BatchedEqualsOneAtATime) {
+    // encode_tokens stacks prompts of one length into a batch; rows are independent, so batching changes nothing
+    // but GEMM blocking (float32 rounding, same bound as the golden tests). Prompt 3 gets a shorter T5 sequence,
+    // which forces the one-at-a-time fallback for its chunk.
+    const SafetensorsFile g = open_golden("tiny-a/text_encoders.safetensors");
+    std::vector<PromptTokens> prompts;
+    for (int i = 0; i < 6; ++i) prompts.push_back(golden_tokens(g, i));
+    prompts[3].t5 = prompts[3].t5.slice(1, 0, 20).contiguous();
+    const Component l = folder_component("text_encoder"), g2 = folder_component("text_encoder_2"),
+                    t5 = folder_component("text_encoder_3");
+    TextEncoders batched = make_encoders(T5WeightFormat::INT8_ROW, l, g2, t5);
+    TextEncoders single = make_encoders(T5WeightFormat::INT8_ROW, l, g2, t5);
+    auto a = batched.encode_tokens(prompts);
+    std::vector<PromptEmbeds> b;
+    for (const PromptTokens& p : prompts) {
+        auto r = single.encode_tokens({p});
+        ASSERT_TRUE(r.ok()) << r.status().message();
+        b.push_back((*r)[0]);
+    }
+    ASSERT_TRUE(a.ok()) << a.status().message();
+    for (int i = 0; i < 6; ++i) {
+        SCOPED_TRACE(str_cat("prompt ", i));
+        EXPECT_TRUE(all_close((*a)[i].prompt_embeds, b[i].prompt_embeds, kAtol, kRtol));
+        EXPECT_TRUE(all_close((*a)[i].pooled, b[i].pooled, kAtol, kRtol));
+    }
+    EXPECT_EQ((*a)[3].prompt_embeds.shape(), (Shape{1, 77 + 20, 64}));
+}
+
 }  // namespace
 }  // namespace sd3
