@@ -64,6 +64,13 @@ Result<TextEncoders> TextEncoders::create(const Component& clip_l, const Compone
     return te;
 }
 
+Result<TextEncoders> TextEncoders::open(const ModelFolder& model, const TextEncoderOptions& options) {
+    SD3_ASSIGN_OR_RETURN(const Component* l, model.require("text_encoder"));
+    SD3_ASSIGN_OR_RETURN(const Component* g, model.require("text_encoder_2"));
+    SD3_ASSIGN_OR_RETURN(const Component* t5, model.require("text_encoder_3"));
+    return create(*l, *g, *t5, options);
+}
+
 Status TextEncoders::load(TextEncoderId id) {
     if (is_loaded(id)) return {};
     const Component& c = comp_[static_cast<int>(id)];

@@ -53,6 +53,8 @@ class TextEncoders {
     // Keeps the three components (configs and weight sources) and parses their configs; loads no weights.
     static Result<TextEncoders> create(const Component& clip_l, const Component& clip_g, const Component& t5,
                                        const TextEncoderOptions& options = {});
+    // The same from a model's text_encoder, text_encoder_2 and text_encoder_3 components.
+    static Result<TextEncoders> open(const ModelFolder& model, const TextEncoderOptions& options = {});
 
     Status load(TextEncoderId id);  // no-op when already loaded
     void release(TextEncoderId id);  // frees the encoder's weights; load() brings them back

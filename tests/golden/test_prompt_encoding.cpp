@@ -213,5 +213,27 @@ TEST(PromptEncoding, BatchedEqualsOneAtATime) {
     EXPECT_EQ((*a)[3].prompt_embeds.shape(), (Shape{1, 77 + 20, 64}));
 }
 
+TEST(PromptEncoding, OpensFromModelFolder) {
+    auto model = ModelFolder::open(tiny_path("model"));
+    ASSERT_TRUE(model.ok()) << model.status().message();
+    TextEncoderOptions opt;
+    opt.t5.format = T5WeightFormat::F32;
+    auto te = TextEncoders::open(model.value(), opt);
+    ASSERT_TRUE(te.ok()) << te.status().message();
+    EXPECT_EQ(te->clip_config(TextEncoderId::CLIP_G).act, cpu::Activation::GELU_ERF);
+    EXPECT_EQ(te->t5_config().d_model, 64);
+    const SafetensorsFile g = open_golden("tiny-a/text_encoders.safetensors");
+    auto out = te->encode_tokens({golden_tokens(g, 4)});
+    ASSERT_TRUE(out.ok()) << out.status().message();
+    EXPECT_TRUE(all_close((*out)[0].prompt_embeds, golden_tensor(g, "4.sd3.prompt_embeds"), kAtol, kRtol));
+    // A model without its T5 cannot be encoded: the error names the missing part.
+    ModelFolder partial;
+    for (const Component& c : model->components())
+        if (c.name != "text_encoder_3") partial.add_component(c);
+    auto bad = TextEncoders::open(partial, opt);
+    ASSERT_FALSE(bad.ok());
+    EXPECT_NE(bad.status().message().find("text_encoder_3"), std::string::npos) << bad.status().message();
+}
+
 }  // namespace
 }  // namespace sd3
