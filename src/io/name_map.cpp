@@ -238,9 +238,10 @@ bool match_pattern(std::string_view pattern, std::string_view name, int count, c
         }
         if (ph && ph->rest) {
             if (n >= ns.size()) return false;
-            std::string rest;
-            for (; n < ns.size(); ++n) rest += (rest.empty() ? "" : ".") + std::string(ns[n]);
-            caps[std::string(ph->name)] = rest;
+            // The remaining segments are the tail of `name`, dots included.
+            const size_t offset = static_cast<size_t>(ns[n].data() - name.data());
+            caps[std::string(ph->name)] = std::string(name.substr(offset));
+            n = ns.size();
             return true;
         }
         if (n >= ns.size()) return false;
