@@ -447,6 +447,22 @@ Component default_scheduler() {
     return c;
 }
 
+// The scheduler config a file written by `sd3tune convert` keeps in its metadata, else SD3's default.
+Result<Component> scheduler_from(const std::string& file) {
+    Component c = default_scheduler();
+    auto f = SafetensorsFile::open(file);
+    if (!f.ok()) return c;
+    auto it = f->metadata().find(std::string(kConfigMetaPrefix) + "scheduler");
+    if (it == f->metadata().end()) return c;
+    c.config = nlohmann::json::parse(it->second, nullptr, false);
+    if (c.config.is_discarded() || !c.config.is_object() || !c.config.contains("_class_name") ||
+        !c.config["_class_name"].is_string())
+        return make_error(ErrorCode::CORRUPT_FILE, file, ": metadata ", it->first, " is not a scheduler config");
+    c.class_name = c.config["_class_name"];
+    c.config_path = str_cat(file, " (__metadata__ ", it->first, ")");
+    return c;
+}
+
 void put(std::vector<Component>& comps, Component c, ModelOrigin& origin, const std::string& why) {
     for (Component& have : comps)
         if (have.name == c.name) {
@@ -488,8 +504,9 @@ Result<ModelFolder> open_model(const ModelSpec& spec, ModelOrigin* origin_out) {
         for (Component& c : toks) put(comps, std::move(c), origin, str_cat("--tokenizers ", spec.tokenizers));
     }
     if (std::none_of(comps.begin(), comps.end(), [](const Component& c) { return c.name == "scheduler"; })) {
-        comps.push_back(default_scheduler());
-        origin.notes.push_back("scheduler: SD3 default (FlowMatchEulerDiscreteScheduler, shift 3.0)");
+        SD3_ASSIGN_OR_RETURN(Component sched, scheduler_from(spec.model));
+        origin.notes.push_back(str_cat("scheduler: ", sched.config_path));
+        comps.push_back(std::move(sched));
     }
     auto rank = [](const Component& c) { return std::find(kSD3Components.begin(), kSD3Components.end(), c.name) - kSD3Components.begin(); };
     std::stable_sort(comps.begin(), comps.end(), [&](const Component& a, const Component& b) { return rank(a) < rank(b); });

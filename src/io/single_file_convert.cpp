@@ -89,6 +89,10 @@ Status write_single_file(const ModelFolder& model, const std::string& output) {
     std::map<std::string, std::string> metadata;
     std::vector<std::string> skipped;
     for (const Component& c : model.components()) {
+        if (c.name == "scheduler") {  // tiny, and needed to convert back losslessly
+            metadata[std::string(kConfigMetaPrefix) + c.name] = c.config.dump();
+            continue;
+        }
         if (!c.weights) {
             skipped.push_back(c.name);
             continue;
