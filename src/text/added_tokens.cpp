@@ -2,6 +2,7 @@
 #include "text/added_tokens.h"
 
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "io/json_file.h"
@@ -94,7 +95,19 @@ Result<TokenizerFolderConfig> read_tokenizer_folder(const std::string& dir, nloh
     const std::string json_path = (fs::path(dir) / "tokenizer.json").string();
     if (fs::exists(json_path)) {
         cfg.has_tokenizer_json = true;
-        SD3_ASSIGN_OR_RETURN(nlohmann::json j, read_json_file(json_path));
+        nlohmann::json j;
+        if (tokenizer_json) {
+            SD3_ASSIGN_OR_RETURN(j, read_json_file(json_path));
+        } else {  // only the added tokens are wanted: skip building the (large) model's vocabulary and merges
+            std::ifstream in(json_path);
+            if (!in) return make_error(ErrorCode::IO_ERROR, json_path, ": cannot open");
+            const nlohmann::json::parser_callback_t skip_model = [](int depth, nlohmann::json::parse_event_t event,
+                                                                    nlohmann::json& parsed) {
+                return !(depth == 1 && event == nlohmann::json::parse_event_t::key && parsed == "model");
+            };
+            j = nlohmann::json::parse(in, skip_model, /*allow_exceptions=*/false);
+            if (j.is_discarded()) return make_error(ErrorCode::CORRUPT_FILE, json_path, ": not valid JSON");
+        }
         if (!j.is_object()) return make_error(ErrorCode::CORRUPT_FILE, json_path, ": expected a JSON object");
         if (j.contains("added_tokens") && j["added_tokens"].is_array()) {
             // tokenizer.json is what the reference loads when present: its ids come first.
