@@ -75,8 +75,11 @@ Result<TokenizerFolderConfig> read_tokenizer_folder(const std::string& dir, nloh
         SD3_ASSIGN_OR_RETURN(nlohmann::json j, read_json_file(config_path));
         if (!j.is_object()) return make_error(ErrorCode::CORRUPT_FILE, config_path, ": expected a JSON object");
         SD3_TRY(read_special_tokens(j, cfg));
-        if (j.contains("model_max_length") && j["model_max_length"].is_number())
-            cfg.model_max_length = static_cast<int64_t>(j["model_max_length"].get<double>());
+        // transformers writes 1e30 for "no limit"; only a representable positive length counts.
+        if (j.contains("model_max_length") && j["model_max_length"].is_number()) {
+            const double v = j["model_max_length"].get<double>();
+            if (v >= 1 && v < 1e15) cfg.model_max_length = static_cast<int64_t>(v);
+        }
         if (j.contains("extra_ids") && j["extra_ids"].is_number_integer()) cfg.extra_ids = j["extra_ids"].get<int64_t>();
         if (j.contains("added_tokens_decoder") && j["added_tokens_decoder"].is_object()) {
             for (const auto& [key, v] : j["added_tokens_decoder"].items()) {
@@ -127,6 +130,7 @@ Result<TokenizerFolderConfig> read_tokenizer_folder(const std::string& dir, nloh
 
 void AddedTokenSplitter::add(const AddedToken& token) {
     std::u32string content = unicode::decode_utf8(token.content);
+    if (content.empty()) return;  // an empty token would match everywhere
     for (const Entry& e : tokens_)
         if (e.content == content) return;
     tokens_.push_back({std::move(content), token.id, token.normalized, token.lstrip, token.rstrip});
