@@ -52,7 +52,7 @@ std::pair<CLI::App*, CommandRunner> setup_tokenize(CLI::App& app) {
     return {sub, [opt]() -> Status { return run_tokenize(*opt); }};
 }
 
-SD3_COMMAND(85, setup_tokenize);
+SD3_COMMAND(80, setup_tokenize);
 
 }  // namespace
 
