@@ -39,7 +39,7 @@ void MMDiT::block_forward(const JointBlock& b, Tensor& x, Tensor& c, const Tenso
                                          : ops::modulate(chat, chunk(Ec, 0, D), chunk(Ec, 1, D));
 
     nn::joint_attention_forward(b.attn, s.nx, nc, &s.ax, &s.ac, &s.attn, ctx);
-    Tensor x1 = x.clone();  // [B, N, D]
+    Tensor x1 = ops::copy(x);  // [B, N, D]
     ops::gated_add_(x1, chunk(E, 2, D), s.ax);
     if (b.dual) {
         s.nx2 = ops::modulate(xhat, chunk(E, 6, D), chunk(E, 7, D));
@@ -48,7 +48,7 @@ void MMDiT::block_forward(const JointBlock& b, Tensor& x, Tensor& c, const Tenso
     }
     const Tensor xhat2 = nn::layer_norm_forward(x1, kNormEps, &s.ln2);
     s.fx = nn::feed_forward(b.ff, ops::modulate(xhat2, chunk(E, 3, D), chunk(E, 4, D)), &s.ff, ctx);
-    Tensor x2 = x1.clone();
+    Tensor x2 = ops::copy(x1);
     ops::gated_add_(x2, chunk(E, 5, D), s.fx);
     x = x2;
 
@@ -56,11 +56,11 @@ void MMDiT::block_forward(const JointBlock& b, Tensor& x, Tensor& c, const Tenso
         c = Tensor();  // the last block returns no context (diffusers sets encoder_hidden_states = None)
         return;
     }
-    Tensor c1 = c.clone();  // [B, M, D]
+    Tensor c1 = ops::copy(c);  // [B, M, D]
     ops::gated_add_(c1, chunk(Ec, 2, D), s.ac);
     const Tensor chat2 = nn::layer_norm_forward(c1, kNormEps, &s.ln2c);
     s.fc = nn::feed_forward(b.ff_context, ops::modulate(chat2, chunk(Ec, 3, D), chunk(Ec, 4, D)), &s.ffc, ctx);
-    Tensor c2 = c1.clone();
+    Tensor c2 = ops::copy(c1);
     ops::gated_add_(c2, chunk(Ec, 5, D), s.fc);
     c = c2;
 }
@@ -71,8 +71,8 @@ void MMDiT::block_backward(const JointBlock& b, Tensor& dx, Tensor& dc, Tensor& 
     const int64_t D = config_.inner_dim();
     const Tensor& E = s.E;
     const Tensor& Ec = s.Ec;
-    Tensor dE = Tensor::zeros(E.shape());    // [B, 6D | 9D]
-    Tensor dEc = Tensor::zeros(Ec.shape());  // [B, 6D | 2D]
+    Tensor dE = ops::zeros(E.shape(), E.device());    // [B, 6D | 9D]
+    Tensor dEc = ops::zeros(Ec.shape(), Ec.device());  // [B, 6D | 2D]
     Tensor dE_[9], dEc_[6];
     for (int64_t i = 0; i < E.size(1) / D; ++i) dE_[i] = chunk(dE, i, D);
     for (int64_t i = 0; i < Ec.size(1) / D; ++i) dEc_[i] = chunk(dEc, i, D);
@@ -213,7 +213,7 @@ void MMDiT::backward(const Tensor& dout, MMDiTActivations& s, Tensor& grads, Inp
     // Output head.
     const Tensor dO = ops::patchify(dout, p, ops::PatchLayout::CHANNEL_LAST);  // [B, N, p*p*out]
     const Tensor dy = nn::linear_backward(w_.proj_out, dO, s.proj_out, rc, grads);
-    Tensor dEo = Tensor::zeros(s.E_out.shape());  // [B, 2D] = (scale, shift)
+    Tensor dEo = ops::zeros(s.E_out.shape(), s.E_out.device());  // [B, 2D] = (scale, shift)
     Tensor dscale = chunk(dEo, 0, D), dshift = chunk(dEo, 1, D);
     const Tensor dxhat = ops::modulate_backward(dy, s.ln_out.xhat, chunk(s.E_out, 0, D), &dshift, &dscale);
     Tensor dx = nn::layer_norm_backward(dxhat, s.ln_out);                       // [B, N, D]

@@ -24,6 +24,18 @@ Tensor empty_like(const Tensor& t) { return Tensor::empty(t.shape(), DType::F32,
 
 }  // namespace
 
+Tensor zeros(const Shape& shape, Device device) {
+    SD3_ASSERT(device.is_cpu(), "zeros: only the CPU backend is built into this op so far");
+    return Tensor::zeros(shape);
+}
+
+Tensor copy(const Tensor& x) {
+    SD3_ASSERT(x.device().is_cpu(), "copy: only the CPU backend is built into this op so far");
+    return x.clone();
+}
+
+Tensor slice_copy(const Tensor& x, int dim, int64_t start, int64_t end) { return copy(x.slice(dim, start, end)); }
+
 Tensor linear_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& w_in, Tensor* dw, Tensor* db,
                        bool need_dx) {
     require_f32(dy_in, "linear_backward dy");

@@ -29,6 +29,13 @@ Tensor attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, int64_t 
 void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse, int64_t heads, float scale, Tensor* dq, Tensor* dk, Tensor* dv);
 
+// ---- allocation and copies on the tensor's device (model code never calls the CPU-only Tensor copies) ----
+Tensor zeros(const Shape& shape, Device device);
+// A contiguous copy of x on its device.
+Tensor copy(const Tensor& x);
+// A contiguous copy of x.slice(dim, start, end).
+Tensor slice_copy(const Tensor& x, int dim, int64_t start, int64_t end);
+
 // ---- MMDiT ops ----
 // x [B, T, D]; shift and scale [B, D] (row-strided views of the adaLN output are fine).
 Tensor modulate(const Tensor& x, const Tensor& shift, const Tensor& scale);
