@@ -15,6 +15,7 @@ using cpu::PatchLayout;
 
 // ---- backward passes of ops.h ----
 // Returns dx [..., K] = dy·w (undefined when !need_dx). Accumulates dw [N, K] += dyᵀ·x and db [N] += Σ dy when given.
+// x may be undefined when dw is not asked for.
 Tensor linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor* dw, Tensor* db, bool need_dx = true);
 // LayerNorm without affine over the last dimension, saving mean and rstd [rows] for the backward.
 Tensor layer_norm_fwd(const Tensor& x, float eps, Tensor* mean, Tensor* rstd);
