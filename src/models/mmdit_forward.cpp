@@ -1,6 +1,9 @@
 // MMDiT forward and backward (models/mmdit.h): patch and condition embeddings, joint blocks with adaLN-Zero, the
 // last block's context_pre_only form, the output head; the backward mirrors it op by op (sd3-architecture.md §9.2)
 // and can recompute each block from its inputs (activation checkpointing) with identical results.
+#include <algorithm>
+#include <set>
+
 #include "core/check.h"
 #include "models/mmdit.h"
 #include "ops/mmdit_ops.h"
@@ -33,17 +36,17 @@ void MMDiT::block_forward(const JointBlock& b, Tensor& x, Tensor& c, const Tenso
     const Tensor& Ec = s.Ec;
 
     const Tensor xhat = nn::layer_norm_forward(x, kNormEps, &s.ln1);  // [B, N, D]
-    s.nx = ops::modulate(xhat, chunk(E, 0, D), chunk(E, 1, D));
+    const Tensor nx = ops::modulate(xhat, chunk(E, 0, D), chunk(E, 1, D));  // [B, N, D]
     const Tensor chat = nn::layer_norm_forward(c, kNormEps, &s.ln1c);  // [B, M, D]
     const Tensor nc = b.context_pre_only ? ops::modulate(chat, chunk(Ec, 1, D), chunk(Ec, 0, D))
                                          : ops::modulate(chat, chunk(Ec, 0, D), chunk(Ec, 1, D));
 
-    nn::joint_attention_forward(b.attn, s.nx, nc, &s.ax, &s.ac, &s.attn, ctx);
+    nn::joint_attention_forward(b.attn, nx, nc, &s.ax, &s.ac, &s.attn, ctx);
     Tensor x1 = ops::copy(x);  // [B, N, D]
     ops::gated_add_(x1, chunk(E, 2, D), s.ax);
     if (b.dual) {
-        s.nx2 = ops::modulate(xhat, chunk(E, 6, D), chunk(E, 7, D));
-        nn::joint_attention_forward(b.attn2, s.nx2, Tensor(), &s.ax2, nullptr, &s.attn2, ctx);
+        const Tensor nx2 = ops::modulate(xhat, chunk(E, 6, D), chunk(E, 7, D));
+        nn::joint_attention_forward(b.attn2, nx2, Tensor(), &s.ax2, nullptr, &s.attn2, ctx);
         ops::gated_add_(x1, chunk(E, 8, D), s.ax2);
     }
     const Tensor xhat2 = nn::layer_norm_forward(x1, kNormEps, &s.ln2);
@@ -126,7 +129,7 @@ void MMDiT::block_backward(const JointBlock& b, Tensor& dx, Tensor& dc, Tensor& 
 }
 
 Result<Tensor> MMDiT::forward(const Tensor& x, const Tensor& timestep, const Tensor& ctx_in, const Tensor& pooled,
-                              MMDiTActivations* saved) const {
+                              MMDiTActivations* saved, const std::vector<int64_t>& skip_layers) const {
     const MMDiTConfig& c = config_;
     const int64_t p = c.patch_size, D = c.inner_dim();
     auto bad = [](const auto&... what) { return make_error(ErrorCode::INVALID_ARGUMENT, "MMDiT forward: ", what...); };
@@ -150,6 +153,9 @@ Result<Tensor> MMDiT::forward(const Tensor& x, const Tensor& timestep, const Ten
         return bad("pooled_projections must be [", B, ", ", c.pooled_projection_dim, "], got ",
                    shape_str(pooled.shape()));
 
+    for (int64_t l : skip_layers)
+        if (l < 0 || l >= c.num_layers) return bad("skip layer ", l, " is outside [0, ", c.num_layers, ")");
+    if (!skip_layers.empty() && saved != nullptr) return bad("skip_layers is for inference only");
     MMDiTActivations local;
     MMDiTActivations& s = saved != nullptr ? *saved : local;
     const nn::RunContext rc = saved != nullptr ? saved->ctx : nn::RunContext{};
@@ -180,6 +186,7 @@ Result<Tensor> MMDiT::forward(const Tensor& x, const Tensor& timestep, const Ten
 
     s.blocks.assign(w_.blocks.size(), JointBlockSaved());
     for (size_t i = 0; i < w_.blocks.size(); ++i) {
+        if (std::find(skip_layers.begin(), skip_layers.end(), static_cast<int64_t>(i)) != skip_layers.end()) continue;
         if (keep && !s.checkpoint_blocks) {
             block_forward(w_.blocks[i], hx, hc, s.silu_temb, &s.blocks[i], rc);
         } else {
@@ -198,6 +205,45 @@ Result<Tensor> MMDiT::forward(const Tensor& x, const Tensor& timestep, const Ten
     const Tensor o = nn::linear_forward(w_.proj_out, y, keep ? &s.proj_out : nullptr, rc);  // [B, N, p*p*out]
     if (!keep) s.blocks.clear();
     return ops::unpatchify(o, c.out_channels, H, W, p, ops::PatchLayout::CHANNEL_LAST);
+}
+
+size_t MMDiTActivations::bytes() const {
+    std::set<const void*> seen;
+    size_t total = 0;
+    auto add = [&](const Tensor& t) {
+        if (t.defined() && seen.insert(t.storage().get()).second) total += t.storage()->bytes();
+    };
+    auto lin = [&](const nn::LinearSaved& l) {
+        add(l.x);
+        for (const Tensor& t : l.xd) add(t);
+        for (const Tensor& t : l.h) add(t);
+    };
+    auto norm = [&](const nn::NormSaved& n) {
+        add(n.x);
+        add(n.mean);
+        add(n.rstd);
+        add(n.xhat);
+    };
+    auto attn = [&](const nn::AttentionSaved& a) {
+        for (const auto* l : {&a.q, &a.k, &a.v, &a.qc, &a.kc, &a.vc, &a.out, &a.add_out}) lin(*l);
+        for (const Tensor* t : {&a.q_raw, &a.k_raw, &a.qc_raw, &a.kc_raw, &a.q_rstd, &a.k_rstd, &a.qc_rstd,
+                                &a.kc_rstd, &a.Q, &a.K, &a.V, &a.O, &a.lse})
+            add(*t);
+    };
+    for (const auto* l : {&patch_embed, &time_1, &time_2, &text_1, &text_2, &context_embedder, &norm_out, &proj_out})
+        lin(*l);
+    for (const Tensor* t : {&time_pre, &text_pre, &temb, &silu_temb, &E_out}) add(*t);
+    norm(ln_out);
+    for (const JointBlockSaved& b : blocks) {
+        for (const Tensor* t : {&b.x_in, &b.c_in, &b.E, &b.Ec, &b.ax, &b.ac, &b.ax2, &b.fx, &b.fc,
+                                &b.ff.pre, &b.ffc.pre})
+            add(*t);
+        for (const auto* l : {&b.norm1, &b.norm1_context, &b.ff.fc1, &b.ff.fc2, &b.ffc.fc1, &b.ffc.fc2}) lin(*l);
+        for (const auto* n : {&b.ln1, &b.ln1c, &b.ln2, &b.ln2c}) norm(*n);
+        attn(b.attn);
+        attn(b.attn2);
+    }
+    return total;
 }
 
 void MMDiT::backward(const Tensor& dout, MMDiTActivations& s, Tensor& grads, InputGrads* inputs) const {

@@ -301,3 +301,33 @@ TEST(MMDiTLora, GaussianInitAndRoundTripThroughLoraSet) {
 
 }  // namespace
 }  // namespace sd3
+
+namespace sd3 {
+namespace {
+
+TEST(MMDiTBackward, CheckpointingKeepsOnlyBlockInputs) {
+    std::mt19937 rng(17);
+    Fixture f = make_fixture(0.0f, rng);
+    MMDiTActivations full, ckpt;
+    ckpt.checkpoint_blocks = true;
+    ASSERT_TRUE(f.model.forward(f.x, f.t, f.ctx, f.pooled, &full).ok());
+    ASSERT_TRUE(f.model.forward(f.x, f.t, f.ctx, f.pooled, &ckpt).ok());
+    // Block inputs are [2, 6, 8] and [2, 3, 8] floats; a full block keeps many times more.
+    EXPECT_LT(ckpt.bytes(), full.bytes() / 3) << ckpt.bytes() << " vs " << full.bytes();
+    EXPECT_GT(ckpt.bytes(), 0u);
+}
+
+TEST(MMDiTBackward, SkipLayersSkipsBlocks) {
+    std::mt19937 rng(18);
+    Fixture f = make_fixture(0.0f, rng);
+    auto a = f.model.forward(f.x, f.t, f.ctx, f.pooled, nullptr);
+    auto b = f.model.forward(f.x, f.t, f.ctx, f.pooled, nullptr, {1});
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_FALSE(testing::all_close(*a, *b, 1e-3, 1e-3));
+    EXPECT_FALSE(f.model.forward(f.x, f.t, f.ctx, f.pooled, nullptr, {3}).ok());  // only 3 blocks
+    MMDiTActivations s;
+    EXPECT_FALSE(f.model.forward(f.x, f.t, f.ctx, f.pooled, &s, {1}).ok());  // inference only
+}
+
+}  // namespace
+}  // namespace sd3
