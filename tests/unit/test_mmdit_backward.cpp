@@ -297,6 +297,14 @@ TEST(MMDiTLora, GaussianInitAndRoundTripThroughLoraSet) {
     lc.rank = 4;
     LoraTrainable l3 = m.make_trainable_lora(lc).value();
     EXPECT_FALSE(l3.load(set).ok());  // other rank: an error, not a silent reshape
+    // PEFT's default init: A within ±1/sqrt(in) = ±1/sqrt(8), B = 0.
+    std::uniform_real_distribution<float> ud(0.0f, 1.0f);
+    init_lora_kaiming_uniform(l3, [&] { return ud(g); });
+    float mx = 0;
+    for (float v : l3.param(0).to_float_vector()) mx = std::max(mx, std::fabs(v));
+    EXPECT_LE(mx, 1.0f / std::sqrt(8.0f));
+    EXPECT_GT(mx, 0.5f / std::sqrt(8.0f));  // 32 draws: the largest is below half the bound with chance 2^-32
+    for (float v : l3.param(1).to_float_vector()) EXPECT_EQ(v, 0.0f);
 }
 
 }  // namespace
