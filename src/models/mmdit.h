@@ -110,6 +110,17 @@ struct MMDiTActivations {
     size_t bytes() const;
 };
 
+// The memory plan of the saved activations of one training forward (float32 bytes, each storage once, as
+// MMDiTActivations::bytes() measures them), for the start-up report. Depends on the attached adapters: only
+// adapted Linears keep their inputs.
+struct ActivationPlan {
+    size_t blocks = 0;        // what the blocks keep (all of it, or only their inputs under checkpointing)
+    size_t outer = 0;         // embeddings, conditioning and the output head
+    size_t recompute = 0;     // one block's full saved forward, rebuilt during backward under checkpointing
+    size_t total() const { return blocks + outer; }
+    size_t peak() const { return total() + recompute; }
+};
+
 // Gradients of the loss with respect to the forward's inputs (overwritten by backward()).
 struct InputGrads {
     Tensor hidden_states;          // [B, C, H, W]
@@ -145,6 +156,11 @@ class MMDiT {
     // dout [B, out_channels, H, W]. Accumulates trainable LoRA gradients into `lora_grads` (flat, the layout of the
     // attached LoraTrainable); fills `inputs` when given. Frozen weights get no gradients.
     void backward(const Tensor& dout, MMDiTActivations& saved, Tensor& lora_grads, InputGrads* inputs = nullptr) const;
+
+    // Saved-activation bytes of forward(x [batch, C, height, width], ctx [batch, context_len, ·], &saved) with the
+    // given checkpointing, for the adapters attached now (training context: LoRA dropout keeps its masked inputs).
+    ActivationPlan plan_activations(int64_t batch, int64_t height, int64_t width, int64_t context_len,
+                                    bool checkpoint_blocks) const;
 
     // ---- LoRA ----
     // Every Linear of the model by diffusers module path (for LoRA targeting and name checks).

@@ -246,6 +246,75 @@ size_t MMDiTActivations::bytes() const {
     return total;
 }
 
+ActivationPlan MMDiT::plan_activations(int64_t B, int64_t H, int64_t W, int64_t M, bool checkpoint) const {
+    const MMDiTConfig& c = config_;
+    const int64_t p = c.patch_size, D = c.inner_dim(), N = (H / p) * (W / p), Hd = c.num_attention_heads;
+    const size_t f = sizeof(float);
+    // What one Linear keeps for `rows` input rows of width `in`: its input (shared by the Linears reading the same
+    // tensor: `input_counted` tells whether that storage is already counted), and per adapter A·x [rows, r] and,
+    // with dropout, the masked input.
+    auto linear = [&](const nn::Linear& l, int64_t rows, bool& input_counted) {
+        size_t n = 0;
+        if (l.loras.empty()) return n;
+        if (!input_counted) n += rows * l.in_features();
+        input_counted = true;
+        for (const nn::LoraAdapter& a : l.loras) {
+            n += rows * a.rank();
+            if (a.dropout > 0.0f) n += rows * l.in_features();
+        }
+        return n;
+    };
+    auto attention = [&](const nn::JointAttention& a, int64_t ctx_rows) {
+        size_t n = 0;
+        bool nx = false, nc = false, o_img = false, o_ctx = false;
+        n += linear(a.to_q, B * N, nx) + linear(a.to_k, B * N, nx) + linear(a.to_v, B * N, nx);
+        const bool ctx = a.has_context, ctx_q = ctx && !a.context_pre_only;
+        if (ctx) n += linear(a.add_k_proj, B * ctx_rows, nc) + linear(a.add_v_proj, B * ctx_rows, nc);
+        if (ctx_q) n += linear(a.add_q_proj, B * ctx_rows, nc);
+        n += linear(a.to_out, B * N, o_img);
+        if (ctx_q) n += linear(a.to_add_out, B * ctx_rows, o_ctx);
+        const int64_t tq = ctx_q ? N + ctx_rows : N, tk = ctx ? N + ctx_rows : N;
+        n += (tq + 2 * tk + tq) * B * D + B * Hd * tq;  // Q, K, V, O, lse
+        if (a.qk_norm()) {
+            n += 2 * (B * N * D + B * N * Hd);  // q, k before the norm, and their rstd
+            if (ctx) n += B * ctx_rows * D + B * ctx_rows * Hd;
+            if (ctx_q) n += B * ctx_rows * D + B * ctx_rows * Hd;
+        }
+        return n;
+    };
+    auto feed_forward = [&](const nn::FeedForward& ff, int64_t rows) {
+        bool in = false, act = false;
+        return linear(ff.fc1, rows, in) + rows * 4 * D + linear(ff.fc2, rows, act) + rows * D;  // + pre, output
+    };
+    auto block_full = [&](const JointBlock& b) {
+        bool st = true;  // SiLU(temb) is counted once outside
+        size_t n = b.norm1.out_features() * B + b.norm1_context.out_features() * B;  // E, Ec
+        n += linear(b.norm1, B, st) + linear(b.norm1_context, B, st);
+        n += B * N * D + 2 * B * N + B * M * D + 2 * B * M;  // LN of x and c: x̂ and statistics
+        n += attention(b.attn, M) + B * N * D;                // + the projected image output
+        if (b.dual) n += attention(b.attn2, 0) + B * N * D;
+        n += 2 * B * N * D + 2 * B * N + feed_forward(b.ff, B * N);  // x1 and its LN
+        if (!b.context_pre_only) n += B * M * D + 2 * B * M * D + 2 * B * M + feed_forward(b.ff_context, B * M);
+        return n;
+    };
+    ActivationPlan plan;
+    for (const JointBlock& b : w_.blocks) {
+        const size_t inputs = B * N * D + B * M * D;  // each block's x and c are fresh tensors
+        const size_t full = block_full(b);
+        plan.blocks += f * (inputs + (checkpoint ? 0 : full));
+        if (checkpoint) plan.recompute = std::max(plan.recompute, f * full);
+    }
+    size_t outer = 6 * B * D;  // time_pre, text_pre, temb, SiLU(temb), E_out
+    bool tin = false, t2 = false, pin = false, p2 = false, cin = false, st = true, y = false;
+    outer += linear(w_.time_linear_1, B, tin) + linear(w_.time_linear_2, B, t2);
+    outer += linear(w_.text_linear_1, B, pin) + linear(w_.text_linear_2, B, p2);
+    outer += linear(w_.context_embedder, B * M, cin) + linear(w_.norm_out, B, st);
+    outer += 2 * B * N * D + 2 * B * N;  // the last block's output (LN input), its x̂ and statistics
+    outer += linear(w_.proj_out, B * N, y);
+    plan.outer = f * outer;
+    return plan;
+}
+
 void MMDiT::backward(const Tensor& dout, MMDiTActivations& s, Tensor& grads, InputGrads* inputs) const {
     const MMDiTConfig& c = config_;
     const int64_t p = c.patch_size, D = c.inner_dim();

@@ -325,6 +325,34 @@ TEST(MMDiTBackward, CheckpointingKeepsOnlyBlockInputs) {
     EXPECT_GT(ckpt.bytes(), 0u);
 }
 
+TEST(MMDiTBackward, ActivationPlanMatchesWhatForwardKeeps) {
+    for (float dropout : {0.0f, 0.1f}) {
+        for (bool all : {false, true}) {
+            std::mt19937 rng(19);
+            const MMDiTConfig c = small_config();
+            MMDiT m = MMDiT::create(c, random_weights(c, rng)).value();
+            LoraTrainConfig lc;
+            lc.dropout = dropout;
+            if (all) lc.target_modules = kAllLinears;
+            LoraTrainable lora = m.make_trainable_lora(lc).value();
+            ASSERT_TRUE(m.attach_trainable(lora).ok());
+            const Tensor x = random_tensor({2, 4, 4, 6}, rng), ctx = random_tensor({2, 3, 6}, rng);
+            const Tensor t = Tensor::from_vector({2}, {1.0f, 2.0f}), pooled = random_tensor({2, 5}, rng);
+            for (bool ckpt : {false, true}) {
+                SCOPED_TRACE(::testing::Message() << "dropout " << dropout << " all " << all << " ckpt " << ckpt);
+                MMDiTActivations s;
+                s.checkpoint_blocks = ckpt;
+                ASSERT_TRUE(m.forward(x, t, ctx, pooled, &s).ok());
+                const ActivationPlan plan = m.plan_activations(2, 4, 6, 3, ckpt);
+                // bytes() also counts the caller's inputs where an adapted Linear keeps them (context_embedder,
+                // text linear_1) and the sinusoid (time linear_1): the plan counts those as the layer's input too.
+                EXPECT_EQ(plan.total(), s.bytes());
+                if (ckpt) EXPECT_GT(plan.recompute, 0u);
+            }
+        }
+    }
+}
+
 TEST(MMDiTBackward, SkipLayersSkipsBlocks) {
     std::mt19937 rng(18);
     Fixture f = make_fixture(0.0f, rng);
