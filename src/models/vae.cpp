@@ -208,6 +208,12 @@ Result<Vae> Vae::load_folder(const std::string& dir, Part part) {
     return load(config, std::move(source), part);
 }
 
+Result<Vae> Vae::load_component(const Component& c, Part part) {
+    if (!c.weights) return make_error(ErrorCode::NOT_FOUND, "the VAE component has no weights (", c.config_path, ")");
+    SD3_ASSIGN_OR_RETURN(VaeConfig config, VaeConfig::from_json(c.config, c.config_path));
+    return load(config, c.weights, part);
+}
+
 // ---- forward --------------------------------------------------------------------------------------------------
 
 namespace {

@@ -11,6 +11,7 @@
 #include "core/rng.h"
 #include "core/status.h"
 #include "core/tensor.h"
+#include "io/model_folder.h"
 #include "io/tensor_source.h"
 
 namespace sd3 {
@@ -96,6 +97,8 @@ class Vae {
                             Part part = Part::BOTH);
     // A diffusers `vae/` folder (config.json + diffusion_pytorch_model.safetensors).
     static Result<Vae> load_folder(const std::string& dir, Part part = Part::BOTH);
+    // A model's `vae` component (folder or single file: its config and weights in diffusers naming).
+    static Result<Vae> load_component(const Component& component, Part part = Part::BOTH);
 
     // image [B, in, H, W] in [-1, 1] -> the latent distribution before shift and scale.
     Result<VaeLatentDist> encode(const Tensor& image) const;
