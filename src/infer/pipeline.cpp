@@ -250,7 +250,8 @@ ImageText generation_text(const GenerateRequest& r, const std::vector<LoraReques
     std::string params = r.prompt;
     if (!r.negative_prompt.empty()) params += "\nNegative prompt: " + r.negative_prompt;
     params += str_cat("\nSteps: ", r.steps, ", Sampler: Euler (flow matching), CFG scale: ", guidance.str(),
-                      ", Seed: ", r.seed, ", Size: ", r.width, "x", r.height, ", Model: ",
+                      ", Seed: ", r.initial_latents.defined() ? std::string("none") : std::to_string(r.seed),
+                      ", Size: ", r.width, "x", r.height, ", Model: ",
                       std::filesystem::path(model).filename().string());
     if (!lora_list.empty()) params += ", LoRA: " + lora_list;
     t.emplace_back("parameters", params);
