@@ -31,6 +31,7 @@ struct GenerateCliOptions {
     std::string save_latents;
     std::string t5_format = "int8";
     int clip_skip = 0;
+    bool vae_tiling = false;
 };
 
 // Pairs every --lora-scale with the --lora before it (CLI11 keeps the order options appeared in).
@@ -102,6 +103,7 @@ Status run_generate(const CLI::App* sub, GenerateCliOptions& o) {
     popt.text.t5.format = *t5_format;
     popt.text.clip_skip = o.clip_skip;
     popt.loras = loras;
+    popt.vae_tiling = o.vae_tiling;
     SD3_ASSIGN_OR_RETURN(TextToImage pipe, TextToImage::open(model, popt));
     SD3_ASSIGN_OR_RETURN(GenerateRequest req, pipe.resolve(o.request));
     log_info("generating ", req.num_images, " image(s) of ", req.width, "x", req.height, ", ", req.steps,
@@ -165,6 +167,8 @@ std::pair<CLI::App*, CommandRunner> setup_generate(CLI::App& app) {
     sub->add_option("--t5-format", o->t5_format, "T5 weight format: f32, bf16, fp16, fp8, int8, nf4")
         ->capture_default_str();
     sub->add_option("--clip-skip", o->clip_skip, "CLIP layers to skip (0 = SD3's default)")->capture_default_str();
+    sub->add_flag("--vae-tiling", o->vae_tiling,
+                  "decode in overlapping tiles of the VAE's sample size (less memory for large images; blended seams)");
     sub->add_option("--output,-o", o->output, "output .png (several images: name-0.png, name-1.png, ...)")->required();
     return {sub, [o, sub]() { return run_generate(sub, *o); }};
 }

@@ -207,7 +207,9 @@ Result<GenerateOutput> TextToImage::generate_from_embeds(const GenerateRequest& 
                                                         progress));
     SD3_TRY(ensure_vae(stage));
     if (stage) stage("decoding");
-    SD3_ASSIGN_OR_RETURN(Tensor decoded, vae_->decode(vae_->latents_to_vae(out.latents)));  // [K, 3, H, W]
+    const Tensor unscaled = vae_->latents_to_vae(out.latents);
+    SD3_ASSIGN_OR_RETURN(Tensor decoded, options_.vae_tiling ? vae_->decode_tiled(unscaled)
+                                                             : vae_->decode(unscaled));  // [K, 3, H, W]
     out.images_unit = denormalize_images(decoded);
     out.images = images_from_batch(out.images_unit);
     return out;

@@ -61,6 +61,7 @@ struct LoraRequest {
 struct PipelineOptions {
     TextEncoderOptions text;          // T5 weight format, clip_skip...; max_sequence_length comes from the request
     std::vector<LoraRequest> loras;   // attached unfused, each at its scale (exact to the reference's unfused LoRA)
+    bool vae_tiling = false;          // diffusers' vae.enable_tiling(): decode large images in blended tiles
 };
 
 // What the pipeline reports as it goes: "encoding prompt", "loading transformer", "decoding", ...

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `sd3tune generate` on the tiny model at 64x64: writes a PNG whose text chunks hold the prompt, seed and settings,
-# several images from one batch, saved latents, a LoRA at a scale; and refuses bad input with a clear message:
+# several images from one batch, saved latents, a LoRA at a scale, a single-file model with tiled decoding; refuses bad input with a clear message:
 # a missing model folder, a size that is not a multiple of 16, an unknown flag, a misplaced --lora-scale.
 set -euo pipefail
 bin=$1
@@ -45,6 +45,13 @@ grep -q "latents *F32 *\[2, 16, 8, 8\]" <<<"$out" || fail "saved latents: $out"
 "$bin" generate "${small[@]}" --prompt "x" --init-latents "$data/tiny-a/pipeline.safetensors:0.latents_in" \
     --output "$tmp/init.png" 2>/dev/null
 grep -aq "none (initial latents given)" "$tmp/init.png" || fail "init latents not recorded"
+
+# A single-file checkpoint (fp8 T5) with the folder's tokenizers, and tiled VAE decoding of a 128x96 image
+# (tiles of 64 pixels for the tiny VAE).
+"$bin" generate --model "$data/tiny-a/single_file/sd3_tiny_incl_clips_t5fp8.safetensors" --tokenizers "$model" \
+    --t5-format fp8 --width 128 --height 96 --steps 2 --max-sequence-length 77 --prompt "dog" --vae-tiling \
+    --output "$tmp/single.png" 2>/dev/null || fail "single-file generation failed"
+[ -s "$tmp/single.png" ] || fail "single-file PNG missing"
 
 expect_error() {  # expect_error CODE PATTERN ARGS...
     local code=$1 pattern=$2; shift 2
