@@ -147,13 +147,17 @@ void TextToImage::release_models() {
 Result<std::pair<PromptEmbeds, PromptEmbeds>> TextToImage::encode_prompts(const std::string& prompt,
                                                                           const std::string& negative_prompt,
                                                                           int max_sequence_length,
-                                                                          const StageFn& stage) {
+                                                                          const StageFn& stage, bool with_negative) {
     if (stage) stage("encoding the prompt");
     TextEncoderOptions topt = options_.text;
     topt.max_sequence_length = max_sequence_length;
     topt.batch_size = 1;  // the reference encodes prompt and negative prompt in separate calls
     SD3_ASSIGN_OR_RETURN(TextEncoders enc, TextEncoders::open(model_, topt));
     const PromptTokens pos = tokenizer_->tokenize(prompt, max_sequence_length);
+    if (!with_negative) {
+        SD3_ASSIGN_OR_RETURN(std::vector<PromptEmbeds> p, enc.encode_tokens({pos}, true));
+        return std::make_pair(p[0], PromptEmbeds{});
+    }
     const PromptTokens neg = tokenizer_->tokenize(negative_prompt, max_sequence_length);
     // One pass over the encoders (each loaded once, then released); clip_skip applies to the prompt only (§8.1).
     if (topt.clip_skip == 0) {
@@ -218,7 +222,8 @@ Result<GenerateOutput> TextToImage::generate_from_embeds(const GenerateRequest& 
 Result<GenerateOutput> TextToImage::generate(const GenerateRequest& request, const ProgressFn& progress,
                                              const StageFn& stage) {
     SD3_ASSIGN_OR_RETURN(GenerateRequest r, resolve(request));  // fail fast, before any encoder runs
-    SD3_ASSIGN_OR_RETURN(auto embeds, encode_prompts(r.prompt, r.negative_prompt, r.max_sequence_length, stage));
+    SD3_ASSIGN_OR_RETURN(auto embeds, encode_prompts(r.prompt, r.negative_prompt, r.max_sequence_length, stage,
+                                                     r.guidance_scale > 1.0f));
     return generate_from_embeds(r, embeds.first, embeds.second, progress, stage);
 }
 

@@ -93,10 +93,12 @@ class TextToImage {
     Result<GenerateOutput> generate_from_embeds(const GenerateRequest& request, const PromptEmbeds& positive,
                                                 const PromptEmbeds& negative, const ProgressFn& progress = {},
                                                 const StageFn& stage = {});
-    // The encode_prompt part: positive and negative embeddings, one row each.
+    // The encode_prompt part: positive and negative embeddings, one row each (the negative left empty when
+    // `with_negative` is false: no guidance, as diffusers skips it when guidance_scale <= 1).
     Result<std::pair<PromptEmbeds, PromptEmbeds>> encode_prompts(const std::string& prompt,
                                                                  const std::string& negative_prompt,
-                                                                 int max_sequence_length, const StageFn& stage = {});
+                                                                 int max_sequence_length, const StageFn& stage = {},
+                                                                 bool with_negative = true);
 
     // The transformer, loaded (with the LoRAs attached) if it is not yet; for tools and tests that inspect or
     // patch it.

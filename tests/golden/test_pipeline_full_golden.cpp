@@ -105,6 +105,19 @@ TEST(PipelineFullGolden, RequestsAreChecked) {
     EXPECT_EQ(tiny_pipeline().resolve(r).status().code(), ErrorCode::INVALID_ARGUMENT);
 }
 
+TEST(PipelineFullGolden, NoGuidanceRunsWithoutTheNegativePrompt) {
+    GenerateRequest r = tiny_request("ignored without guidance");
+    r.guidance_scale = 1.0f;
+    r.steps = 2;
+    auto out = tiny_pipeline().generate(r);
+    ASSERT_TRUE(out.ok()) << out.status().message();
+    GenerateRequest other = r;
+    other.negative_prompt = "something else";
+    auto same = tiny_pipeline().generate(other);
+    ASSERT_TRUE(same.ok());
+    EXPECT_EQ(out->latents.to_float_vector(), same->latents.to_float_vector());
+}
+
 TEST(PipelineFullGolden, BatchOfImagesSharesTheEmbeddingsAndTheDraw) {
     GenerateRequest r = tiny_request("");
     r.num_images = 2;
