@@ -12,7 +12,10 @@
 #include "core/dtype.h"
 #include "io/model_folder.h"
 #include "io/safetensors.h"
+#include "io/json_file.h"
 #include "io/single_file.h"
+#include "models/clip_text.h"
+#include "models/t5_encoder.h"
 
 using namespace sd3;
 namespace fs = std::filesystem;
@@ -484,4 +487,71 @@ TEST(SingleFileBroken, ScaledFp8AndTokenizerFolders) {
     EXPECT_HAS(msg, "tokenizer files missing");
     EXPECT_HAS(msg, "tokenizer/vocab.json");
     EXPECT_HAS(msg, "tokenizer_3/spiece.model");
+}
+
+// --- the encoders running on the single file's weights (issue 9: the T5 encodings of t5fp8_encode.safetensors) ---
+
+namespace {
+
+// Token ids of tokenize.json entry `index` for `key` ("clip_l", "clip_g", "t5") as [1, 77] int32.
+Tensor golden_ids(int index, const std::string& key) {
+    auto j = read_json_file(sd3::testing::tiny_path("tokenize.json"));
+    EXPECT_TRUE(j.ok());
+    const auto ids = (*j)[index][key].get<std::vector<int32_t>>();
+    Tensor t = Tensor::empty({1, static_cast<int64_t>(ids.size())}, DType::I32);  // [1, 77]
+    std::copy(ids.begin(), ids.end(), t.data<int32_t>());
+    return t;
+}
+
+}  // namespace
+
+// encode_prompt of make_single_file.py on the single file's encoders (T5 in fp8): CLIP-L/G penultimate states
+// concatenated and zero-padded to the joint width, then T5's last hidden state; pooled = both projected pools.
+// Tolerance as TextEncodersGolden (float32 throughout, same weights; the fp8 weights dequantize exactly):
+// 1e-5 absolute + relative covers GEMM summation order and ulps of exp/erf/tanh over 2-3 layers.
+TEST(SingleFileEncoders, T5Fp8EncodingsOfTheSingleFile) {
+    ModelSpec spec;
+    spec.model = golden_single();
+    const ModelFolder m = must_open(spec);
+    auto clip_model = [&](const std::string& name) {
+        const Component* c = m.find(name);
+        auto cfg = ClipTextConfig::from_json(c->config, c->config_path);
+        EXPECT_TRUE(cfg.ok()) << cfg.status().message();
+        auto model = ClipTextModel::load(*cfg, c->weights);
+        EXPECT_TRUE(model.ok()) << model.status().message();
+        return std::move(model).value();
+    };
+    const ClipTextModel clip_l = clip_model("text_encoder");
+    const ClipTextModel clip_g = clip_model("text_encoder_2");
+    const Component* t5c = m.find("text_encoder_3");
+    auto t5cfg = T5Config::from_json(t5c->config, t5c->config_path);
+    ASSERT_TRUE(t5cfg.ok()) << t5cfg.status().message();
+    for (QuantFormat format : {QuantFormat::F32, QuantFormat::FP8_E4M3}) {  // dequantized, and kept fp8 as stored
+        T5LoadOptions opt;
+        opt.format = format;
+        auto t5 = T5Encoder::load(*t5cfg, t5c->weights, opt);
+        ASSERT_TRUE(t5.ok()) << t5.status().message();
+        const SafetensorsFile g = sd3::testing::open_golden("tiny-a/single_file/t5fp8_encode.safetensors");
+        // tokenize.json: entry 0 and 1 are the two prompts, entry 2 the empty negative prompt.
+        for (int i = 0; i < 2; ++i) {
+            for (const bool negative : {false, true}) {
+                SCOPED_TRACE(str_cat("prompt ", i, negative ? " negative" : "", " format ", cpu::quant_format_name(format)));
+                const int tok = negative ? 2 : i;
+                auto l = clip_l.forward(golden_ids(tok, "clip_l"));
+                auto gg = clip_g.forward(golden_ids(tok, "clip_g"));
+                auto t = t5->forward(golden_ids(tok, "t5"));
+                ASSERT_TRUE(l.ok() && gg.ok() && t.ok());
+                const std::string key = str_cat(i, negative ? ".negative_" : ".", "prompt_embeds");
+                const Tensor ref = sd3::testing::golden_tensor(g, key);  // [1, 77 + 77, joint]
+                const int64_t dl = l->penultimate.size(2), dg = gg->penultimate.size(2);
+                EXPECT_TRUE(sd3::testing::all_close(ref.slice(1, 77, 154), *t, 1e-5, 1e-5)) << "T5 part";
+                EXPECT_TRUE(sd3::testing::all_close(ref.slice(1, 0, 77).slice(2, 0, dl), l->penultimate, 1e-5, 1e-5));
+                EXPECT_TRUE(sd3::testing::all_close(ref.slice(1, 0, 77).slice(2, dl, dl + dg), gg->penultimate, 1e-5, 1e-5));
+                const Tensor pooled = sd3::testing::golden_tensor(
+                    g, str_cat(i, negative ? ".negative_pooled_prompt_embeds" : ".pooled_prompt_embeds"));  // [1, dl+dg]
+                EXPECT_TRUE(sd3::testing::all_close(pooled.slice(1, 0, dl), l->pooled, 1e-5, 1e-5));
+                EXPECT_TRUE(sd3::testing::all_close(pooled.slice(1, dl, dl + dg), gg->pooled, 1e-5, 1e-5));
+            }
+        }
+    }
 }
