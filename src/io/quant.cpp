@@ -50,7 +50,7 @@ uint8_t nf4_encode(float x) {
 }
 
 void quantize_int8_rows(const float* w, int64_t rows, int64_t cols, int8_t* q, float* absmax) {
-#pragma omp parallel for
+#pragma omp parallel for if (rows * cols > (1 << 16))
     for (int64_t r = 0; r < rows; ++r) {
         const float* row = w + r * cols;
         float amax = 0.0f;
@@ -68,7 +68,7 @@ void quantize_nf4(const float* w, int64_t n, int64_t block_size, uint8_t* packed
     SD3_ASSERT(block_size > 0 && block_size % 2 == 0, "NF4 block size must be even, got ", block_size);
     const int64_t blocks = (n + block_size - 1) / block_size;
     std::memset(packed, 0, static_cast<size_t>((n + 1) / 2));
-#pragma omp parallel for
+#pragma omp parallel for if (n > (1 << 16))
     for (int64_t b = 0; b < blocks; ++b) {
         const int64_t begin = b * block_size, end = std::min(n, begin + block_size);
         float amax = 0.0f;
@@ -136,7 +136,7 @@ QuantizedMatrix quantize_matrix(const Tensor& w_in, QuantFormat format, int64_t 
         case QuantFormat::FP8_E4M3: {
             q.data = Tensor::empty({q.rows, q.cols}, DType::F8_E4M3);
             uint8_t* dst = q.data.data<uint8_t>();
-#pragma omp parallel for
+#pragma omp parallel for if (n > (1 << 16))
             for (int64_t i = 0; i < n; ++i) dst[i] = f32_to_f8e4m3_saturate(src[i]);
             break;
         }

@@ -111,5 +111,19 @@ TEST(TextEncodersGolden, LoadRejectsMismatchedConfig) {
     EXPECT_NE(model.status().message().find("layers.2"), std::string::npos) << model.status().message();
 }
 
+TEST(TextEncodersGolden, PoolPositionRules) {
+    // SD3's configs say eos_token_id 2 (legacy): transformers then pools at argmax(ids), the first 49407 even when
+    // padding is 49407 too (CLIP-L). Another eos id pools at its first occurrence; none gives position 0.
+    Tensor ids = Tensor::zeros({3, 6}, DType::I32);  // [3, 6]
+    const int32_t rows[3][6] = {{49406, 320, 49407, 49407, 49407, 49407},   // CLIP-L padding
+                                {49406, 320, 1125, 49407, 0, 0},            // CLIP-G padding ("!" = 0)
+                                {49406, 320, 1125, 7, 0, 0}};               // no eos
+    for (int b = 0; b < 3; ++b)
+        for (int t = 0; t < 6; ++t) ids.data<int32_t>()[b * 6 + t] = rows[b][t];
+    EXPECT_EQ(clip_pool_positions(ids, 2), (std::vector<int64_t>{2, 3, 0}));
+    EXPECT_EQ(clip_pool_positions(ids, 49407), (std::vector<int64_t>{2, 3, 0}));
+    EXPECT_EQ(clip_pool_positions(ids, 320), (std::vector<int64_t>{1, 1, 1}));
+}
+
 }  // namespace
 }  // namespace sd3

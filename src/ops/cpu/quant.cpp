@@ -54,13 +54,13 @@ void dequantize_rows(float* out, const QuantWeightView& w, int64_t row0, int64_t
             return;
         case QuantFormat::F16: {
             const uint16_t* src = static_cast<const uint16_t*>(w.data) + first;
-#pragma omp parallel for
+#pragma omp parallel for if (count > (1 << 16))
             for (int64_t i = 0; i < count; ++i) out[i] = f16_to_f32(src[i]);
             return;
         }
         case QuantFormat::BF16: {
             const uint16_t* src = static_cast<const uint16_t*>(w.data) + first;
-#pragma omp parallel for
+#pragma omp parallel for if (count > (1 << 16))
             for (int64_t i = 0; i < count; ++i) out[i] = bf16_to_f32(src[i]);
             return;
         }
@@ -68,14 +68,14 @@ void dequantize_rows(float* out, const QuantWeightView& w, int64_t row0, int64_t
             const uint8_t* src = static_cast<const uint8_t*>(w.data) + first;
             float lut[256];  // every e4m3 byte decodes exactly; a table keeps the loop a load
             for (int v = 0; v < 256; ++v) lut[v] = f8e4m3_to_f32(static_cast<uint8_t>(v));
-#pragma omp parallel for
+#pragma omp parallel for if (count > (1 << 16))
             for (int64_t i = 0; i < count; ++i) out[i] = lut[src[i]];
             return;
         }
         case QuantFormat::INT8_ROW: {
             SD3_ASSERT(w.scale != nullptr, "int8 weight without row scales");
             const int8_t* src = static_cast<const int8_t*>(w.data) + first;
-#pragma omp parallel for
+#pragma omp parallel for if (count > (1 << 16))
             for (int64_t r = 0; r < n; ++r) {
                 const float s = w.scale[row0 + r] / 127.0f;
                 for (int64_t c = 0; c < cols; ++c) out[r * cols + c] = static_cast<float>(src[r * cols + c]) * s;
@@ -85,7 +85,7 @@ void dequantize_rows(float* out, const QuantWeightView& w, int64_t row0, int64_t
         case QuantFormat::NF4: {
             SD3_ASSERT(w.scale != nullptr && w.block_size > 0, "nf4 weight without block absmax");
             const uint8_t* packed = static_cast<const uint8_t*>(w.data);
-#pragma omp parallel for
+#pragma omp parallel for if (count > (1 << 16))
             for (int64_t i = 0; i < count; ++i) {
                 const int64_t e = first + i;
                 const uint8_t byte = packed[e / 2];
