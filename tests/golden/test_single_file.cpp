@@ -15,6 +15,8 @@
 #include "io/json_file.h"
 #include "io/single_file.h"
 #include "models/clip_text.h"
+#include "models/mmdit.h"
+#include "models/vae.h"
 #include "models/t5_encoder.h"
 
 using namespace sd3;
@@ -554,4 +556,52 @@ TEST(SingleFileEncoders, T5Fp8EncodingsOfTheSingleFile) {
             }
         }
     }
+}
+
+// The MMDiT and VAE goldens through the single-file path: the models load from the single file's components
+// (derived configs, mapped weights) and give outputs bit-identical to the same models loaded from the folder, and
+// within the mmdit/vae golden tests' tolerances of the reference (same bounds and reasons as there).
+TEST(SingleFileModels, MMDiTAndVaeGoldensThroughTheSingleFile) {
+    ModelSpec spec;
+    spec.model = golden_single();
+    const ModelFolder single = must_open(spec);
+    const ModelFolder folder = must_open_folder(tiny_folder());
+
+    auto from_single = MMDiT::load(*single.find("transformer"));
+    auto from_folder = MMDiT::load(*folder.find("transformer"));
+    ASSERT_TRUE(from_single.ok()) << from_single.status().message();
+    ASSERT_TRUE(from_folder.ok()) << from_folder.status().message();
+    for (MMDiT* m : {&from_single.value(), &from_folder.value()})
+        m->mutable_weights().pos_embed = sincos_pos_embed(16, 8, 32);  // as MMDiTGolden: the table the reference ran with
+    const SafetensorsFile g = sd3::testing::open_golden("tiny-a/mmdit.safetensors");
+    for (int n : {0, 1}) {
+        const std::string p = std::to_string(n) + ".";
+        const Tensor x = sd3::testing::golden_tensor(g, p + "hidden_states"), t = sd3::testing::golden_tensor(g, p + "timestep");
+        const Tensor c = sd3::testing::golden_tensor(g, p + "encoder_hidden_states");
+        const Tensor pooled = sd3::testing::golden_tensor(g, p + "pooled_projections");
+        auto a = from_single->forward(x, t, c, pooled);
+        auto b = from_folder->forward(x, t, c, pooled);
+        ASSERT_TRUE(a.ok() && b.ok());
+        EXPECT_TRUE(same_bits(*a, *b)) << "case " << n;
+        // 2 blocks of float32 with other summation orders than PyTorch: see MMDiTGolden.ForwardMatchesDiffusers.
+        EXPECT_TRUE(sd3::testing::all_close(*a, sd3::testing::golden_tensor(g, p + "output"), 5e-6, 1e-5)) << "case " << n;
+    }
+
+    const Component* vc = single.find("vae");
+    auto vcfg = VaeConfig::from_json(vc->config, vc->config_path);
+    ASSERT_TRUE(vcfg.ok()) << vcfg.status().message();
+    auto vae = Vae::load(*vcfg, vc->weights);
+    ASSERT_TRUE(vae.ok()) << vae.status().message();
+    auto ref_vae = Vae::load_folder(tiny_folder() + "/vae");
+    ASSERT_TRUE(ref_vae.ok());
+    const SafetensorsFile f = sd3::testing::open_golden("tiny-a/vae.safetensors");
+    auto dec = vae->decode(sd3::testing::golden_tensor(f, "0.latent_in"));
+    auto dec_ref = ref_vae->decode(sd3::testing::golden_tensor(f, "0.latent_in"));
+    ASSERT_TRUE(dec.ok() && dec_ref.ok());
+    EXPECT_TRUE(same_bits(*dec, *dec_ref));
+    // ~25 float32 conv layers in another summation order: see VaeGolden.
+    EXPECT_TRUE(sd3::testing::all_close(*dec, sd3::testing::golden_tensor(f, "0.decoded"), 2e-5, 1e-4));
+    auto enc = vae->encode(sd3::testing::golden_tensor(f, "0.image"));
+    ASSERT_TRUE(enc.ok());
+    EXPECT_TRUE(sd3::testing::all_close(enc->mean, sd3::testing::golden_tensor(f, "0.latent_mean"), 2e-5, 1e-4));
 }
