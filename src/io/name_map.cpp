@@ -134,6 +134,7 @@ const std::vector<NameRule>& vae_rules() {
 const std::vector<NameRule>& clip_rules() {
     static const std::vector<NameRule> rules = {
         {"text_model.embeddings.position_ids", {}, MapOp::IGNORE},
+        {"logit_scale", {}, MapOp::IGNORE},  // CLIP's contrastive temperature: no part of text encoding
         {"text_model.{r:**}", {"text_model.{r}"}},
         {"text_projection.weight", {"text_projection.weight"}},
     };
