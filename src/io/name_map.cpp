@@ -382,11 +382,8 @@ Result<ComponentMapping> map_component(ComponentKind kind, const std::string& co
     m.component = component;
     m.kind = kind;
     m.prefix = prefix;
-    std::vector<std::string> relative;
-    for (const std::string& n : stored_names) {
-        SD3_ASSERT(n.starts_with(prefix), n, " does not start with ", prefix);
-        relative.push_back(n.substr(prefix.size()));
-    }
+    std::vector<std::string> relative;  // "" for a name outside the prefix: no rule matches it
+    for (const std::string& n : stored_names) relative.push_back(n.starts_with(prefix) ? n.substr(prefix.size()) : "");
     const int count = context_count(kind, relative, /*stored=*/true);
     std::vector<std::string> unmatched;
     std::map<std::string, std::string> claimed;  // diffusers -> stored

@@ -339,6 +339,39 @@ TEST(SingleFile, SeparateEncoderFilesAddAndReplaceParts) {
     EXPECT_HAS(open_error(clip_as_model), "pass it with --clip-l or --clip-g");
 }
 
+// Encoder files as other tools export them: T5 with only the tied encoder.embed_tokens (no shared.weight) plus a
+// position_ids buffer in CLIP-L, which has no projection.
+TEST(SingleFile, EncoderFileVariants) {
+    TempDir dir;
+    auto all = read_all_safetensors(golden_single());
+    ASSERT_TRUE(all.ok());
+    NamedTensors t5 = take_prefix(*all, "text_encoders.t5xxl.transformer.");
+    for (auto& [n, v] : t5)
+        if (n == "shared.weight") n = "encoder.embed_tokens.weight";
+    ASSERT_TRUE(write_safetensors(dir / "t5.safetensors", t5).ok());
+    NamedTensors clip = take_prefix(*all, "text_encoders.clip_l.transformer.");
+    std::erase_if(clip, [](const auto& p) { return p.first == "text_projection.weight"; });
+    clip.emplace_back("text_model.embeddings.position_ids", Tensor::zeros({1, 77}, DType::I64));
+    ASSERT_TRUE(write_safetensors(dir / "clip_l.safetensors", clip).ok());
+
+    ModelSpec spec;
+    spec.model = golden_single();
+    spec.t5 = dir / "t5.safetensors";
+    spec.clip_l = dir / "clip_l.safetensors";
+    ModelOrigin origin;
+    auto m = open_model(spec, &origin);
+    ASSERT_TRUE(m.ok()) << m.status().message();
+    ModelSpec plain;
+    plain.model = golden_single();
+    const ModelFolder ref = must_open(plain);
+    expect_identical(*m->find("text_encoder_3")->weights, *ref.find("text_encoder_3")->weights, "t5");
+    EXPECT_EQ(m->find("text_encoder")->weights->meta("text_projection.weight")->shape, (Shape{32, 32}));
+    EXPECT_FALSE(m->find("text_encoder")->weights->meta("text_model.embeddings.position_ids").has_value());
+    EXPECT_TRUE(std::any_of(origin.notes.begin(), origin.notes.end(), [](const std::string& n) {
+        return n == "text_encoder: ignored text_model.embeddings.position_ids";
+    }));
+}
+
 // Stability's CLIP-L carries no text_projection; diffusers uses the identity (sd3-architecture.md §3.4).
 TEST(SingleFile, MissingClipLProjectionIsTheIdentity) {
     TempDir dir;
