@@ -14,6 +14,9 @@
 #include "io/safetensors.h"
 #include "io/json_file.h"
 #include "io/single_file.h"
+#include "text/clip_tokenizer.h"
+#include "text/t5_tokenizer.h"
+#include "infer/prompt_encoding.h"
 #include "models/clip_text.h"
 #include "models/mmdit.h"
 #include "models/vae.h"
@@ -637,4 +640,45 @@ TEST(SingleFileModels, MMDiTAndVaeGoldensThroughTheSingleFile) {
     auto enc = vae->encode(sd3::testing::golden_tensor(f, "0.image"));
     ASSERT_TRUE(enc.ok());
     EXPECT_TRUE(sd3::testing::all_close(enc->mean, sd3::testing::golden_tensor(f, "0.latent_mean"), 2e-5, 1e-4));
+}
+
+// End to end as a ComfyUI user runs it: the single file plus --tokenizers, prompt text in, the reference's
+// encode_prompt out (t5fp8_encode.json: max_sequence_length 77, negative ""), through the tokenizers and
+// TextEncoders opened from the ModelFolder that open_model built. Tolerance as SingleFileEncoders.
+TEST(SingleFileEncoders, PromptTextThroughTokenizersAndEncoders) {
+    ModelSpec spec;
+    spec.model = golden_single();
+    spec.tokenizers = tiny_folder();
+    const ModelFolder m = must_open(spec);
+    auto meta = read_json_file(sd3::testing::tiny_path("single_file/t5fp8_encode.json"));
+    ASSERT_TRUE(meta.ok());
+    const int max_len = (*meta)["max_sequence_length"];
+    auto tok_l = ClipTokenizer::load(m.find("tokenizer")->dir);
+    auto tok_g = ClipTokenizer::load(m.find("tokenizer_2")->dir);
+    auto tok_t5 = T5Tokenizer::load(m.find("tokenizer_3")->dir);
+    ASSERT_TRUE(tok_l.ok() && tok_g.ok() && tok_t5.ok());
+    auto ids = [](const Tokenized& t) {  // [1, T] int32
+        Tensor out = Tensor::empty({1, static_cast<int64_t>(t.ids.size())}, DType::I32);
+        std::copy(t.ids.begin(), t.ids.end(), out.data<int32_t>());
+        return out;
+    };
+    auto tokens = [&](const std::string& text) {
+        return PromptTokens{ids(tok_l->encode(text)), ids(tok_g->encode(text)), ids(tok_t5->encode(text, max_len))};
+    };
+    TextEncoderOptions opt;
+    opt.max_sequence_length = max_len;
+    opt.t5.format = T5WeightFormat::FP8_E4M3;  // the file's fp8 weights kept as stored
+    auto te = TextEncoders::open(m, opt);
+    ASSERT_TRUE(te.ok()) << te.status().message();
+    auto out = te->encode_tokens({tokens((*meta)["0"]), tokens((*meta)["1"])});
+    auto neg = te->encode_tokens({tokens((*meta)["negative_prompt"])}, false);
+    ASSERT_TRUE(out.ok() && neg.ok()) << out.status().message() << neg.status().message();
+    const SafetensorsFile g = sd3::testing::open_golden("tiny-a/single_file/t5fp8_encode.safetensors");
+    for (int i = 0; i < 2; ++i) {
+        SCOPED_TRACE(str_cat("prompt ", i));
+        EXPECT_TRUE(sd3::testing::all_close((*out)[i].prompt_embeds, sd3::testing::golden_tensor(g, str_cat(i, ".prompt_embeds")), 1e-5, 1e-5));
+        EXPECT_TRUE(sd3::testing::all_close((*out)[i].pooled, sd3::testing::golden_tensor(g, str_cat(i, ".pooled_prompt_embeds")), 1e-5, 1e-5));
+        EXPECT_TRUE(sd3::testing::all_close((*neg)[0].prompt_embeds, sd3::testing::golden_tensor(g, str_cat(i, ".negative_prompt_embeds")), 1e-5, 1e-5));
+        EXPECT_TRUE(sd3::testing::all_close((*neg)[0].pooled, sd3::testing::golden_tensor(g, str_cat(i, ".negative_pooled_prompt_embeds")), 1e-5, 1e-5));
+    }
 }
