@@ -1,8 +1,9 @@
 // The one name-mapping module (DESIGN.md "Conventions"): every key dialect that model weights come in, mapped onto
 // diffusers names, as data (pattern rules) plus a few small tensor transforms. Dialects: Stability's single-file
 // checkpoint (model.diffusion_model.* MMDiT, first_stage_model.* LDM VAE, text_encoders.{clip_l,clip_g,t5xxl}.*),
-// and the same per-component names stored without a prefix (standalone clip_l / clip_g / t5xxl / VAE files).
-// Facts: ../shared/research/sd3-architecture.md §3.2-3.4 (diffusers single_file_utils.py).
+// and the same per-component names stored without a prefix (standalone clip_l / clip_g / t5xxl / VAE files);
+// and the LoRA key dialects (kohya, ComfyUI) over the same MMDiT rules (name_map_lora.cpp).
+// Facts: ../shared/research/sd3-architecture.md §3.2-3.4 (diffusers single_file_utils.py). docs/model-formats.md.
 #pragma once
 
 #include <cstdint>
