@@ -10,11 +10,11 @@ export LD_LIBRARY_PATH=/tmp/sd3lib:/usr/local/cuda/lib64:/opt/torch/.venv/lib/py
 export OMP_NUM_THREADS=8
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 ldd .gpu/sd3_gpu_tests | grep 'not found'
-.gpu/sd3_gpu_tests --gtest_output="xml:$out/gpu_tests.xml" "$@" 2>&1 | tee "$out/gpu_tests.log" | grep -v -E '^\[ +(RUN|OK) ' 
+timeout 150 .gpu/sd3_gpu_tests --gtest_output="xml:$out/gpu_tests.xml" "$@" 2>&1 | tee "$out/gpu_tests.log" | grep -v -E '^\[ +(RUN|OK) ' 
 status=${PIPESTATUS[0]}
 san=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 if [ -n "$san" ] && [ "${SD3_SANITIZE:-1}" = 1 ]; then
-    timeout 240 "$san" --tool memcheck --error-exitcode 3 .gpu/sd3_gpu_tests --gtest_filter='*/f32:*/bf16:CudaDevice.RoundTrip*' \
+    timeout 150 "$san" --tool memcheck --error-exitcode 3 .gpu/sd3_gpu_tests --gtest_filter='*/f32:*/bf16:CudaDevice.RoundTrip*' \
         > "$out/memcheck.log" 2>&1
     echo "memcheck exit $? (0 = clean; log in memcheck.log)"; tail -5 "$out/memcheck.log"
 else
