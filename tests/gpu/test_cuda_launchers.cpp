@@ -37,7 +37,7 @@ TEST_P(CudaOps, Gemm) {
                 Tensor dA = upload(A, dt()), dB = upload(B, dt()), dC = upload(C0, dt()), db = upload(bias, dt());
                 cuda::gemm(exec(), ta, tb, M, N, K, 0.7f, dA.raw(), lda, dB.raw(), ldb, 0.3f, dC.raw(), ldc, dt(),
                            dt(), with_bias ? db.raw() : nullptr);
-                EXPECT_TRUE(close(download(dC), ref, dt()));
+                EXPECT_TRUE(close(download(dC), ref, dt(), with_bias ? bias_epilogue_factor(dt()) : 1.0));
             }
         }
     }
@@ -64,7 +64,7 @@ TEST_P(CudaOps, Linear) {
     Tensor dx_ = upload(x, dt()), dw_ = upload(w, dt()), db_ = upload(b, dt()), ddy = upload(dy, dt());
     Tensor dyo = upload(std::vector<float>(M * N, NAN), dt());  // poisoned: every element must be written
     cuda::linear_fwd(exec(), dyo.raw(), dx_.raw(), dw_.raw(), db_.raw(), M, K, N, dt());
-    EXPECT_TRUE(close(download(dyo), y, dt())) << "forward";
+    EXPECT_TRUE(close(download(dyo), y, dt(), bias_epilogue_factor(dt()))) << "forward";
 
     // Backward: dx overwrites; dw and db accumulate onto existing f32 master gradients.
     const auto gw0 = randn(N * K, 14), gb0 = randn(N, 15);

@@ -1,5 +1,6 @@
 // The Tensor-level API on CUDA (ops/ops.h dispatch, ops/device.h moves): the same calls as on the CPU give the
 // CPU's results, non-contiguous device inputs included; device moves round-trip exactly; errors say what to do.
+#include <cstdlib>
 #include <cstring>
 
 #include "gpu/gpu_testing.h"
@@ -58,6 +59,11 @@ TEST(CudaDevice, ParseDeviceAndHalfDType) {
     EXPECT_FALSE(parse_device("gpu").ok());
     const DType h = half_dtype(kGPU);
     EXPECT_TRUE(h == DType::BF16 || h == DType::F16);
+    // The switch that forces the sm_75 (T4) fp16 path on any card.
+    setenv("SD3_FORCE_FP16", "1", 1);
+    EXPECT_EQ(half_dtype(kGPU), DType::F16);
+    unsetenv("SD3_FORCE_FP16");
+    EXPECT_EQ(half_dtype(kGPU), h);
 }
 
 TEST(CudaDevice, OutOfMemoryIsAnError) {
@@ -82,7 +88,7 @@ TEST_P(CudaTensorOps, LinearOnTransposedInput) {
     // Build the non-contiguous device view the same way as on the CPU.
     const Tensor gxv = on_gpu(cpu_randn({45, 3, 19}, 10), dt()).permute({1, 2, 0});
     const Tensor y = ops::linear(gxv, on_gpu(w, dt()), on_gpu(b, dt()));
-    EXPECT_TRUE(same_as_cpu(y, ref, dt()));
+    EXPECT_TRUE(same_as_cpu(y, ref, dt(), bias_epilogue_factor(dt())));
     EXPECT_TRUE(same_as_cpu(ops::linear(gx, on_gpu(w, dt())), ops::linear(rounded(x, dt()), rounded(w, dt())), dt()));
 }
 
