@@ -258,6 +258,8 @@ const AttnCase kAttnCases[] = {
     {2, 2, 33, 21, 8, false, true, false},    // T5-style additive bias
     {1, 4, 130, 130, 32, false, false, true},
     {2, 1, 200, 200, 64, true, false, true},  // several tiles of every kernel, fused QKV
+    {1, 2, 70, 100, 64, false, true, false},  // head dim 64 with a bias and Tq != Tk (tensor-core tails)
+    {1, 1, 45, 90, 64, true, false, false},
 };
 
 TEST_P(CudaOps, Attention) {
@@ -340,11 +342,22 @@ TEST_P(CudaOps, Attention) {
             pdk = static_cast<char*>(ggrad.raw()) + q.size() * es;
             pdv = static_cast<char*>(ggrad.raw()) + (q.size() + k.size()) * es;
         }
-        cuda::attention_fwd(exec(), pout, glse.data<float>(), pq, pk, pv, c.bias ? gbias.raw() : nullptr, s, dt(),
-                            rows);
-        const auto got_out = download(gout);
-        EXPECT_TRUE(close(c.fused ? unpack(got_out, 0) : got_out, out, dt())) << "out";
-        EXPECT_TRUE(close(download(glse), lse, DType::F32)) << "lse";
+        // The forward on CUDA cores, and on tensor cores where that path exists (head dim 64, 16-bit): there P is
+        // rounded to dt before P·V (as FlashAttention does), a second rounding: twice the tolerance.
+        for (bool tc : {false, true}) {
+            cuda::Exec fx = exec();
+            fx.tensor_core_attention = tc;
+            if (tc && (dt() == DType::F32 || c.d != 64)) continue;
+            SCOPED_TRACE(tc ? "tensor cores" : "CUDA cores");
+            const size_t n_out = (c.fused ? 3 : 1) * q.size();
+            Tensor poison = upload(std::vector<float>(n_out, NAN), dt());
+            cuda::copy_strided(fx, gout.raw(), dt(), std::vector<int64_t>{1}.data(), poison.raw(), dt(),
+                               std::vector<int64_t>{1}.data(), std::vector<int64_t>{static_cast<int64_t>(n_out)}.data(), 1);
+            cuda::attention_fwd(fx, pout, glse.data<float>(), pq, pk, pv, c.bias ? gbias.raw() : nullptr, s, dt(), rows);
+            const auto got_out = download(gout);
+            EXPECT_TRUE(close(c.fused ? unpack(got_out, 0) : got_out, out, dt(), tc ? 2.0 : 1.0)) << "out";
+            EXPECT_TRUE(close(download(glse), lse, DType::F32, tc ? 2.0 : 1.0)) << "lse";
+        }
 
         Tensor clse = upload(lse, DType::F32);
         cuda::attention_bwd(exec(cuda::attention_bwd_workspace(s)), pdq, pdk, pdv, pdo, pq, pk, pv, pout_in,

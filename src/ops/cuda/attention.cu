@@ -8,6 +8,7 @@
 
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_ops.h"
+#include "ops/cuda/internal.h"
 
 namespace sd3::cuda {
 
@@ -277,6 +278,13 @@ void attention_fwd(const Exec& ex, void* out, float* lse, const void* q, const v
                    const void* bias, const AttentionShape& s, DType dt, AttentionRows rows) {
     if (s.batch * s.heads * s.q_len == 0) return;
     SD3_ASSERT(s.kv_len > 0, "attention over zero keys");
+    if (detail::attention_fwd_tc_supported(ex, s, dt)) {
+        const int64_t dense = s.heads * s.head_dim;
+        const AttentionRows r{rows.q_row ? rows.q_row : dense, rows.k_row ? rows.k_row : dense,
+                              rows.v_row ? rows.v_row : dense, rows.o_row ? rows.o_row : dense};
+        detail::attention_fwd_tc(ex, out, lse, q, k, v, bias, s, dt, r);
+        return;
+    }
     const dim3 grid(static_cast<unsigned>(ceil_div(s.q_len, kFwdQueries)), static_cast<unsigned>(s.heads),
                     static_cast<unsigned>(s.batch));
     SD3_DISPATCH_FLOAT(dt, T, {

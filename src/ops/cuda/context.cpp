@@ -112,6 +112,7 @@ Exec Context::exec(size_t scratch_bytes) {
     ex.blas_workspace_bytes = blas_workspace_bytes_;
     ex.scratch = scratch_;
     ex.scratch_bytes = scratch_bytes_;
+    ex.sm = sm_;
     return ex;
 }
 

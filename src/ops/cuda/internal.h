@@ -20,4 +20,10 @@ void column_partials(const Exec& ex, float* partial, const void* src, DType dt, 
 // y[rows, cols] = bias[r] broadcast along each row (conv bias before the GEMM accumulates onto it).
 void fill_rows(const Exec& ex, void* y, const void* bias, int64_t rows, int64_t cols, DType dt);
 
+// Whether attention_fwd_tc runs this problem (head dim 64, 16-bit storage, bf16 only from sm_80).
+bool attention_fwd_tc_supported(const Exec& ex, const AttentionShape& s, DType dt);
+// The tensor-core forward of attention_fwd (attention_tc.cu); row strides already resolved (non-zero).
+void attention_fwd_tc(const Exec& ex, void* out, float* lse, const void* q, const void* k, const void* v,
+                      const void* bias, const AttentionShape& s, DType dt, AttentionRows rows);
+
 }  // namespace sd3::cuda::detail
