@@ -251,6 +251,7 @@ TEST_P(CudaOps, ElementwiseAndStridedCopy) {
 struct AttnCase {
     int64_t batch, heads, tq, tk, d;
     bool causal, bias, fused;  // fused: q, k, v interleaved in one [B, T, 3, H*D] buffer (row strides 3*H*D)
+    bool shifted = false;      // q, k, v start one element past an aligned address (no 16-byte tile loads)
 };
 const AttnCase kAttnCases[] = {
     {2, 3, 77, 77, 64, false, false, false},  // SD3's head dim
@@ -260,6 +261,7 @@ const AttnCase kAttnCases[] = {
     {2, 1, 200, 200, 64, true, false, true},  // several tiles of every kernel, fused QKV
     {1, 2, 70, 100, 64, false, true, false},  // head dim 64 with a bias and Tq != Tk (tensor-core tails)
     {1, 1, 45, 90, 64, true, false, false},
+    {1, 2, 50, 66, 64, false, false, false, true},
 };
 
 TEST_P(CudaOps, Attention) {
@@ -325,16 +327,22 @@ TEST_P(CudaOps, Attention) {
             pdv = static_cast<char*>(ggrad.raw()) + 2 * HD * es;
         } else {
             rows = {};
-            gq = upload(q, dt());
-            gk = upload(k, dt());
-            gv = upload(v, dt());
+            auto shifted = [&](const std::vector<float>& a) {
+                std::vector<float> w(a.size() + 1, 0.0f);
+                std::copy(a.begin(), a.end(), w.begin() + 1);
+                return upload(w, dt());
+            };
+            gq = c.shifted ? shifted(q) : upload(q, dt());
+            gk = c.shifted ? shifted(k) : upload(k, dt());
+            gv = c.shifted ? shifted(v) : upload(v, dt());
             gdo = upload(dout, dt());
             gout_in = upload(out_r, dt());
             ggrad = upload(std::vector<float>(q.size() + 2 * k.size(), NAN), dt());
             const size_t es = dtype_size(dt());
-            pq = gq.raw();
-            pk = gk.raw();
-            pv = gv.raw();
+            const size_t shift = c.shifted ? es : 0;
+            pq = static_cast<const char*>(gq.raw()) + shift;
+            pk = static_cast<const char*>(gk.raw()) + shift;
+            pv = static_cast<const char*>(gv.raw()) + shift;
             pdo = gdo.raw();
             pout_in = gout_in.raw();
             pout = gout.raw();

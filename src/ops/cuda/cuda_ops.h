@@ -31,9 +31,9 @@ struct Exec {
     void* scratch = nullptr;
     size_t scratch_bytes = 0;
     int sm = 0;  // the device's compute capability (10 * major + minor); picks kernels that need sm_80+
-    // Attention forward at head dim 64 in bf16/f16 on tensor cores. Off by default: on the H100 the WMMA kernel
-    // ran at 13 TFLOP/s against the CUDA-core kernel's 20 (docs/cuda.md).
-    bool tensor_core_attention = false;
+    // Attention forward at head dim 64 in bf16/f16 on sm_80+ on tensor cores (mma.sync); off: the f32
+    // CUDA-core kernel everywhere (tests run both).
+    bool tensor_core_attention = true;
 };
 
 // --- GEMM (cuBLASLt; a plain tiled kernel where cuBLASLt offers no algorithm) --------------------------------
@@ -108,8 +108,8 @@ void copy_strided(const Exec& ex, void* dst, DType dst_dt, const int64_t* dst_st
                   const int64_t* src_strides, const int64_t* shape, int ndim);
 
 // --- attention (flash: online softmax, the [Tq, Tk] matrix never exists) ------------------------------------
-// Head dims 8, 16, 32 and 64. The forward at head dim 64 in bf16 (sm_80+) or f16 runs on tensor cores
-// (WMMA; P is rounded to the storage dtype before P·V, as FlashAttention does); the rest on CUDA cores in f32. Row strides (elements between consecutive tokens) let q, k, v live interleaved
+// Head dims 8, 16, 32 and 64. The forward at head dim 64 in bf16/f16 on sm_80+ runs on tensor cores (P is
+// rounded to the storage dtype before P·V, as FlashAttention does); the rest on CUDA cores in f32. Row strides (elements between consecutive tokens) let q, k, v live interleaved
 // in one fused QKV buffer; gradients use the strides of their inputs (dq: q_row, dk: k_row, dv: v_row,
 // dout: o_row). Zero means dense (heads * head_dim). bias [H, Tq, Tk] has dtype dt; lse [B, H, Tq] float32.
 struct AttentionRows {
