@@ -6,6 +6,7 @@ Needs torch, diffusers, prodigyopt, safetensors (pip). Writes:
              (base lr 1e-4 on a torch AdamW with the LR passed per param group, as the reference script does);
   qmap.signed / qmap.unsigned: bitsandbytes' create_dynamic_map (0.43.1 algorithm) computed with torch float32;
   adamw.*: 5 torch.optim.AdamW steps (lr 1e-4, betas 0.9/0.999, wd 1e-4, eps 1e-8) on two tensors;
+  resize.<case>.{in,out}: PIL Image.resize(BILINEAR) of random 8-bit RGB images to torchvision Resize's size;
   prodigy.*: 5 prodigyopt.Prodigy steps with the reference script's arguments (lr 1.0, wd 1e-4, decouple,
              bias correction, safeguard warmup) on the same tensors and gradients.
 """
@@ -80,6 +81,21 @@ for k, ps in enumerate(run(lambda ps: prodigyopt.Prodigy(ps, lr=1.0, betas=(0.9,
                                                          safeguard_warmup=True))):
     for i, t in enumerate(ps):
         out[f"prodigy.{k}.{i}"] = t
+
+# --- PIL resize (torchvision Resize on PIL images = Image.resize(BILINEAR)) --------------------------------
+import numpy as np
+from PIL import Image
+rs = np.random.RandomState(3)
+for name, (w, h), size in [("down", (37, 23), 16), ("up", (7, 5), 16), ("tall", (30, 71), 24), ("square", (40, 40), 16),
+                           ("strong_down", (203, 97), 20)]:
+    arr = rs.randint(0, 256, size=(h, w, 3)).astype(np.uint8)
+    arr[: h // 2, : w // 3] = [250, 10, 128]  # flat regions and edges, not only noise
+    img = Image.fromarray(arr, "RGB")
+    short, long_ = min(w, h), max(w, h)
+    new_long = int(size * long_ / short)
+    nw, nh = (new_long, size) if w >= h else (size, new_long)
+    out[f"resize.{name}.in"] = torch.from_numpy(arr.copy())
+    out[f"resize.{name}.out"] = torch.from_numpy(np.asarray(img.resize((nw, nh), Image.BILINEAR)).copy())
 
 dst = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "tests", "data", "train",
                                                          "reference.safetensors")
