@@ -6,6 +6,7 @@
 #include "io/model_folder.h"
 #include "io/model_info.h"
 #include "io/safetensors.h"
+#include "io/single_file.h"
 #include "tools/commands.h"
 
 namespace sd3::tools {
@@ -97,7 +98,13 @@ std::pair<CLI::App*, CommandRunner> setup_info(CLI::App& app) {
                 if (!std::filesystem::exists(opt->path))
                     return make_error(ErrorCode::NOT_FOUND, opt->path, ": no such file or folder");
                 if (std::filesystem::is_directory(opt->path)) return info_folder(*opt);
-                return info_safetensors(*opt);
+                SD3_ASSIGN_OR_RETURN(nlohmann::ordered_json d, describe_model_file(opt->path));  // null: no model
+                if (d.is_null()) return info_safetensors(*opt);
+                if (opt->json) std::printf("%s\n", d.dump(2).c_str());
+                else print_model_table(d);
+                if (!opt->json) std::printf("  layout: %s\n", d["summary"].get<std::string>().c_str());
+                if (!opt->json) for (const auto& n : d["notes"]) std::printf("  note: %s\n", n.get<std::string>().c_str());
+                return {};
             }};
 }
 

@@ -66,8 +66,8 @@ void register_device_allocator(DeviceType type, DeviceAllocator allocator) {
 std::shared_ptr<Storage> Storage::allocate(size_t bytes, Device device) {
     const size_t alloc_bytes = bytes == 0 ? 1 : bytes;
     if (device.is_cpu()) {
-        // 64-byte alignment for vector loads; aligned_alloc needs a multiple of the alignment.
-        void* p = std::aligned_alloc(64, (alloc_bytes + 63) / 64 * 64);
+        // 256-byte alignment, as cudaMalloc gives, so planned offsets stay aligned on every device.
+        void* p = std::aligned_alloc(256, (alloc_bytes + 255) / 256 * 256);
         SD3_ASSERT(p != nullptr, "host allocation of ", bytes, " bytes failed");
         return std::make_shared<Storage>(p, bytes, device, [](void* q) { std::free(q); });
     }

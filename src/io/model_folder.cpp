@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "io/json_file.h"
+#include "io/single_file.h"  // part_supply_hint
 
 namespace sd3 {
 
@@ -125,8 +126,8 @@ const Component* ModelFolder::find(const std::string& name) const {
 
 Result<const Component*> ModelFolder::require(const std::string& name) const {
     if (const Component* c = find(name)) return c;
-    return make_error(ErrorCode::NOT_FOUND, path_, ": the model has no ", name,
-                      ", which this job needs; use a complete SD3 pipeline folder or supply the part");
+    return make_error(ErrorCode::NOT_FOUND, path_, ": the model has no ", name, ", which this job needs; ",
+                      part_supply_hint(name));
 }
 
 }  // namespace sd3

@@ -1,0 +1,170 @@
+// The SD3 / SD3.5 MMDiT (diffusers SD3Transformer2DModel): config, typed weights, forward for any batch and latent
+// size, backward to LoRA parameters and to the three inputs, LoRA application (trainable, unfused, fused).
+// Semantics: sd3-architecture.md §2 (forward), §9 (backward), §1.10 (SD3.5 qk-norm and dual attention).
+//
+// API for the trainer (all tensors f32 on one device, PyTorch dimension order):
+//   MMDiT model = MMDiT::load(component).value();              // or MMDiT::create(config, source)
+//   LoraTrainable lora = model.make_trainable_lora(cfg).value(); // layout: one flat params + one flat grads buffer
+//   init_lora_gaussian(lora, normal_fn);  model.attach_trainable(lora);
+//   MMDiTActivations saved; saved.checkpoint_blocks = true; saved.ctx = {true, step_seed};
+//   Tensor pred = model.forward(x_t, t, ctx, pooled, &saved).value();     // [B, 16, H, W]
+//   (loss, d_pred)...; lora.grads.fill(0) before a new accumulation
+//   InputGrads g;  model.backward(d_pred, saved, lora.grads, &g);         // grads += ; g.* overwritten (may be null)
+// Inference: forward(..., nullptr); attach_lora(set, multiplier) adds an unfused low-rank path (several sets may be
+// attached, each with its own multiplier); fuse_lora(set, multiplier) folds W += m·(alpha/r)·B·A into a private copy
+// of the affected weights.
+#pragma once
+
+#include <memory>
+#include <nlohmann/json_fwd.hpp>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include "core/tensor.h"
+#include "io/lora_file.h"
+#include "io/model_folder.h"
+#include "io/tensor_source.h"
+#include "nn/blocks.h"
+#include "nn/lora.h"
+
+namespace sd3 {
+
+// transformer/config.json (diffusers SD3Transformer2DModel constructor arguments; §1.2, §1.10).
+struct MMDiTConfig {
+    int64_t sample_size = 128;
+    int64_t patch_size = 2;
+    int64_t in_channels = 16;
+    int64_t num_layers = 18;
+    int64_t attention_head_dim = 64;
+    int64_t num_attention_heads = 18;
+    int64_t joint_attention_dim = 4096;
+    int64_t caption_projection_dim = 1152;
+    int64_t pooled_projection_dim = 2048;
+    int64_t out_channels = 16;
+    int64_t pos_embed_max_size = 96;
+    std::string qk_norm;                    // "" (none) or "rms_norm"
+    std::vector<int64_t> dual_attention_layers;
+
+    int64_t inner_dim() const { return num_attention_heads * attention_head_dim; }
+    bool is_dual(int64_t layer) const;
+    // Reads and validates the JSON; unknown values (another qk_norm, inconsistent dims) are errors naming the file.
+    static Result<MMDiTConfig> from_json(const nlohmann::json& j, const std::string& config_path);
+    // Checks the config against the weight shapes of `source` (block count, widths), naming the first mismatch.
+    Status check_against(const TensorSource& source) const;
+};
+
+// One JointTransformerBlock (diffusers attention.py JointTransformerBlock).
+struct JointBlock {
+    nn::Linear norm1;          // adaLN-Zero: [6D, D] (9D with dual attention)
+    nn::Linear norm1_context;  // [6D, D], or [2D, D] (scale, shift) in the context_pre_only last block
+    nn::JointAttention attn;
+    bool dual = false;
+    nn::JointAttention attn2;  // SD3.5 image-only self-attention (dual layers)
+    nn::FeedForward ff;
+    nn::FeedForward ff_context;  // absent in the last block
+    bool context_pre_only = false;
+};
+
+struct MMDiTWeights {
+    nn::Linear patch_embed;  // pos_embed.proj as a Linear: [D, C*p*p] over (c, py, px) patches
+    Tensor pos_embed;        // [1, grid*grid, D]
+    nn::Linear time_linear_1, time_linear_2;  // time_text_embed.timestep_embedder.linear_{1,2}
+    nn::Linear text_linear_1, text_linear_2;  // time_text_embed.text_embedder.linear_{1,2}
+    nn::Linear context_embedder;
+    std::vector<JointBlock> blocks;
+    nn::Linear norm_out;  // [2D, D], chunks (scale, shift)
+    nn::Linear proj_out;  // [p*p*out, D], (py, px, c) layout
+};
+
+// What one block's backward needs (all of it, or only the inputs under activation checkpointing).
+struct JointBlockSaved {
+    Tensor x_in, c_in;            // block inputs [B, N, D], [B, M, D]
+    bool full = false;            // false: only the inputs were kept (checkpointing)
+    nn::LinearSaved norm1, norm1_context;
+    Tensor E, Ec;                 // adaLN outputs [B, 6D|9D], [B, 6D|2D]
+    nn::NormSaved ln1, ln1c;      // LN of the inputs
+    nn::AttentionSaved attn, attn2;
+    Tensor ax, ac, ax2;           // projected attention outputs (gated into the residuals)
+    Tensor nx, nx2;               // modulated inputs of attn and attn2
+    nn::NormSaved ln2, ln2c;      // LN of the residuals after attention
+    nn::FeedForwardSaved ff, ffc;
+    Tensor fx, fc;                // feed-forward outputs
+};
+
+// Saved activations of one forward for the backward ("TrainState"). Set the options before forward().
+struct MMDiTActivations {
+    bool checkpoint_blocks = false;  // keep only block inputs; recompute each block in backward (same gradients)
+    nn::RunContext ctx{true, 0};     // training (LoRA dropout on) and the step's dropout seed
+
+    // Filled by forward():
+    int64_t batch = 0, height = 0, width = 0, hp = 0, wp = 0;
+    nn::LinearSaved patch_embed, time_1, time_2, text_1, text_2, context_embedder, norm_out, proj_out;
+    Tensor time_pre, text_pre;  // linear_1 outputs before SiLU [B, D]
+    Tensor temb, silu_temb;     // [B, D]
+    std::vector<JointBlockSaved> blocks;
+    nn::NormSaved ln_out;
+    Tensor E_out;               // [B, 2D]
+};
+
+// Gradients of the loss with respect to the forward's inputs (overwritten by backward()).
+struct InputGrads {
+    Tensor hidden_states;          // [B, C, H, W]
+    Tensor encoder_hidden_states;  // [B, M, joint_attention_dim]
+    Tensor pooled_projections;     // [B, pooled_projection_dim]
+};
+
+// diffusers' own 2-D sin-cos table (embeddings.py get_2d_sincos_pos_embed, float64 math then float32):
+// [1, grid*grid, dim], first half of the channels from the column, second half from the row, positions
+// arange(grid) / (grid / base_size). The checkpoints store this buffer (fp16 in SD3 releases), and the model uses
+// the stored one; this is for checking it and for tests whose reference kept the float32 table.
+Tensor sincos_pos_embed(int64_t grid, int64_t base_size, int64_t dim);
+
+class MMDiT {
+  public:
+    // From a model folder's transformer component (config checked against the weights; every tensor used).
+    static Result<MMDiT> load(const Component& component);
+    // From a diffusers `transformer/` folder: config.json + diffusion_pytorch_model(.safetensors | shards).
+    static Result<MMDiT> load_dir(const std::string& dir);
+    static Result<MMDiT> create(const MMDiTConfig& config, std::shared_ptr<const TensorSource> weights);
+
+    const MMDiTConfig& config() const { return config_; }
+    const MMDiTWeights& weights() const { return w_; }
+    MMDiTWeights& mutable_weights() { return w_; }  // for tests and tools that patch weights
+
+    // hidden_states [B, in_channels, H, W] (H, W multiples of patch_size, H/p and W/p <= pos_embed_max_size),
+    // timestep [B] (float, 0..1000), encoder_hidden_states [B, M, joint_attention_dim], pooled [B, pooled_dim].
+    // Returns [B, out_channels, H, W]. `saved` (may be null) receives what backward() needs.
+    Result<Tensor> forward(const Tensor& hidden_states, const Tensor& timestep, const Tensor& encoder_hidden_states,
+                           const Tensor& pooled_projections, MMDiTActivations* saved = nullptr) const;
+    // dout [B, out_channels, H, W]. Accumulates trainable LoRA gradients into `lora_grads` (flat, the layout of the
+    // attached LoraTrainable); fills `inputs` when given. Frozen weights get no gradients.
+    void backward(const Tensor& dout, MMDiTActivations& saved, Tensor& lora_grads, InputGrads* inputs = nullptr) const;
+
+    // ---- LoRA ----
+    // Every Linear of the model by diffusers module path (for LoRA targeting and name checks).
+    std::vector<nn::Linear*> linears();
+    std::vector<const nn::Linear*> linears() const;
+    nn::Linear* find_linear(const std::string& module_path);
+    // Builds the trainable layout for the config's targets (error when a target matches no module).
+    Result<LoraTrainable> make_trainable_lora(const LoraTrainConfig& cfg) const;
+    // Adds trainable adapters viewing lora.params, with gradient offsets into the same layout.
+    Status attach_trainable(const LoraTrainable& lora);
+    // Unfused inference LoRA at multiplier m: adds m·(alpha/r)·B(A x). Error listing keys that match no module.
+    Status attach_lora(const LoraSet& set, float multiplier);
+    // W += m·(alpha/r)·B·A into private copies of the affected weights.
+    Status fuse_lora(const LoraSet& set, float multiplier);
+    void detach_loras();
+
+  private:
+    void block_forward(const JointBlock& blk, Tensor& x, Tensor& c, const Tensor& silu_temb, JointBlockSaved* saved,
+                       const nn::RunContext& ctx) const;
+    void block_backward(const JointBlock& blk, Tensor& dx, Tensor& dc, Tensor& dsilu_temb, const JointBlockSaved& s,
+                        const nn::RunContext& ctx, Tensor& lora_grads) const;
+    Status check_lora_set(const LoraSet& set) const;
+
+    MMDiTConfig config_;
+    MMDiTWeights w_;
+};
+
+}  // namespace sd3

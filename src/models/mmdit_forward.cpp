@@ -1,0 +1,252 @@
+// MMDiT forward and backward (models/mmdit.h): patch and condition embeddings, joint blocks with adaLN-Zero, the
+// last block's context_pre_only form, the output head; the backward mirrors it op by op (sd3-architecture.md §9.2)
+// and can recompute each block from its inputs (activation checkpointing) with identical results.
+#include "core/check.h"
+#include "models/mmdit.h"
+#include "ops/mmdit_ops.h"
+
+namespace sd3 {
+
+namespace {
+
+constexpr float kNormEps = 1e-6f;  // every LayerNorm of the MMDiT (§2.5)
+
+// Chunk i of width D of an adaLN output E [B, k*D], as a row-strided view [B, D].
+Tensor chunk(const Tensor& E, int64_t i, int64_t D) { return E.slice(1, i * D, (i + 1) * D); }
+
+}  // namespace
+
+void MMDiT::block_forward(const JointBlock& b, Tensor& x, Tensor& c, const Tensor& st, JointBlockSaved* saved,
+                          const nn::RunContext& ctx) const {
+    JointBlockSaved local;
+    JointBlockSaved& s = saved != nullptr ? *saved : local;
+    const int64_t D = config_.inner_dim();
+    s.x_in = x;
+    s.c_in = c;
+    s.full = true;
+
+    // adaLN: chunks (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp[, shift_msa2, scale_msa2,
+    // gate_msa2]); the pre-only context norm is AdaLayerNormContinuous with (scale, shift).
+    s.E = nn::linear_forward(b.norm1, st, &s.norm1, ctx);                  // [B, 6D | 9D]
+    s.Ec = nn::linear_forward(b.norm1_context, st, &s.norm1_context, ctx);  // [B, 6D | 2D]
+    const Tensor& E = s.E;
+    const Tensor& Ec = s.Ec;
+
+    const Tensor xhat = nn::layer_norm_forward(x, kNormEps, &s.ln1);  // [B, N, D]
+    s.nx = ops::modulate(xhat, chunk(E, 0, D), chunk(E, 1, D));
+    const Tensor chat = nn::layer_norm_forward(c, kNormEps, &s.ln1c);  // [B, M, D]
+    const Tensor nc = b.context_pre_only ? ops::modulate(chat, chunk(Ec, 1, D), chunk(Ec, 0, D))
+                                         : ops::modulate(chat, chunk(Ec, 0, D), chunk(Ec, 1, D));
+
+    nn::joint_attention_forward(b.attn, s.nx, nc, &s.ax, &s.ac, &s.attn, ctx);
+    Tensor x1 = x.clone();  // [B, N, D]
+    ops::gated_add_(x1, chunk(E, 2, D), s.ax);
+    if (b.dual) {
+        s.nx2 = ops::modulate(xhat, chunk(E, 6, D), chunk(E, 7, D));
+        nn::joint_attention_forward(b.attn2, s.nx2, Tensor(), &s.ax2, nullptr, &s.attn2, ctx);
+        ops::gated_add_(x1, chunk(E, 8, D), s.ax2);
+    }
+    const Tensor xhat2 = nn::layer_norm_forward(x1, kNormEps, &s.ln2);
+    s.fx = nn::feed_forward(b.ff, ops::modulate(xhat2, chunk(E, 3, D), chunk(E, 4, D)), &s.ff, ctx);
+    Tensor x2 = x1.clone();
+    ops::gated_add_(x2, chunk(E, 5, D), s.fx);
+    x = x2;
+
+    if (b.context_pre_only) {
+        c = Tensor();  // the last block returns no context (diffusers sets encoder_hidden_states = None)
+        return;
+    }
+    Tensor c1 = c.clone();  // [B, M, D]
+    ops::gated_add_(c1, chunk(Ec, 2, D), s.ac);
+    const Tensor chat2 = nn::layer_norm_forward(c1, kNormEps, &s.ln2c);
+    s.fc = nn::feed_forward(b.ff_context, ops::modulate(chat2, chunk(Ec, 3, D), chunk(Ec, 4, D)), &s.ffc, ctx);
+    Tensor c2 = c1.clone();
+    ops::gated_add_(c2, chunk(Ec, 5, D), s.fc);
+    c = c2;
+}
+
+void MMDiT::block_backward(const JointBlock& b, Tensor& dx, Tensor& dc, Tensor& dst, const JointBlockSaved& s,
+                           const nn::RunContext& ctx, Tensor& grads) const {
+    SD3_ASSERT(s.full, "block backward needs the block's full saved forward");
+    const int64_t D = config_.inner_dim();
+    const Tensor& E = s.E;
+    const Tensor& Ec = s.Ec;
+    Tensor dE = Tensor::zeros(E.shape());    // [B, 6D | 9D]
+    Tensor dEc = Tensor::zeros(Ec.shape());  // [B, 6D | 2D]
+    Tensor dE_[9], dEc_[6];
+    for (int64_t i = 0; i < E.size(1) / D; ++i) dE_[i] = chunk(dE, i, D);
+    for (int64_t i = 0; i < Ec.size(1) / D; ++i) dEc_[i] = chunk(dEc, i, D);
+
+    // ---- image stream, top down: x2 = x1 + g_mlp * FF(mod(LN(x1)))
+    const Tensor dfx = ops::gated_add_backward(dx, s.fx, chunk(E, 5, D), &dE_[5]);
+    const Tensor dh = nn::feed_forward_backward(b.ff, dfx, s.ff, ctx, grads);
+    const Tensor dxhat2 = ops::modulate_backward(dh, s.ln2.xhat, chunk(E, 4, D), &dE_[3], &dE_[4]);
+    Tensor dx1 = nn::layer_norm_backward(dxhat2, s.ln2);
+    ops::add_(dx1, dx);  // residual
+    // x1 = x + g_msa * attn (+ g_msa2 * attn2)
+    Tensor dxhat_extra;
+    if (b.dual) {
+        const Tensor dax2 = ops::gated_add_backward(dx1, s.ax2, chunk(E, 8, D), &dE_[8]);
+        Tensor dnx2, unused;
+        nn::joint_attention_backward(b.attn2, dax2, Tensor(), s.attn2, ctx, grads, &dnx2, &unused);
+        dxhat_extra = ops::modulate_backward(dnx2, s.ln1.xhat, chunk(E, 7, D), &dE_[6], &dE_[7]);
+    }
+    const Tensor dax = ops::gated_add_backward(dx1, s.ax, chunk(E, 2, D), &dE_[2]);
+
+    // ---- context stream (absent after the pre-only block's attention)
+    Tensor dac, dc1;
+    if (!b.context_pre_only) {
+        SD3_ASSERT(dc.defined(), "block backward: missing the context gradient");
+        const Tensor dfc = ops::gated_add_backward(dc, s.fc, chunk(Ec, 5, D), &dEc_[5]);
+        const Tensor dhc = nn::feed_forward_backward(b.ff_context, dfc, s.ffc, ctx, grads);
+        const Tensor dchat2 = ops::modulate_backward(dhc, s.ln2c.xhat, chunk(Ec, 4, D), &dEc_[3], &dEc_[4]);
+        dc1 = nn::layer_norm_backward(dchat2, s.ln2c);
+        ops::add_(dc1, dc);
+        dac = ops::gated_add_backward(dc1, s.ac, chunk(Ec, 2, D), &dEc_[2]);
+    }
+
+    // ---- joint attention and the first modulations
+    Tensor dnx, dnc;
+    nn::joint_attention_backward(b.attn, dax, dac, s.attn, ctx, grads, &dnx, &dnc);
+    Tensor dxhat = ops::modulate_backward(dnx, s.ln1.xhat, chunk(E, 1, D), &dE_[0], &dE_[1]);
+    if (dxhat_extra.defined()) ops::add_(dxhat, dxhat_extra);  // LN(x) feeds both modulations
+    Tensor dx_in = nn::layer_norm_backward(dxhat, s.ln1);
+    ops::add_(dx_in, dx1);
+    const Tensor dchat = b.context_pre_only
+                             ? ops::modulate_backward(dnc, s.ln1c.xhat, chunk(Ec, 0, D), &dEc_[1], &dEc_[0])
+                             : ops::modulate_backward(dnc, s.ln1c.xhat, chunk(Ec, 1, D), &dEc_[0], &dEc_[1]);
+    Tensor dc_in = nn::layer_norm_backward(dchat, s.ln1c);
+    if (dc1.defined()) ops::add_(dc_in, dc1);
+
+    // ---- adaLN linears: gradients flow into SiLU(temb)
+    ops::add_(dst, nn::linear_backward(b.norm1, dE, s.norm1, ctx, grads));
+    ops::add_(dst, nn::linear_backward(b.norm1_context, dEc, s.norm1_context, ctx, grads));
+    dx = dx_in;
+    dc = dc_in;
+}
+
+Result<Tensor> MMDiT::forward(const Tensor& x, const Tensor& timestep, const Tensor& ctx_in, const Tensor& pooled,
+                              MMDiTActivations* saved) const {
+    const MMDiTConfig& c = config_;
+    const int64_t p = c.patch_size, D = c.inner_dim();
+    auto bad = [](const auto&... what) { return make_error(ErrorCode::INVALID_ARGUMENT, "MMDiT forward: ", what...); };
+    for (const Tensor* t : {&x, &timestep, &ctx_in, &pooled})
+        if (!t->defined() || t->dtype() != DType::F32) return bad("inputs must be defined float32 tensors");
+    if (x.dim() != 4 || x.size(1) != c.in_channels)
+        return bad("hidden_states must be [B, ", c.in_channels, ", H, W], got ", shape_str(x.shape()));
+    const int64_t B = x.size(0), H = x.size(2), W = x.size(3);
+    if (H % p != 0 || W % p != 0 || H <= 0 || W <= 0)
+        return bad("latent size ", H, "x", W, " is not a multiple of the patch size ", p,
+                   " (image sizes must be multiples of ", 8 * p, " pixels)");
+    const int64_t hp = H / p, wp = W / p;
+    if (hp > c.pos_embed_max_size || wp > c.pos_embed_max_size)
+        return bad("latent size ", H, "x", W, " exceeds the position table of ", c.pos_embed_max_size * p,
+                   "x", c.pos_embed_max_size * p, " latent pixels (", c.pos_embed_max_size * p * 8, " image pixels)");
+    if (timestep.dim() != 1 || timestep.size(0) != B) return bad("timestep must be [", B, "], got ", shape_str(timestep.shape()));
+    if (ctx_in.dim() != 3 || ctx_in.size(0) != B || ctx_in.size(2) != c.joint_attention_dim)
+        return bad("encoder_hidden_states must be [", B, ", M, ", c.joint_attention_dim, "], got ",
+                   shape_str(ctx_in.shape()));
+    if (pooled.dim() != 2 || pooled.size(0) != B || pooled.size(1) != c.pooled_projection_dim)
+        return bad("pooled_projections must be [", B, ", ", c.pooled_projection_dim, "], got ",
+                   shape_str(pooled.shape()));
+
+    MMDiTActivations local;
+    MMDiTActivations& s = saved != nullptr ? *saved : local;
+    const nn::RunContext rc = saved != nullptr ? saved->ctx : nn::RunContext{};
+    const bool keep = saved != nullptr;
+    s.batch = B;
+    s.height = H;
+    s.width = W;
+    s.hp = hp;
+    s.wp = wp;
+
+    // Patch embedding + centre-cropped position table (§2.1).
+    const Tensor patches = ops::patchify(x, p, ops::PatchLayout::CHANNEL_FIRST);  // [B, N, C*p*p]
+    Tensor hx = nn::linear_forward(w_.patch_embed, patches, keep ? &s.patch_embed : nullptr, rc);  // [B, N, D]
+    ops::add_cropped_pos_embed_(hx, w_.pos_embed, hp, wp, c.pos_embed_max_size);
+
+    // temb = MLP(sinusoid(t)) + MLP(pooled) (§2.2, §2.3).
+    const Tensor tsin = ops::timestep_embedding(timestep, 256, true, 0.0f);  // [B, 256]
+    s.time_pre = nn::linear_forward(w_.time_linear_1, tsin, keep ? &s.time_1 : nullptr, rc);
+    const Tensor tE = nn::linear_forward(w_.time_linear_2, ops::activation(s.time_pre, ops::Activation::SILU),
+                                         keep ? &s.time_2 : nullptr, rc);
+    s.text_pre = nn::linear_forward(w_.text_linear_1, pooled, keep ? &s.text_1 : nullptr, rc);
+    const Tensor pE = nn::linear_forward(w_.text_linear_2, ops::activation(s.text_pre, ops::Activation::SILU),
+                                         keep ? &s.text_2 : nullptr, rc);
+    s.temb = ops::add(tE, pE);                                          // [B, D]
+    s.silu_temb = ops::activation(s.temb, ops::Activation::SILU);       // shared by every adaLN
+
+    Tensor hc = nn::linear_forward(w_.context_embedder, ctx_in, keep ? &s.context_embedder : nullptr, rc);  // [B, M, D]
+
+    s.blocks.assign(w_.blocks.size(), JointBlockSaved());
+    for (size_t i = 0; i < w_.blocks.size(); ++i) {
+        if (keep && !s.checkpoint_blocks) {
+            block_forward(w_.blocks[i], hx, hc, s.silu_temb, &s.blocks[i], rc);
+        } else {
+            if (keep) {  // checkpointing: keep only the inputs
+                s.blocks[i].x_in = hx;
+                s.blocks[i].c_in = hc;
+            }
+            block_forward(w_.blocks[i], hx, hc, s.silu_temb, nullptr, rc);
+        }
+    }
+
+    // Output head: AdaLayerNormContinuous (scale, shift), proj_out, unpatchify (§2.7).
+    s.E_out = nn::linear_forward(w_.norm_out, s.silu_temb, keep ? &s.norm_out : nullptr, rc);  // [B, 2D]
+    const Tensor xhat = nn::layer_norm_forward(hx, kNormEps, keep ? &s.ln_out : nullptr);
+    const Tensor y = ops::modulate(xhat, chunk(s.E_out, 1, D), chunk(s.E_out, 0, D));
+    const Tensor o = nn::linear_forward(w_.proj_out, y, keep ? &s.proj_out : nullptr, rc);  // [B, N, p*p*out]
+    if (!keep) s.blocks.clear();
+    return ops::unpatchify(o, c.out_channels, H, W, p, ops::PatchLayout::CHANNEL_LAST);
+}
+
+void MMDiT::backward(const Tensor& dout, MMDiTActivations& s, Tensor& grads, InputGrads* inputs) const {
+    const MMDiTConfig& c = config_;
+    const int64_t p = c.patch_size, D = c.inner_dim();
+    SD3_ASSERT(dout.dim() == 4 && dout.size(0) == s.batch && dout.size(1) == c.out_channels &&
+                   dout.size(2) == s.height && dout.size(3) == s.width,
+               "MMDiT backward: dout ", dout.describe(), " does not match the saved forward");
+    SD3_ASSERT(s.blocks.size() == w_.blocks.size(), "MMDiT backward without a saved forward");
+    const nn::RunContext& rc = s.ctx;
+    const bool want_inputs = inputs != nullptr;
+
+    // Output head.
+    const Tensor dO = ops::patchify(dout, p, ops::PatchLayout::CHANNEL_LAST);  // [B, N, p*p*out]
+    const Tensor dy = nn::linear_backward(w_.proj_out, dO, s.proj_out, rc, grads);
+    Tensor dEo = Tensor::zeros(s.E_out.shape());  // [B, 2D] = (scale, shift)
+    Tensor dscale = chunk(dEo, 0, D), dshift = chunk(dEo, 1, D);
+    const Tensor dxhat = ops::modulate_backward(dy, s.ln_out.xhat, chunk(s.E_out, 0, D), &dshift, &dscale);
+    Tensor dx = nn::layer_norm_backward(dxhat, s.ln_out);                       // [B, N, D]
+    Tensor dst = nn::linear_backward(w_.norm_out, dEo, s.norm_out, rc, grads);  // d SiLU(temb) [B, D]
+
+    // Blocks, last to first; under checkpointing each block's forward is recomputed from its saved inputs.
+    Tensor dc;  // the last block returns no context
+    for (size_t i = w_.blocks.size(); i-- > 0;) {
+        const JointBlockSaved* bs = &s.blocks[i];
+        JointBlockSaved recomputed;
+        if (!bs->full) {
+            Tensor x = bs->x_in, cc = bs->c_in;
+            block_forward(w_.blocks[i], x, cc, s.silu_temb, &recomputed, rc);
+            bs = &recomputed;
+        }
+        block_backward(w_.blocks[i], dx, dc, dst, *bs, rc, grads);
+    }
+
+    // Embeddings.
+    const Tensor dtemb = ops::activation_backward(dst, s.temb, ops::Activation::SILU);  // [B, D]
+    const Tensor dtext = ops::activation_backward(nn::linear_backward(w_.text_linear_2, dtemb, s.text_2, rc, grads),
+                                                  s.text_pre, ops::Activation::SILU);
+    Tensor dpooled = nn::linear_backward(w_.text_linear_1, dtext, s.text_1, rc, grads, want_inputs);
+    const Tensor dtime = ops::activation_backward(nn::linear_backward(w_.time_linear_2, dtemb, s.time_2, rc, grads),
+                                                  s.time_pre, ops::Activation::SILU);
+    nn::linear_backward(w_.time_linear_1, dtime, s.time_1, rc, grads, false);  // the timestep gets no gradient
+    Tensor dctx = nn::linear_backward(w_.context_embedder, dc, s.context_embedder, rc, grads, want_inputs);
+    Tensor dpatches = nn::linear_backward(w_.patch_embed, dx, s.patch_embed, rc, grads, want_inputs);
+    if (!want_inputs) return;
+    inputs->hidden_states = ops::unpatchify(dpatches, c.in_channels, s.height, s.width, p,
+                                            ops::PatchLayout::CHANNEL_FIRST);
+    inputs->encoder_hidden_states = dctx;
+    inputs->pooled_projections = dpooled;
+}
+
+}  // namespace sd3

@@ -1,0 +1,72 @@
+// Linear + LoRA forward and backward through ops/ (so every device runs the same code).
+#include "nn/linear.h"
+
+#include "core/check.h"
+#include "ops/mmdit_ops.h"
+
+namespace sd3::nn {
+
+uint64_t layer_id(const std::string& name) {
+    uint64_t h = 1469598103934665603ull;  // FNV-1a
+    for (unsigned char c : name) h = (h ^ c) * 1099511628211ull;
+    return h;
+}
+
+namespace {
+uint64_t dropout_seed(const Linear& layer, size_t adapter, const RunContext& ctx) {
+    return ctx.seed ^ (layer.id + 0x9E3779B97F4A7C15ull * (adapter + 1));
+}
+
+Tensor grad_view(Tensor& grads, int64_t offset, const Shape& shape) {
+    return grads.slice(0, offset, offset + shape_numel(shape)).view(shape);
+}
+}  // namespace
+
+Tensor linear_forward(const Linear& layer, const Tensor& x, LinearSaved* saved, const RunContext& ctx) {
+    Tensor y = ops::linear(x, layer.weight, layer.bias);  // [..., out]
+    if (saved != nullptr) {
+        saved->x = x;
+        saved->xd.assign(layer.loras.size(), Tensor());
+        saved->h.assign(layer.loras.size(), Tensor());
+    }
+    for (size_t i = 0; i < layer.loras.size(); ++i) {
+        const LoraAdapter& a = layer.loras[i];
+        Tensor xd;  // [..., in]
+        if (ctx.training && a.dropout > 0.0f) xd = ops::dropout(x, a.dropout, dropout_seed(layer, i, ctx));
+        const Tensor h = ops::linear(xd.defined() ? xd : x, a.A);  // [..., r]
+        ops::add_(y, ops::linear(h, a.B), a.scale);
+        if (saved != nullptr) {
+            saved->xd[i] = xd;
+            saved->h[i] = h;
+        }
+    }
+    return y;
+}
+
+Tensor linear_backward(const Linear& layer, const Tensor& dy, const LinearSaved& saved, const RunContext& ctx,
+                       Tensor& lora_grads, bool need_dx) {
+    SD3_ASSERT(saved.x.defined() && saved.h.size() == layer.loras.size(), "linear_backward of ", layer.name,
+               " without its saved forward");
+    Tensor dx = need_dx ? ops::linear_backward(dy, saved.x, layer.weight, nullptr, nullptr, true) : Tensor();
+    for (size_t i = 0; i < layer.loras.size(); ++i) {
+        const LoraAdapter& a = layer.loras[i];
+        if (!a.trainable() && !need_dx) continue;
+        Tensor dA, dB;
+        if (a.trainable()) {
+            SD3_ASSERT(lora_grads.defined(), "trainable LoRA on ", layer.name, " but no gradient buffer");
+            dA = grad_view(lora_grads, a.grad_offset_a, a.A.shape());
+            dB = grad_view(lora_grads, a.grad_offset_b, a.B.shape());
+        }
+        // y += s·B·h  =>  dB += s·dyᵀ·h,  dh = s·dy·B;   h = A·xd  =>  dA += dhᵀ·xd,  dxd = dh·A.
+        const Tensor dys = ops::scale(dy, a.scale);
+        const Tensor dh = ops::linear_backward(dys, saved.h[i], a.B, a.trainable() ? &dB : nullptr, nullptr, true);
+        const Tensor& xin = saved.xd[i].defined() ? saved.xd[i] : saved.x;
+        Tensor dxd = ops::linear_backward(dh, xin, a.A, a.trainable() ? &dA : nullptr, nullptr, need_dx);
+        if (!need_dx) continue;
+        if (saved.xd[i].defined()) dxd = ops::dropout_backward(dxd, a.dropout, dropout_seed(layer, i, ctx));
+        ops::add_(dx, dxd);
+    }
+    return dx;
+}
+
+}  // namespace sd3::nn

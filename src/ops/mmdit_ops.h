@@ -1,0 +1,56 @@
+// Tensor-level operations for training and the MMDiT: the backward passes of ops.h's linear, layer norm, RMS norm,
+// activations and attention (with the forward's saved statistics), and the MMDiT-specific ops of
+// ops/cpu/mmdit_ops.h. Same contract as ops.h: check shapes, allocate results on the input's device, dispatch to
+// the backend (CPU today). Gradient convention: `accumulate into` arguments (+=) are parameter-like gradients;
+// returned tensors are fresh activation gradients (=).
+#pragma once
+
+#include "core/tensor.h"
+#include "ops/cpu/mmdit_ops.h"
+#include "ops/ops.h"
+
+namespace sd3::ops {
+
+using cpu::PatchLayout;
+
+// ---- backward passes of ops.h ----
+// Returns dx [..., K] = dy·w (undefined when !need_dx). Accumulates dw [N, K] += dyᵀ·x and db [N] += Σ dy when given.
+Tensor linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor* dw, Tensor* db, bool need_dx = true);
+// LayerNorm without affine over the last dimension, saving mean and rstd [rows] for the backward.
+Tensor layer_norm_fwd(const Tensor& x, float eps, Tensor* mean, Tensor* rstd);
+Tensor layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& mean, const Tensor& rstd);
+// RMSNorm over the last dimension with weight w (may be undefined), saving rstd [rows].
+Tensor rms_norm_fwd(const Tensor& x, const Tensor& w, float eps, Tensor* rstd);
+// Returns dx; accumulates dw when given.
+Tensor rms_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor* dw);
+Tensor activation_backward(const Tensor& dy, const Tensor& x, Activation act);
+// Attention as ops::attention, saving lse [B, H, Tq].
+Tensor attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, float scale, Tensor* lse);
+void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                        const Tensor& lse, int64_t heads, float scale, Tensor* dq, Tensor* dk, Tensor* dv);
+
+// ---- MMDiT ops ----
+// x [B, T, D]; shift and scale [B, D] (row-strided views of the adaLN output are fine).
+Tensor modulate(const Tensor& x, const Tensor& shift, const Tensor& scale);
+// Returns dx; accumulates into dshift and dscale [B, D] (views of the adaLN output gradient) when given.
+Tensor modulate_backward(const Tensor& dy, const Tensor& x, const Tensor& scale, Tensor* dshift, Tensor* dscale);
+// In place: x [B, T, D] += gate [B, D] * a [B, T, D].
+void gated_add_(Tensor& x, const Tensor& gate, const Tensor& a);
+// Returns da = dx * gate; accumulates dgate [B, D] += Σ_t dx * a when given.
+Tensor gated_add_backward(const Tensor& dx, const Tensor& a, const Tensor& gate, Tensor* dgate);
+// img [B, C, H, W] -> tokens [B, (H/p)(W/p), C p p].
+Tensor patchify(const Tensor& img, int64_t p, PatchLayout layout);
+// tokens [B, (H/p)(W/p), C p p] -> img [B, C, H, W].
+Tensor unpatchify(const Tensor& tokens, int64_t channels, int64_t h, int64_t w, int64_t p, PatchLayout layout);
+// t [B] -> [B, dim] (diffusers Timesteps).
+Tensor timestep_embedding(const Tensor& t, int64_t dim, bool flip_sin_to_cos, float downscale_freq_shift,
+                          float max_period = 10000.0f);
+// In place: tokens [B, hp*wp, D] += the centre crop of pos [1, grid*grid, D] (diffusers PatchEmbed.cropped_pos_embed).
+void add_cropped_pos_embed_(Tensor& tokens, const Tensor& pos, int64_t hp, int64_t wp, int64_t grid);
+// In place: y += a * x (same shape).
+void add_(Tensor& y, const Tensor& x, float a = 1.0f);
+// Inverted dropout with a counter-based mask (ops/cpu/mmdit_ops.h); the backward draws the same mask.
+Tensor dropout(const Tensor& x, float p, uint64_t seed);
+Tensor dropout_backward(const Tensor& dy, float p, uint64_t seed);
+
+}  // namespace sd3::ops

@@ -1,0 +1,25 @@
+// Shape checks and CPU dispatch for ops/quant_linear.h.
+#include "ops/quant_linear.h"
+
+#include "core/check.h"
+
+namespace sd3::ops {
+
+Tensor linear_quantized(const Tensor& x_in, const cpu::QuantWeightView& w, const Tensor& b) {
+    SD3_ASSERT(x_in.defined() && x_in.dtype() == DType::F32 && x_in.device().is_cpu(),
+               "linear_quantized: input must be f32 on the CPU, got ", x_in.describe());
+    const Tensor x = x_in.contiguous();
+    const int64_t K = x.size(-1);
+    SD3_ASSERT(w.cols == K && w.data != nullptr, "linear_quantized: input ", x.describe(), " vs weight [", w.rows, ", ",
+               w.cols, "] (", cpu::quant_format_name(w.format), ")");
+    if (b.defined()) SD3_ASSERT(b.numel() == w.rows, "linear_quantized: bias ", b.describe(), " for ", w.rows, " outputs");
+    Shape out_shape = x.shape();
+    out_shape.back() = w.rows;
+    Tensor y = Tensor::empty(out_shape, DType::F32, x.device());  // [..., out]
+    const Tensor bc = b.defined() ? b.contiguous() : Tensor();
+    cpu::quant_linear_fwd(y.data<float>(), x.data<float>(), w, bc.defined() ? bc.data<float>() : nullptr,
+                          x.numel() / K);
+    return y;
+}
+
+}  // namespace sd3::ops
