@@ -119,8 +119,11 @@ Status TextToImage::ensure_transformer(const StageFn& stage) {
     if (stage) stage("loading the transformer");
     SD3_ASSIGN_OR_RETURN(const Component* c, model_.require("transformer"));
     SD3_ASSIGN_OR_RETURN(MMDiT m, MMDiT::load(*c));
-    for (size_t i = 0; i < loras_.size(); ++i)
-        SD3_TRY(m.attach_lora(loras_[i].first, loras_[i].second).with_context(options_.loras[i].path));
+    for (size_t i = 0; i < loras_.size(); ++i) {
+        const Status s = options_.fuse_loras ? m.fuse_lora(loras_[i].first, loras_[i].second)
+                                             : m.attach_lora(loras_[i].first, loras_[i].second);
+        SD3_TRY(s.with_context(options_.loras[i].path));
+    }
     transformer_.emplace(std::move(m));
     return {};
 }

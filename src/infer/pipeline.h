@@ -61,6 +61,8 @@ struct LoraRequest {
 struct PipelineOptions {
     TextEncoderOptions text;          // T5 weight format, clip_skip...; max_sequence_length comes from the request
     std::vector<LoraRequest> loras;   // attached unfused, each at its scale (exact to the reference's unfused LoRA)
+    bool fuse_loras = false;          // W += s·(alpha/r)·B·A once (pipe.fuse_lora, as the reference's run_trained.py)
+                                      // instead of the unfused low-rank path: faster, equal up to rounding
     bool vae_tiling = false;          // diffusers' vae.enable_tiling(): decode large images in blended tiles
 };
 
