@@ -1,0 +1,97 @@
+// What the trainer needs from the models, as small interfaces, so the loop is written and tested before (and
+// independently of) the MMDiT, VAE, text encoders and pipeline: the integration fills TrainComponents with
+// adapters over models/mmdit.h (+ LoRA), models/vae.h, infer/prompt_encoding.h and infer/pipeline.h.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include "core/tensor.h"
+
+namespace sd3::train {
+
+// LoRA settings (reference-training.md 4.1): rank, alpha (= rank unless given), target module suffixes,
+// optional block restriction, dropout.
+struct LoraSettings {
+    int rank = 4;
+    double alpha = 0;  // 0: alpha = rank
+    std::vector<std::string> target_modules = {"to_k", "to_q", "to_v", "to_out.0"};  // the seed's default
+    std::vector<int> blocks;  // empty: all blocks
+    double dropout = 0.0;
+    double effective_alpha() const { return alpha > 0 ? alpha : static_cast<double>(rank); }
+};
+
+// One LoRA parameter tensor inside the flat buffers: PEFT name without the adapter, e.g.
+// "transformer_blocks.0.attn.to_q.lora_A.weight".
+struct LoraSlot {
+    std::string name;
+    int64_t offset = 0;
+    Shape shape;
+    int64_t numel() const { return shape_numel(shape); }
+};
+
+// The frozen MMDiT with trainable LoRA adapters. Params and grads each live in ONE contiguous float32 buffer laid
+// out by slots(); backward accumulates (+=) into grads.
+class TrainableModel {
+  public:
+    virtual ~TrainableModel() = default;
+    virtual const std::vector<LoraSlot>& slots() const = 0;
+    virtual int64_t lora_numel() const = 0;
+    virtual float* lora_params() = 0;  // [P]
+    virtual float* lora_grads() = 0;   // [P]
+    // Velocity prediction for x_t [B, 16, h, w], timesteps [B] (= 1000 sigma), prompt_embeds [B, T, D],
+    // pooled [B, P]. Keeps what backward needs. `rng_seed` seeds LoRA dropout for this call.
+    virtual Result<Tensor> forward(const Tensor& x_t, const std::vector<float>& timesteps,
+                                   const Tensor& prompt_embeds, const Tensor& pooled, uint64_t rng_seed) = 0;
+    // Accumulates d(loss)/d(lora params) given d(loss)/d(prediction) [B, 16, h, w] of the last forward.
+    virtual Status backward(const Tensor& grad_pred) = 0;
+};
+
+// The VAE's posterior for one image: mean and logvar [16, h, w] (before shift and scale).
+struct LatentDist {
+    Tensor mean;
+    Tensor logvar;
+};
+
+struct EncodedPrompt {
+    Tensor prompt_embeds;  // [T, D]
+    Tensor pooled;         // [P]
+};
+
+// Validation / class-image generation request through the text-to-image path.
+struct GenerateRequest {
+    std::string prompt;
+    int width = 0, height = 0;  // 0: the model's default
+    int steps = 28;
+    double guidance_scale = 7.0;
+    uint64_t seed = 0;
+    std::string out_png;        // where to write the image
+    bool with_lora = true;      // validation applies the current LoRA; class images use the base model
+};
+
+struct TrainComponents {
+    // Encodes prompts through the three text encoders, one encoder in memory at a time, and frees them.
+    std::function<Result<std::vector<EncodedPrompt>>(const std::vector<std::string>& prompts)> encode_prompts;
+    // Loads the VAE encoder once for the cache phase; the returned encoder maps [3, R, R] in [-1, 1] to its
+    // posterior. Freed when the returned object is destroyed.
+    std::function<Result<std::function<Result<LatentDist>(const Tensor& image)>>()> load_vae_encoder;
+    // VAE scaling and shift factors (vae/config.json): x0 = (z - shift) * scaling (upstream fix of the seed).
+    double vae_scaling_factor = 1.5305;
+    double vae_shift_factor = 0.0609;
+    // Scheduler shift (scheduler/scheduler_config.json) and number of training timesteps.
+    double scheduler_shift = 3.0;
+    int num_train_timesteps = 1000;
+    // Loads the transformer and attaches LoRA (A ~ N(0, 1/r), B = 0 from `init_seed`).
+    std::function<Result<std::unique_ptr<TrainableModel>>(const LoraSettings& lora, uint64_t init_seed)>
+        load_transformer;
+    // Renders images (validation with the LoRA, or class images with the base model). `model` is the live
+    // training model or null. Optional: without it validation and class-image generation are errors.
+    std::function<Status(const std::vector<GenerateRequest>& requests, TrainableModel* model)> generate;
+    // A short identity of the model (path + component hashes) for cache keys.
+    std::string model_identity;
+};
+
+}  // namespace sd3::train

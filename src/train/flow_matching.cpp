@@ -1,0 +1,157 @@
+// Flow-matching loss and timestep sampling; float32 elementwise as the reference computes them, reductions in
+// double (torch's float32 mean differs by rounding only).
+#include "train/flow_matching.h"
+
+#include <cmath>
+#include <numbers>
+
+#include "core/check.h"
+
+namespace sd3::train {
+
+Result<WeightingScheme> parse_weighting_scheme(const std::string& name) {
+    if (name == "sigma_sqrt") return WeightingScheme::SIGMA_SQRT;
+    if (name == "logit_normal") return WeightingScheme::LOGIT_NORMAL;
+    if (name == "mode") return WeightingScheme::MODE;
+    if (name == "cosmap") return WeightingScheme::COSMAP;
+    if (name == "none") return WeightingScheme::NONE;
+    return make_error(ErrorCode::INVALID_ARGUMENT, "unknown --weighting_scheme '", name,
+                      "'; use logit_normal, mode, sigma_sqrt, cosmap or none");
+}
+
+const char* weighting_scheme_name(WeightingScheme s) {
+    switch (s) {
+        case WeightingScheme::SIGMA_SQRT: return "sigma_sqrt";
+        case WeightingScheme::LOGIT_NORMAL: return "logit_normal";
+        case WeightingScheme::MODE: return "mode";
+        case WeightingScheme::COSMAP: return "cosmap";
+        case WeightingScheme::NONE: return "none";
+    }
+    return "?";
+}
+
+SigmaTable SigmaTable::make(int n, double shift_d) {
+    SigmaTable t;
+    t.sigmas.resize(n);
+    t.timesteps.resize(n);
+    const float shift = static_cast<float>(shift_d);
+    const float nf = static_cast<float>(n);
+    for (int k = 0; k < n; ++k) {
+        // np.linspace(1, N, N, float32)[::-1]: exact integers N - k
+        const float ts = static_cast<float>(n - k);
+        float s = ts / nf;
+        s = shift * s / (1.0f + (shift - 1.0f) * s);
+        t.sigmas[k] = s;
+        t.timesteps[k] = s * nf;
+    }
+    return t;
+}
+
+float u_from_draw(const TimestepSampling& c, float draw) {
+    switch (c.scheme) {
+        case WeightingScheme::LOGIT_NORMAL: {
+            const float n = draw;  // the normal draw already has mean/std applied by sample_u
+            return 1.0f / (1.0f + std::exp(-n));
+        }
+        case WeightingScheme::MODE: {
+            const float u = draw;
+            const float cs = std::cos(static_cast<float>(std::numbers::pi) * u / 2.0f);
+            return 1.0f - u - static_cast<float>(c.mode_scale) * (cs * cs - 1.0f + u);
+        }
+        default: return draw;
+    }
+}
+
+std::vector<float> sample_u(const TimestepSampling& c, int64_t batch, TrainRng& rng) {
+    std::vector<float> u(batch);
+    for (int64_t b = 0; b < batch; ++b) {
+        if (c.scheme == WeightingScheme::LOGIT_NORMAL)
+            u[b] = u_from_draw(c, static_cast<float>(c.logit_mean + c.logit_std * rng.normal()));
+        else
+            u[b] = u_from_draw(c, rng.uniform_f32());
+    }
+    return u;
+}
+
+int64_t timestep_index(float u, int n) {
+    int64_t i = static_cast<int64_t>(u * static_cast<float>(n));  // .long() truncates toward zero
+    if (i < 0) i = 0;
+    if (i > n - 1) i = n - 1;
+    return i;
+}
+
+float loss_weighting(WeightingScheme s, float sigma) {
+    switch (s) {
+        case WeightingScheme::SIGMA_SQRT: return 1.0f / (sigma * sigma);  // sigmas ** -2.0
+        case WeightingScheme::COSMAP: {
+            const float bot = 1.0f - 2.0f * sigma + 2.0f * (sigma * sigma);
+            return 2.0f / (static_cast<float>(std::numbers::pi) * bot);
+        }
+        default: return 1.0f;
+    }
+}
+
+Tensor noisy_input(const Tensor& x0, const Tensor& noise, const std::vector<float>& sigmas) {
+    SD3_ASSERT(x0.shape() == noise.shape() && x0.dim() >= 1 && x0.size(0) == static_cast<int64_t>(sigmas.size()));
+    Tensor a = x0.contiguous(), e = noise.contiguous();
+    Tensor out = Tensor::empty(x0.shape(), DType::F32);  // [B, ...]
+    const int64_t per = x0.numel() / x0.size(0);
+    for (int64_t b = 0; b < x0.size(0); ++b) {
+        const float s = sigmas[b], one_minus = 1.0f - s;
+        const float* xa = a.data<float>() + b * per;
+        const float* xe = e.data<float>() + b * per;
+        float* o = out.data<float>() + b * per;
+        for (int64_t i = 0; i < per; ++i) o[i] = s * xe[i] + one_minus * xa[i];
+    }
+    return out;
+}
+
+LossResult flow_matching_loss(const LossInputs& in, double grad_scale) {
+    const Tensor pred = in.model_pred.contiguous(), noisy = in.noisy.contiguous(), x0 = in.x0.contiguous(),
+                 noise = in.noise.contiguous();
+    const int64_t B = pred.size(0);
+    SD3_ASSERT(noisy.shape() == pred.shape() && x0.shape() == pred.shape() && noise.shape() == pred.shape());
+    SD3_ASSERT(static_cast<int64_t>(in.sigmas.size()) == B && static_cast<int64_t>(in.weighting.size()) == B);
+    SD3_ASSERT(!in.with_prior_preservation || B % 2 == 0, "prior preservation needs an even batch");
+    const int64_t per = pred.numel() / B;
+    const int64_t half = in.with_prior_preservation ? B / 2 : B;
+
+    LossResult r;
+    r.grad_pred = Tensor::empty(pred.shape(), DType::F32);  // [B, C, H, W]
+    double inst_sum = 0, prior_sum = 0;
+    for (int64_t b = 0; b < B; ++b) {
+        const bool prior = b >= half;
+        const float s = in.sigmas[b], w = in.weighting[b];
+        const float* p = pred.data<float>() + b * per;
+        const float* xt = noisy.data<float>() + b * per;
+        const float* xa = x0.data<float>() + b * per;
+        const float* xe = noise.data<float>() + b * per;
+        float* gp = r.grad_pred.data<float>() + b * per;
+        // d(total)/d(sample mean) = 1/half (mean over the half), times prior_loss_weight for the prior half.
+        const double part_weight = (prior ? in.prior_loss_weight : 1.0) / static_cast<double>(half);
+        const double elem_scale = grad_scale * part_weight * 2.0 * static_cast<double>(w) / static_cast<double>(per);
+        double sum = 0;
+        for (int64_t i = 0; i < per; ++i) {
+            float out, target;
+            if (in.precondition_outputs) {
+                out = p[i] * (-s) + xt[i];  // model_pred * (-sigmas) + noisy_model_input
+                target = xa[i];
+            } else {
+                out = p[i];
+                target = xe[i] - xa[i];
+            }
+            const float d = out - target;
+            sum += static_cast<double>(w * (d * d));
+            const double g = elem_scale * d;
+            gp[i] = static_cast<float>(in.precondition_outputs ? g * -static_cast<double>(s) : g);
+        }
+        const double sample_mean = sum / static_cast<double>(per);
+        (prior ? prior_sum : inst_sum) += sample_mean;
+    }
+    r.instance_loss = inst_sum / static_cast<double>(half);
+    r.prior_loss = in.with_prior_preservation ? prior_sum / static_cast<double>(half) : 0.0;
+    r.loss = r.instance_loss + (in.with_prior_preservation ? in.prior_loss_weight * r.prior_loss : 0.0);
+    return r;
+}
+
+}  // namespace sd3::train

@@ -1,0 +1,393 @@
+// The training loop; see trainer.h. Every random draw comes from a TrainRng keyed by (seed, purpose, micro step),
+// so a run resumed from a checkpoint draws exactly what the uninterrupted run drew.
+#include "train/trainer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "core/log.h"
+#include "train/cache.h"
+#include "train/checkpoint.h"
+#include "train/flow_matching.h"
+#include "train/lr_schedule.h"
+#include "train/optimizer.h"
+#include "train/tensorboard.h"
+
+namespace sd3::train {
+
+namespace fs = std::filesystem;
+
+RunLength compute_run_length(const TrainOptions& o, int64_t dataset_length) {
+    RunLength r;
+    r.dataset_length = dataset_length;
+    r.batches_per_epoch = (dataset_length + o.train_batch_size - 1) / o.train_batch_size;  // drop_last=False
+    r.updates_per_epoch = (r.batches_per_epoch + o.gradient_accumulation_steps - 1) / o.gradient_accumulation_steps;
+    r.max_train_steps = o.max_train_steps ? *o.max_train_steps : o.num_train_epochs * r.updates_per_epoch;
+    r.num_epochs = (r.max_train_steps + r.updates_per_epoch - 1) / r.updates_per_epoch;
+    return r;
+}
+
+namespace {
+
+// The settings a resumed run must share with the run that wrote the checkpoint.
+std::string trajectory_hash(const TrainOptions& o) {
+    nlohmann::json j = nlohmann::json::parse(train_options_json(o));
+    for (const char* k : {"output_dir", "max_train_steps", "num_train_epochs", "checkpointing_steps", "validation_prompt",
+                          "num_validation_images", "validation_epochs", "validation_steps"})
+        j.erase(k);
+    return Hasher().add(j.dump()).hex();
+}
+
+Status write_json_line(std::ofstream& f, const nlohmann::ordered_json& j) {
+    if (!f.is_open()) return {};
+    f << j.dump() << "\n";
+    f.flush();
+    return {};
+}
+
+Result<std::vector<uint8_t>> read_bytes(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    if (!f) return make_error(ErrorCode::IO_ERROR, "cannot read ", path);
+    return std::vector<uint8_t>((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
+struct Sample {
+    const LatentDist* latent;
+    const EncodedPrompt* prompt;
+};
+
+}  // namespace
+
+Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, const ImageDecoder& decode,
+                                 const TrainCallbacks& cb) {
+    SD3_TRY(validate_train_options(o));
+    auto phase = [&](const std::string& m) {
+        log_info(m);
+        if (cb.on_phase) cb.on_phase(m);
+    };
+    const uint64_t seed = o.run_seed();
+    std::error_code ec;
+    fs::create_directories(o.output_dir, ec);
+    if (ec) return make_error(ErrorCode::IO_ERROR, "cannot create --output_dir ", o.output_dir, ": ", ec.message());
+
+    // 1. Prior-preservation class images: generate the missing ones with the base model (reference 3.1 step 3).
+    SD3_ASSIGN_OR_RETURN(std::vector<ImageEntry> instance, list_instance_images(o.data));
+    SD3_ASSIGN_OR_RETURN(std::vector<ImageEntry> class_list, list_class_images(o.data));
+    if (o.data.with_prior_preservation && static_cast<int>(class_list.size()) < o.data.num_class_images) {
+        if (!c.generate)
+            return make_error(ErrorCode::UNSUPPORTED, "--class_data_dir has ", class_list.size(), " of ",
+                              o.data.num_class_images, " class images and this build cannot generate the rest; add images");
+        fs::create_directories(o.data.class_data_dir, ec);
+        const int missing = o.data.num_class_images - static_cast<int>(class_list.size());
+        phase(str_cat("generating ", missing, " class images with the base model"));
+        for (int start = 0; start < missing; start += o.sample_batch_size) {
+            std::vector<GenerateRequest> reqs;
+            for (int i = start; i < std::min(missing, start + o.sample_batch_size); ++i) {
+                GenerateRequest r;
+                r.prompt = o.data.class_prompt;
+                r.width = r.height = o.data.resolution;
+                r.seed = seed + 1000003ull * (class_list.size() + i);
+                r.with_lora = false;
+                r.out_png = (fs::path(o.data.class_data_dir) / str_cat("class-", class_list.size() + i, ".png")).string();
+                reqs.push_back(r);
+            }
+            SD3_TRY(c.generate(reqs, nullptr).with_context("generating class images"));
+        }
+        SD3_ASSIGN_OR_RETURN(class_list, list_class_images(o.data));
+    }
+
+    // 2. Decode and preprocess every image once.
+    phase(str_cat("preparing ", instance.size(), " training images", class_list.empty() ? "" : str_cat(" and ", class_list.size(), " class images")));
+    SD3_ASSIGN_OR_RETURN(PreparedDataset data, prepare_dataset(o.data, instance, class_list, decode, seed));
+
+    // 3. Cache phase: prompt encodings, then latents; encoders gone before the transformer loads.
+    const std::string cache_key = str_cat("sd3tune-cache-v1|", c.model_identity, "|seq", o.max_sequence_length);
+    SD3_ASSIGN_OR_RETURN(TrainCache cache, TrainCache::open(o.effective_cache_dir(), cache_key));
+    std::vector<std::string> prompt_list;
+    for (const auto& p : data.instance) prompt_list.push_back(p.entry.caption);
+    if (o.data.with_prior_preservation) prompt_list.push_back(o.data.class_prompt);
+    phase(str_cat("encoding ", prompt_list.size(), " prompts (cached encodings are reused)"));
+    SD3_ASSIGN_OR_RETURN(std::vector<EncodedPrompt> enc, cache.prompts(prompt_list, c.encode_prompts));
+    std::vector<LatentDist> inst_lat, inst_lat_flip, class_lat;
+    {
+        bool need_vae = false;
+        for (const auto& p : data.instance) {
+            need_vae = need_vae || !cache.has_latent(p.pixels);
+            if (p.pixels_flipped.defined()) need_vae = need_vae || !cache.has_latent(p.pixels_flipped);
+        }
+        for (const auto& p : data.class_images) need_vae = need_vae || !cache.has_latent(p.pixels);
+        std::function<Result<LatentDist>(const Tensor&)> vae;
+        if (need_vae) {
+            if (!c.load_vae_encoder) return make_error(ErrorCode::UNSUPPORTED, "this build has no VAE encoder");
+            SD3_ASSIGN_OR_RETURN(vae, c.load_vae_encoder());
+        }
+        size_t done = 0;
+        const size_t total = data.instance.size() + data.class_images.size();
+        for (const auto& p : data.instance) {
+            SD3_ASSIGN_OR_RETURN(LatentDist d, cache.latent(p.pixels, vae));
+            inst_lat.push_back(d);
+            if (p.pixels_flipped.defined()) {
+                SD3_ASSIGN_OR_RETURN(LatentDist f, cache.latent(p.pixels_flipped, vae));
+                inst_lat_flip.push_back(f);
+            }
+            if (++done % 8 == 0) phase(str_cat("latents ", done, "/", total));
+        }
+        for (const auto& p : data.class_images) {
+            SD3_ASSIGN_OR_RETURN(LatentDist d, cache.latent(p.pixels, vae));
+            class_lat.push_back(d);
+        }
+    }  // the VAE encoder is released here
+    const CacheStats& cs = cache.stats();
+    phase(str_cat("cache: ", cs.prompts_hit, " prompt encodings and ", cs.latents_hit, " latents reused, ",
+                  cs.prompts_encoded, " and ", cs.latents_encoded, " computed"));
+
+    // 4. The transformer with LoRA, the optimizer, the schedule.
+    if (!c.load_transformer) return make_error(ErrorCode::UNSUPPORTED, "this build has no trainable transformer");
+    SD3_ASSIGN_OR_RETURN(std::unique_ptr<TrainableModel> model, c.load_transformer(o.lora, seed));
+    std::vector<ParamSegment> segments;
+    for (const LoraSlot& s : model->slots()) segments.push_back({s.offset, s.numel()});
+    std::sort(segments.begin(), segments.end(), [](auto& a, auto& b) { return a.offset < b.offset; });
+    std::unique_ptr<Optimizer> optimizer = make_optimizer(optimizer_config(o), segments);
+    const int64_t P = model->lora_numel();
+    std::fill(model->lora_grads(), model->lora_grads() + P, 0.0f);
+
+    const int64_t len = dataset_length(o.data, static_cast<int64_t>(data.instance.size()),
+                                       static_cast<int64_t>(data.class_images.size()));
+    const RunLength rl = compute_run_length(o, len);
+    const LrScheduleConfig sched = lr_schedule_config(o, rl.max_train_steps);
+    const double base_lr = o.effective_learning_rate();
+    const SigmaTable table = SigmaTable::make(c.num_train_timesteps, c.scheduler_shift);
+    phase(str_cat("training: ", len, " samples, ", rl.batches_per_epoch, " batches of ", o.train_batch_size,
+                  " per epoch, ", rl.updates_per_epoch, " updates per epoch, ", rl.max_train_steps, " updates in ",
+                  rl.num_epochs, " epochs; ", P, " LoRA parameters (", model->slots().size(), " tensors), ",
+                  optimizer_kind_name(optimizer_config(o).kind), " state ", optimizer->state_bytes() / 1024, " KiB"));
+
+    // 5. Resume.
+    TrainerState st;
+    st.settings_hash = trajectory_hash(o);
+    TrainResult result;
+    if (!o.resume_from_checkpoint.empty()) {
+        SD3_ASSIGN_OR_RETURN(std::string dir, resolve_checkpoint(o.output_dir, o.resume_from_checkpoint));
+        if (dir.empty()) {
+            phase("no checkpoint to resume from in " + o.output_dir + "; starting a new run");
+        } else {
+            TrainerState loaded;
+            SD3_TRY(load_checkpoint(dir, model->slots(), model->lora_params(), *optimizer, &loaded));
+            if (loaded.settings_hash != st.settings_hash)
+                return make_error(ErrorCode::INVALID_ARGUMENT, "checkpoint ", dir,
+                                  " was written with other training settings (data, LoRA, batch, optimizer, schedule or "
+                                  "seed); resume with the same settings or start a new --output_dir");
+            st = loaded;
+            result.resumed_from = st.global_step;
+            phase(str_cat("resumed from ", dir, " at update ", st.global_step));
+        }
+    }
+    // The JSONL log and TensorBoard.
+    const fs::path log_dir = fs::path(o.output_dir) / o.logging_dir;
+    fs::create_directories(log_dir, ec);
+    std::ofstream jsonl(log_dir / "train_log.jsonl", result.resumed_from >= 0 ? std::ios::app : std::ios::trunc);
+    if (result.resumed_from < 0) {
+        nlohmann::ordered_json head;
+        head["event"] = "start";
+        head["options"] = nlohmann::json::parse(train_options_json(o));
+        SD3_TRY(write_json_line(jsonl, head));
+    }
+    const bool tensorboard =
+        std::find_if(o.report_to.begin(), o.report_to.end(),
+                     [](const std::string& r) { return r == "tensorboard" || r == "all"; }) != o.report_to.end();
+    TensorBoardWriter tb;
+    if (tensorboard) {
+        SD3_ASSIGN_OR_RETURN(tb, TensorBoardWriter::open((log_dir / "dreambooth-sd3-lora").string()));
+    }
+
+    auto validate = [&](const std::string& phase_name, int64_t step) -> Status {
+        if (o.validation_prompt.empty() || o.num_validation_images == 0) return {};
+        if (!c.generate) return make_error(ErrorCode::UNSUPPORTED, "this build cannot render validation images");
+        phase(str_cat("validation (", phase_name, "): ", o.num_validation_images, " images of \"", o.validation_prompt, "\""));
+        std::vector<GenerateRequest> reqs;
+        const fs::path dir = fs::path(o.output_dir) / "validation";
+        fs::create_directories(dir, ec);
+        for (int i = 0; i < o.num_validation_images; ++i) {
+            GenerateRequest r;
+            r.prompt = o.validation_prompt;
+            r.width = r.height = o.data.resolution;
+            r.steps = o.validation_inference_steps;
+            r.guidance_scale = o.validation_guidance_scale;
+            r.seed = seed + i;
+            r.out_png = (dir / str_cat(phase_name, "-step", step, "-", i, ".png")).string();
+            reqs.push_back(r);
+        }
+        SD3_TRY(c.generate(reqs, model.get()));
+        for (size_t i = 0; i < reqs.size(); ++i) {
+            if (tensorboard) {
+                auto png = read_bytes(reqs[i].out_png);
+                if (png.ok()) SD3_TRY(tb.image(str_cat(phase_name, "/", i), *png, reqs[i].width, reqs[i].height, step));
+            }
+            nlohmann::ordered_json j;
+            j["event"] = phase_name;
+            j["step"] = step;
+            j["image"] = reqs[i].out_png;
+            SD3_TRY(write_json_line(jsonl, j));
+        }
+        return {};
+    };
+
+    // 6. The loop.
+    const int64_t bs = o.train_batch_size;
+    const int accum = o.gradient_accumulation_steps;
+    std::vector<double> micro_losses;
+    auto t_update = std::chrono::steady_clock::now();
+    bool done = st.global_step >= rl.max_train_steps;
+    for (int64_t epoch = st.epoch; epoch < rl.num_epochs && !done; ++epoch) {
+        const std::vector<int64_t> perm = epoch_permutation(seed, epoch, len);
+        const int64_t first_batch = epoch == st.epoch ? st.batch_in_epoch : 0;
+        for (int64_t bi = first_batch; bi < rl.batches_per_epoch; ++bi) {
+            const int64_t micro = st.micro_steps;
+            // batch: instance samples, then (prior preservation) their class samples
+            std::vector<Sample> samples;
+            TrainRng flip_rng = TrainRng::for_purpose(seed, str_cat("flip.", micro));
+            std::vector<Sample> class_samples;
+            for (int64_t k = bi * bs; k < std::min(len, (bi + 1) * bs); ++k) {
+                const SampleRef ref = sample_at(o.data, perm[k], static_cast<int64_t>(data.instance.size()),
+                                                static_cast<int64_t>(data.class_images.size()));
+                const bool flip = o.data.random_flip && flip_rng.uniform() < 0.5;
+                samples.push_back({flip ? &inst_lat_flip[ref.instance] : &inst_lat[ref.instance], &enc[ref.instance]});
+                if (o.data.with_prior_preservation) class_samples.push_back({&class_lat[ref.class_image], &enc.back()});
+            }
+            samples.insert(samples.end(), class_samples.begin(), class_samples.end());
+            const int64_t B = static_cast<int64_t>(samples.size());
+            const Shape lat_shape = samples[0].latent->mean.shape();  // [16, h, w]
+            const int64_t per = shape_numel(lat_shape);
+            Shape bshape = {B};
+            bshape.insert(bshape.end(), lat_shape.begin(), lat_shape.end());
+            Tensor x0 = Tensor::empty(bshape, DType::F32);     // [B, 16, h, w]
+            Tensor noise = Tensor::empty(bshape, DType::F32);  // [B, 16, h, w]
+            TrainRng vae_rng = TrainRng::for_purpose(seed, str_cat("vae.", micro));
+            TrainRng noise_rng = TrainRng::for_purpose(seed, str_cat("noise.", micro));
+            TrainRng t_rng = TrainRng::for_purpose(seed, str_cat("timesteps.", micro));
+            const float sf = static_cast<float>(c.vae_scaling_factor), sh = static_cast<float>(c.vae_shift_factor);
+            for (int64_t b = 0; b < B; ++b) {
+                const Tensor m = samples[b].latent->mean.contiguous(), lv = samples[b].latent->logvar.contiguous();
+                float* dst = x0.data<float>() + b * per;
+                for (int64_t i = 0; i < per; ++i) {
+                    // DiagonalGaussianDistribution: logvar clamped to [-30, 20], z = mean + exp(logvar/2) * eps
+                    const float l = std::clamp(lv.data<float>()[i], -30.0f, 20.0f);
+                    const float z = m.data<float>()[i] + std::exp(0.5f * l) * static_cast<float>(vae_rng.normal());
+                    dst[i] = (z - sh) * sf;  // upstream's fix: (z - shift_factor) * scaling_factor
+                }
+            }
+            noise_rng.normal_fill(noise.data<float>(), noise.numel());
+            const std::vector<float> u = sample_u(o.timesteps, B, t_rng);
+            std::vector<float> sigmas(B), timesteps(B), weighting(B);
+            for (int64_t b = 0; b < B; ++b) {
+                const int64_t idx = timestep_index(u[b], c.num_train_timesteps);
+                sigmas[b] = table.sigmas[idx];
+                timesteps[b] = table.timesteps[idx];
+                weighting[b] = loss_weighting(o.timesteps.scheme, sigmas[b]);
+            }
+            const Tensor noisy = noisy_input(x0, noise, sigmas);
+            const Shape pe_shape = samples[0].prompt->prompt_embeds.shape();  // [T, D]
+            Tensor pe = Tensor::empty({B, pe_shape[0], pe_shape[1]}, DType::F32);                     // [B, T, D]
+            Tensor pooled = Tensor::empty({B, samples[0].prompt->pooled.numel()}, DType::F32);       // [B, P]
+            for (int64_t b = 0; b < B; ++b) {
+                pe.select(0, b).copy_from(samples[b].prompt->prompt_embeds);
+                pooled.select(0, b).copy_from(samples[b].prompt->pooled.view({-1}));
+            }
+            SD3_ASSIGN_OR_RETURN(Tensor pred, model->forward(noisy, timesteps, pe, pooled,
+                                                             TrainRng::for_purpose(seed, str_cat("dropout.", micro)).uniform_int(0, INT64_MAX)));
+            LossInputs li;
+            li.model_pred = pred;
+            li.noisy = noisy;
+            li.x0 = x0;
+            li.noise = noise;
+            li.sigmas = sigmas;
+            li.weighting = weighting;
+            li.precondition_outputs = o.precondition_outputs;
+            li.with_prior_preservation = o.data.with_prior_preservation;
+            li.prior_loss_weight = o.prior_loss_weight;
+            const LossResult lr_ = flow_matching_loss(li, 1.0 / accum);  // accelerator.backward divides by accum
+            if (!std::isfinite(lr_.loss))
+                return make_error(ErrorCode::INTERNAL, "the loss became ", lr_.loss, " at update ", st.global_step + 1,
+                                  "; lower --learning_rate or check the data");
+            SD3_TRY(model->backward(lr_.grad_pred));
+            micro_losses.push_back(lr_.loss);
+            ++st.micro_steps;
+            st.batch_in_epoch = bi + 1;
+            st.epoch = epoch;
+            const bool sync = (bi + 1) % accum == 0 || bi + 1 == rl.batches_per_epoch;
+            if (!sync) continue;
+
+            float* grads = model->lora_grads();
+            const float norm = clip_grad_norm(grads, segments, o.max_grad_norm);
+            const double lr = lr_for_update(sched, base_lr, st.global_step + 1);
+            optimizer->step(model->lora_params(), grads, lr);
+            std::fill(grads, grads + P, 0.0f);
+            ++st.global_step;
+            double mean_loss = 0;
+            for (double l : micro_losses) mean_loss += l / static_cast<double>(micro_losses.size());
+            st.last_loss = mean_loss;
+            if (st.batch_in_epoch == rl.batches_per_epoch) {
+                st.epoch = epoch + 1;
+                st.batch_in_epoch = 0;
+            }
+            const auto now = std::chrono::steady_clock::now();
+            StepReport rep{st.global_step, rl.max_train_steps, epoch, mean_loss, lr, norm,
+                           std::chrono::duration<double>(now - t_update).count()};
+            t_update = now;
+            result.losses.push_back(mean_loss);
+            nlohmann::ordered_json j;
+            j["step"] = st.global_step;
+            j["epoch"] = epoch;
+            j["loss"] = mean_loss;
+            j["micro_losses"] = micro_losses;
+            j["lr"] = lr;
+            j["grad_norm"] = norm;
+            j["seconds"] = rep.seconds;
+            SD3_TRY(write_json_line(jsonl, j));
+            if (tensorboard) {
+                SD3_TRY(tb.scalar("loss", mean_loss, st.global_step));
+                SD3_TRY(tb.scalar("lr", lr, st.global_step));
+            }
+            micro_losses.clear();
+            if (cb.on_step) cb.on_step(rep);
+            if (st.global_step % o.checkpointing_steps == 0) {
+                SD3_ASSIGN_OR_RETURN(std::string dir, save_checkpoint(o.output_dir, st, model->slots(), model->lora_params(),
+                                                                      o.lora, *optimizer, o.checkpoints_total_limit.value_or(0)));
+                phase("saved " + dir);
+            }
+            if (o.validation_steps > 0 && st.global_step % o.validation_steps == 0) SD3_TRY(validate("validation", st.global_step));
+            if (cb.stop_after && cb.stop_after(st.global_step)) {
+                result.global_step = st.global_step;
+                result.interrupted = true;
+                return result;
+            }
+            if (st.global_step >= rl.max_train_steps) {
+                done = true;
+                break;
+            }
+        }
+        // per-epoch validation (reference: epoch % validation_epochs == 0, epoch 0 included)
+        if (o.validation_steps == 0 && epoch % o.validation_epochs == 0) SD3_TRY(validate("validation", st.global_step));
+    }
+
+    // 7. The LoRA file, then the final validation with it.
+    const std::string out = (fs::path(o.output_dir) / kLoraWeightName).string();
+    SD3_TRY(write_lora_file(out, model->slots(), model->lora_params(), o.lora));
+    phase("wrote " + out);
+    result.lora_path = out;
+    result.global_step = st.global_step;
+    SD3_TRY(validate("test", st.global_step));
+    nlohmann::ordered_json j;
+    j["event"] = "end";
+    j["step"] = st.global_step;
+    j["lora"] = out;
+    SD3_TRY(write_json_line(jsonl, j));
+    return result;
+}
+
+}  // namespace sd3::train
