@@ -24,19 +24,7 @@
 
 namespace sd3 {
 
-// The model's three tokenizers, turning a prompt into the ids each encoder takes (diffusers' encode_prompt
-// tokenization: CLIP padded to 77 with each tokenizer's pad token, T5 padded to max_sequence_length).
-class PromptTokenizer {
-  public:
-    static Result<PromptTokenizer> open(const ModelFolder& model);
-    PromptTokens tokenize(const std::string& prompt, int max_sequence_length) const;
-
-  private:
-    PromptTokenizer(ClipTokenizer l, ClipTokenizer g, T5Tokenizer t5)
-        : clip_l_(std::move(l)), clip_g_(std::move(g)), t5_(std::move(t5)) {}
-    ClipTokenizer clip_l_, clip_g_;
-    T5Tokenizer t5_;
-};
+// PromptTokenizer (the three tokenizers -> PromptTokens) lives in infer/prompt_encoding.h.
 
 // diffusers' defaults (§1.9): 28 steps, guidance 7.0, 1024x1024 (sample_size · vae_scale_factor), T5 length 256,
 // negative prompt "".
