@@ -11,6 +11,10 @@
 #include <memory>
 #include <sstream>
 
+#include <toml++/toml.h>
+
+#include <optional>
+
 #include "core/log.h"
 #include "io/image.h"
 #include "tools/commands.h"
@@ -47,6 +51,7 @@ struct TrainCli {
     int dataloader_num_workers = 0, local_rank = -1;
     double text_encoder_lr = 5e-6, adam_weight_decay_text_encoder = 1e-3;
     bool quiet = false;
+    std::string config;
 };
 
 std::vector<std::string> split_list(const std::string& s) {
@@ -77,8 +82,77 @@ std::string fmt_time(double s) {
     return buf;
 }
 
+// --config FILE: every top-level key (or key of a [train] table) sets the option of that name unless the command
+// line gave it. Strings, numbers and booleans as written; arrays become comma lists (--lora_layers).
+Status apply_config_file(const std::string& path, CLI::App* sub) {
+    toml::table root;
+    try {
+        root = toml::parse_file(path);
+    } catch (const toml::parse_error& e) {
+        std::ostringstream os;
+        os << e.description() << " at line " << e.source().begin.line;
+        return make_error(ErrorCode::INVALID_ARGUMENT, "--config ", path, ": ", os.str());
+    }
+    const toml::table* tables[2] = {&root, root["train"].as_table()};
+    for (const toml::table* t : tables) {
+        if (!t) continue;
+        for (const auto& [key, node] : *t) {
+            const std::string name(key.str());
+            if (name == "train" && node.is_table()) continue;
+            if (name == "config") return make_error(ErrorCode::INVALID_ARGUMENT, "--config ", path, ": a config cannot name another config");
+            CLI::Option* opt = nullptr;
+            try {
+                opt = sub->get_option("--" + name);
+            } catch (const CLI::OptionNotFound&) {
+                return make_error(ErrorCode::INVALID_ARGUMENT, "--config ", path, ": unknown option '", name,
+                                  "' (see sd3tune train --help)");
+            }
+            if (opt->count() > 0) continue;  // the command line wins
+            std::string value;
+            auto scalar = [](const toml::node& n) -> std::optional<std::string> {
+                if (auto v = n.value<std::string>()) return *v;
+                if (n.is_boolean()) return std::string(*n.value<bool>() ? "true" : "false");
+                if (n.is_integer()) return std::to_string(*n.value<int64_t>());
+                if (n.is_floating_point()) {
+                    std::ostringstream os;
+                    os.precision(17);
+                    os << *n.value<double>();
+                    return os.str();
+                }
+                return std::nullopt;
+            };
+            if (const toml::array* arr = node.as_array()) {
+                for (const auto& el : *arr) {
+                    auto v = scalar(el);
+                    if (!v) return make_error(ErrorCode::INVALID_ARGUMENT, "--config ", path, ": '", name, "' has a nested value");
+                    value += (value.empty() ? "" : ",") + *v;
+                }
+            } else if (auto v = scalar(node)) {
+                value = *v;
+            } else {
+                return make_error(ErrorCode::INVALID_ARGUMENT, "--config ", path, ": '", name, "' must be a string, number, boolean or list");
+            }
+            if (opt->get_type_size() == 0) {  // a flag
+                if (value == "false") continue;
+                if (value != "true")
+                    return make_error(ErrorCode::INVALID_ARGUMENT, "--config ", path, ": '", name, "' takes true or false");
+            }
+            try {
+                opt->add_result(value);
+                opt->run_callback();
+            } catch (const CLI::Error& e) {
+                return make_error(ErrorCode::INVALID_ARGUMENT, "--config ", path, ": '", name, "': ", e.what());
+            }
+        }
+    }
+    return {};
+}
+
 Status finish_options(TrainCli& c, CLI::App* sub) {
     TrainOptions& o = c.o;
+    if (!c.config.empty()) SD3_TRY(apply_config_file(c.config, sub));
+    if (o.model.empty())
+        return make_error(ErrorCode::INVALID_ARGUMENT, "no model: pass --model (or --pretrained_model_name_or_path) DIR");
     auto given = [&](const char* name) { return sub->count(name) > 0; };
     auto notice = [](const std::string& m) { std::fprintf(stderr, "notice: %s\n", m.c_str()); };
     if (given("--push_to_hub") || given("--hub_token") || given("--hub_model_id"))
@@ -146,14 +220,14 @@ std::pair<CLI::App*, CommandRunner> setup_train(CLI::App& app) {
     auto c = std::make_shared<TrainCli>();
     TrainOptions& o = c->o;
     CLI::App* sub = app.add_subcommand("train", "Fine-tune the transformer with LoRA (DreamBooth / captioned images)");
-    sub->set_config("--config", "", "TOML file with any of these options (key = value, names without --); the command line wins");
+    sub->add_option("--config", c->config, "TOML file with any of these options (key = value, names without --); the command line wins");
     sub->footer(
         "Quick start:  sd3tune train --model MODEL --data IMAGES --prompt \"a photo of sks dog\" --out OUT --steps 100\n"
         "The reference script's flags (--pretrained_model_name_or_path, --instance_data_dir, ...) work as well.\n"
         "See docs/training.md for every option, the outputs and how to resume.");
     auto* g = sub;
     // model and data
-    g->add_option("--model,--pretrained_model_name_or_path", o.model, "SD3 model: diffusers folder or single file")->required();
+    g->add_option("--model,--pretrained_model_name_or_path", o.model, "SD3 model: diffusers folder or single file (required)");
     g->add_option("--tokenizers", c->spec.tokenizers, "folder with tokenizer/, tokenizer_2/, tokenizer_3/ (single files carry none)");
     g->add_option("--clip-l", c->spec.clip_l, "CLIP-L weights file, adds or replaces the model's");
     g->add_option("--clip-g", c->spec.clip_g, "CLIP-G weights file");
@@ -265,8 +339,8 @@ std::pair<CLI::App*, CommandRunner> setup_train(CLI::App& app) {
                 const auto t0 = std::chrono::steady_clock::now();
                 int64_t first_step = -1;
                 train::TrainCallbacks cb;
-                cb.on_phase = [c, tty](const std::string& m) {
-                    if (!c->quiet) std::fprintf(stderr, "%s%s\n", tty ? "\r\033[K" : "", m.c_str());
+                cb.on_phase = [tty](const std::string& m) {
+                    std::fprintf(stderr, "%s%s\n", tty ? "\r\033[K" : "", m.c_str());
                 };
                 cb.on_step = [&, tty](const train::StepReport& r) {
                     if (c->quiet) return;
