@@ -91,10 +91,16 @@ def ids(tok, s):
 
 
 def main():
-    rng = random.Random(20240611)
+    import argparse
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--random", type=int, default=400, help="random prompts (plus a fixed set)")
+    ap.add_argument("--seed", type=int, default=20240611)
+    ap.add_argument("--out", default=OUT)
+    args = ap.parse_args()
+    rng = random.Random(args.seed)
     prompts = [p.encode("utf-8") for p in PIECES]
-    prompts += [random_prompt(rng).encode("utf-8") for _ in range(400)]
-    prompts += [random_bytes(rng) for _ in range(120)]
+    prompts += [random_prompt(rng).encode("utf-8") for _ in range(args.random)]
+    prompts += [random_bytes(rng) for _ in range(max(1, args.random * 3 // 10))]
     prompts += [" ".join(rng.choice(WORDS) for _ in range(n)).encode() for n in (74, 75, 76, 200)]
     cases, t5_exact = [], 0
     for raw in prompts:
@@ -103,15 +109,15 @@ def main():
                 "t5": ids(tok_t5, text), "t5_exact": t5_exact_expected(text)}
         t5_exact += case["t5_exact"]
         cases.append(case)
-    os.makedirs(os.path.dirname(OUT), exist_ok=True)
-    with open(OUT, "w", encoding="utf-8") as f:
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w", encoding="utf-8") as f:
         json.dump({"made_by": "scripts/make_tokenizer_cases.py",
                    "versions": {"transformers": transformers.__version__, "tokenizers": tokenizers.__version__},
                    "note": "ids without padding or truncation (bos/eos included); input = bytes decoded with "
                            "errors='replace'; t5_exact false = the prompt has grapheme-extending characters",
                    "cases": cases}, f, ensure_ascii=True, separators=(",", ":"))
         f.write("\n")
-    print(f"wrote {OUT}: {len(cases)} cases, {t5_exact} with t5_exact")
+    print(f"wrote {args.out}: {len(cases)} cases, {t5_exact} with t5_exact")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ namespace {
 struct InfoOptions {
     std::string path;
     bool json = false;
+    bool tensors = false;
 };
 
 Status info_safetensors(const InfoOptions& opt) {
@@ -94,10 +95,12 @@ std::pair<CLI::App*, CommandRunner> setup_info(CLI::App& app) {
     CLI::App* sub = app.add_subcommand("info", "Describe a model folder or a .safetensors file");
     sub->add_option("path", opt->path, "diffusers pipeline folder or .safetensors file")->required();
     sub->add_flag("--json", opt->json, "print JSON instead of a table");
+    sub->add_flag("--tensors", opt->tensors, "for a .safetensors file: list its tensors and metadata even when it holds a model");
     return {sub, [opt]() -> Status {
                 if (!std::filesystem::exists(opt->path))
                     return make_error(ErrorCode::NOT_FOUND, opt->path, ": no such file or folder");
                 if (std::filesystem::is_directory(opt->path)) return info_folder(*opt);
+                if (opt->tensors) return info_safetensors(*opt);
                 SD3_ASSIGN_OR_RETURN(nlohmann::ordered_json d, describe_model_file(opt->path));  // null: no model
                 if (d.is_null()) return info_safetensors(*opt);
                 if (opt->json) std::printf("%s\n", d.dump(2).c_str());

@@ -13,7 +13,9 @@ int main(int argc, char** argv) {
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
-        return app.exit(e);
+        // --help and --version end parsing successfully; every real usage error exits 2, as commands.h promises.
+        const int rc = app.exit(e);
+        return rc == 0 ? 0 : 2;
     }
     return sd3::tools::run_selected(app);
 }

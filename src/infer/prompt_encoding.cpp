@@ -205,4 +205,46 @@ Result<std::vector<PromptEmbeds>> TextEncoders::encode_tokens(const std::vector<
     return out;
 }
 
+Result<PromptTokenizer> PromptTokenizer::load(const std::string& clip_l_dir, const std::string& clip_g_dir,
+                                              const std::string& t5_dir) {
+    PromptTokenizer t;
+    SD3_ASSIGN_OR_RETURN(ClipTokenizer l, ClipTokenizer::load(clip_l_dir));
+    SD3_ASSIGN_OR_RETURN(ClipTokenizer g, ClipTokenizer::load(clip_g_dir));
+    SD3_ASSIGN_OR_RETURN(T5Tokenizer t5, T5Tokenizer::load(t5_dir));
+    t.clip_l_ = std::make_shared<const ClipTokenizer>(std::move(l));
+    t.clip_g_ = std::make_shared<const ClipTokenizer>(std::move(g));
+    t.t5_ = std::make_shared<const T5Tokenizer>(std::move(t5));
+    return t;
+}
+
+Result<PromptTokenizer> PromptTokenizer::open(const ModelFolder& model) {
+    SD3_ASSIGN_OR_RETURN(const Component* l, model.require("tokenizer"));
+    SD3_ASSIGN_OR_RETURN(const Component* g, model.require("tokenizer_2"));
+    SD3_ASSIGN_OR_RETURN(const Component* t5, model.require("tokenizer_3"));
+    return load(l->dir, g->dir, t5->dir);
+}
+
+namespace {
+Tensor ids_tensor(const std::vector<int32_t>& ids) {
+    Tensor t = Tensor::empty({1, static_cast<int64_t>(ids.size())}, DType::I32);  // [1, T]
+    std::memcpy(t.raw(), ids.data(), ids.size() * sizeof(int32_t));
+    return t;
+}
+}  // namespace
+
+PromptTokens PromptTokenizer::tokenize(std::string_view prompt, int max_sequence_length) const {
+    // Truncation is reported by the tokenizers themselves (log_warn), as diffusers warns about it.
+    return {ids_tensor(clip_l_->encode(prompt, /*pad=*/true).ids), ids_tensor(clip_g_->encode(prompt, true).ids),
+            ids_tensor(t5_->encode(prompt, max_sequence_length, true).ids)};
+}
+
+Result<std::vector<PromptEmbeds>> TextEncoders::encode_prompts(const PromptTokenizer& tokenizer,
+                                                               const std::vector<std::string>& prompts,
+                                                               bool with_clip_skip) {
+    std::vector<PromptTokens> tokens;
+    tokens.reserve(prompts.size());
+    for (const std::string& p : prompts) tokens.push_back(tokenizer.tokenize(p, options_.max_sequence_length));
+    return encode_tokens(tokens, with_clip_skip);
+}
+
 }  // namespace sd3

@@ -14,6 +14,8 @@
 #include "io/model_folder.h"
 #include "models/clip_text.h"
 #include "models/t5_encoder.h"
+#include "text/clip_tokenizer.h"
+#include "text/t5_tokenizer.h"
 
 namespace sd3 {
 
@@ -48,6 +50,21 @@ struct PromptTokens {
     Tensor clip_l, clip_g, t5;
 };
 
+// The three tokenizers of an SD3 model (tokenizer, tokenizer_2, tokenizer_3), tokenizing a prompt as
+// encode_prompt does: CLIP padded/truncated to 77 (CLIP-L pads with 49407, CLIP-G with "!" = 0, from each folder's
+// config), T5 padded/truncated to max_sequence_length with </s> kept.
+class PromptTokenizer {
+  public:
+    static Result<PromptTokenizer> open(const ModelFolder& model);
+    static Result<PromptTokenizer> load(const std::string& clip_l_dir, const std::string& clip_g_dir,
+                                        const std::string& t5_dir);
+    PromptTokens tokenize(std::string_view prompt, int max_sequence_length) const;
+
+  private:
+    std::shared_ptr<const ClipTokenizer> clip_l_, clip_g_;
+    std::shared_ptr<const T5Tokenizer> t5_;
+};
+
 class TextEncoders {
   public:
     // Keeps the three components (configs and weight sources) and parses their configs; loads no weights.
@@ -69,6 +86,11 @@ class TextEncoders {
     // Output i is prompt i's. Negative prompts go through the same call with with_clip_skip = false (diffusers
     // does not apply clip_skip to them, §8.1).
     Result<std::vector<PromptEmbeds>> encode_tokens(const std::vector<PromptTokens>& prompts, bool with_clip_skip = true);
+
+    // Text-level: tokenizes every prompt (T5 to options().max_sequence_length) and runs encode_tokens.
+    Result<std::vector<PromptEmbeds>> encode_prompts(const PromptTokenizer& tokenizer,
+                                                     const std::vector<std::string>& prompts,
+                                                     bool with_clip_skip = true);
 
     const TextEncoderOptions& options() const { return options_; }
     const ClipTextConfig& clip_config(TextEncoderId id) const { return id == TextEncoderId::CLIP_L ? cfg_l_ : cfg_g_; }

@@ -134,6 +134,7 @@ const std::vector<NameRule>& vae_rules() {
 const std::vector<NameRule>& clip_rules() {
     static const std::vector<NameRule> rules = {
         {"text_model.embeddings.position_ids", {}, MapOp::IGNORE},
+        {"logit_scale", {}, MapOp::IGNORE},  // CLIP's contrastive temperature: no part of text encoding
         {"text_model.{r:**}", {"text_model.{r}"}},
         {"text_projection.weight", {"text_projection.weight"}},
     };
@@ -345,17 +346,44 @@ int count_indexed(const std::vector<std::string>& names, std::string_view before
     return count;
 }
 
+std::vector<RuleMatch> stored_to_diffusers(ComponentKind kind, std::string_view stored, int count) {
+    for (const NameRule& r : stability_rules(kind)) {
+        Captures caps;
+        if (!match_pattern(r.stored, stored, count, declarations(r), caps) || !rule_applies(r, caps, count)) continue;
+        if (r.op == MapOp::IGNORE) return {RuleMatch{"", MapOp::IGNORE, 0, 0}};
+        std::vector<RuleMatch> out;
+        const int parts = static_cast<int>(r.diffusers.size());
+        for (int part = 0; part < parts; ++part)
+            out.push_back(RuleMatch{expand_pattern(r.diffusers[part], caps, count), r.op, part, parts});
+        return out;
+    }
+    return {};
+}
+
+std::optional<RuleMatch> diffusers_to_stored(ComponentKind kind, std::string_view diffusers, int count) {
+    for (const NameRule& r : stability_rules(kind)) {
+        if (r.op == MapOp::IGNORE) continue;
+        // Writing never produces the tied duplicate encoder.embed_tokens; shared.weight maps back to itself.
+        if (kind == ComponentKind::T5 && r.stored == "encoder.embed_tokens.weight") continue;
+        for (size_t part = 0; part < r.diffusers.size(); ++part) {
+            Captures caps;
+            if (!match_pattern(r.diffusers[part], diffusers, count, declarations(r), caps) || !rule_applies(r, caps, count))
+                continue;
+            return RuleMatch{expand_pattern(r.stored, caps, count), r.op, static_cast<int>(part),
+                             static_cast<int>(r.diffusers.size())};
+        }
+    }
+    return std::nullopt;
+}
+
 Result<ComponentMapping> map_component(ComponentKind kind, const std::string& component, const std::string& prefix,
                                        const std::vector<std::string>& stored_names) {
     ComponentMapping m;
     m.component = component;
     m.kind = kind;
     m.prefix = prefix;
-    std::vector<std::string> relative;
-    for (const std::string& n : stored_names) {
-        SD3_ASSERT(n.starts_with(prefix), n, " does not start with ", prefix);
-        relative.push_back(n.substr(prefix.size()));
-    }
+    std::vector<std::string> relative;  // "" for a name outside the prefix: no rule matches it
+    for (const std::string& n : stored_names) relative.push_back(n.starts_with(prefix) ? n.substr(prefix.size()) : "");
     const int count = context_count(kind, relative, /*stored=*/true);
     std::vector<std::string> unmatched;
     std::map<std::string, std::string> claimed;  // diffusers -> stored
@@ -368,28 +396,22 @@ Result<ComponentMapping> map_component(ComponentKind kind, const std::string& co
             m.ignored.push_back(stored_names[k]);
             continue;
         }
-        bool matched = false;
-        for (const NameRule& r : stability_rules(kind)) {
-            Captures caps;
-            if (!match_pattern(r.stored, rel, count, declarations(r), caps) || !rule_applies(r, caps, count)) continue;
-            matched = true;
-            if (r.op == MapOp::IGNORE) {
-                m.ignored.push_back(stored_names[k]);
-                break;
-            }
-            const int parts = static_cast<int>(r.diffusers.size());
-            for (int part = 0; part < parts; ++part) {
-                TensorMapping t;
-                t.diffusers = expand_pattern(r.diffusers[part], caps, count);
-                t.stored = stored_names[k];
-                t.op = r.op;
-                t.part = part;
-                t.parts = parts;
-                if (!claimed.emplace(t.diffusers, t.stored).second)
-                    clashes.push_back(str_cat(t.diffusers, " (from ", claimed[t.diffusers], " and ", t.stored, ")"));
-                m.tensors.push_back(std::move(t));
-            }
-            break;
+        const std::vector<RuleMatch> hits = stored_to_diffusers(kind, rel, count);
+        const bool matched = !hits.empty();
+        if (matched && hits[0].op == MapOp::IGNORE) {
+            m.ignored.push_back(stored_names[k]);
+            continue;
+        }
+        for (const RuleMatch& h : hits) {
+            TensorMapping t;
+            t.diffusers = h.name;
+            t.stored = stored_names[k];
+            t.op = h.op;
+            t.part = h.part;
+            t.parts = h.parts;
+            if (!claimed.emplace(t.diffusers, t.stored).second)
+                clashes.push_back(str_cat(t.diffusers, " (from ", claimed[t.diffusers], " and ", t.stored, ")"));
+            m.tensors.push_back(std::move(t));
         }
         if (!matched) unmatched.push_back(stored_names[k]);
     }
@@ -443,23 +465,15 @@ Result<std::vector<StoredTensorPlan>> plan_stability_component(ComponentKind kin
     std::map<std::string, StoredTensorPlan> plans;  // by stored name
     std::vector<std::string> unmatched;
     for (const std::string& d : diffusers_names) {
-        bool matched = false;
-        for (const NameRule& r : stability_rules(kind)) {
-            if (r.op == MapOp::IGNORE) continue;
-            // Writing never produces the tied duplicate encoder.embed_tokens; shared.weight maps back to itself.
-            if (kind == ComponentKind::T5 && r.stored == "encoder.embed_tokens.weight") continue;
-            for (size_t part = 0; part < r.diffusers.size() && !matched; ++part) {
-                Captures caps;
-                if (!match_pattern(r.diffusers[part], d, count, declarations(r), caps) || !rule_applies(r, caps, count)) continue;
-                matched = true;
-                const std::string stored = prefix + expand_pattern(r.stored, caps, count);
-                StoredTensorPlan& plan = plans[stored];
-                plan.stored = stored;
-                plan.op = r.op;
-                plan.diffusers.resize(r.diffusers.size());
-                plan.diffusers[part] = d;
-            }
-            if (matched) break;
+        const std::optional<RuleMatch> hit = diffusers_to_stored(kind, d, count);
+        const bool matched = hit.has_value();
+        if (matched) {
+            const std::string stored = prefix + hit->name;
+            StoredTensorPlan& plan = plans[stored];
+            plan.stored = stored;
+            plan.op = hit->op;
+            plan.diffusers.resize(hit->parts);
+            plan.diffusers[hit->part] = d;
         }
         if (!matched) unmatched.push_back(d);
     }

@@ -1,16 +1,20 @@
 // The one name-mapping module (DESIGN.md "Conventions"): every key dialect that model weights come in, mapped onto
 // diffusers names, as data (pattern rules) plus a few small tensor transforms. Dialects: Stability's single-file
 // checkpoint (model.diffusion_model.* MMDiT, first_stage_model.* LDM VAE, text_encoders.{clip_l,clip_g,t5xxl}.*),
-// and the same per-component names stored without a prefix (standalone clip_l / clip_g / t5xxl / VAE files).
-// Facts: ../shared/research/sd3-architecture.md §3.2-3.4 (diffusers single_file_utils.py).
+// and the same per-component names stored without a prefix (standalone clip_l / clip_g / t5xxl / VAE files);
+// and the LoRA key dialects (kohya, ComfyUI) over the same MMDiT rules (name_map_lora.cpp).
+// Facts: ../shared/research/sd3-architecture.md §3.2-3.4 (diffusers single_file_utils.py). docs/model-formats.md.
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "core/status.h"
+#include "io/lora_file.h"
+#include "io/safetensors.h"
 
 namespace sd3 {
 
@@ -45,6 +49,21 @@ struct NameRule {
 };
 // The rules that map `kind`'s stored (Stability / LDM / HF) names onto diffusers names, first match wins.
 const std::vector<NameRule>& stability_rules(ComponentKind kind);
+
+// One name matched by a rule: the name on the other side and how the tensor transforms (part of parts for
+// ROW_CHUNK). `count` is the component's block count that {~i} and LAST_BLOCK refer to (MMDiT blocks, VAE
+// decoder up blocks; see count_indexed); names are component-relative.
+struct RuleMatch {
+    std::string name;
+    MapOp op = MapOp::COPY;
+    int part = 0;
+    int parts = 1;
+};
+// Every diffusers name of one stored name (three for a fused qkv; one IGNORE entry for a dropped buffer);
+// empty when no rule knows it.
+std::vector<RuleMatch> stored_to_diffusers(ComponentKind kind, std::string_view stored, int count);
+// The stored name a diffusers name comes from (writing direction).
+std::optional<RuleMatch> diffusers_to_stored(ComponentKind kind, std::string_view diffusers, int count);
 
 // One diffusers tensor of a component and how to make it from stored tensors.
 struct TensorMapping {
@@ -92,5 +111,33 @@ Result<std::vector<StoredTensorPlan>> plan_stability_component(ComponentKind kin
 
 // 1 + the largest N of names "<before>N." (0 when there is none): MMDiT blocks, VAE up blocks, encoder layers.
 int count_indexed(const std::vector<std::string>& names, std::string_view before);
+
+// --- LoRA key dialects ---
+// diffusers/PEFT (io/lora_file): `transformer.transformer_blocks.0.attn.to_q.lora_A.weight` / `lora_B`.
+// kohya sd-scripts: `lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight` / `.lora_up.weight` / `.alpha`,
+//   the Stability module path with dots as underscores.
+// ComfyUI: `diffusion_model.joint_blocks.0.x_block.attn.qkv.lora_down.weight` / `.lora_up.weight` / `.alpha`
+//   (lora_A / lora_B suffixes are read too), the Stability module path as ComfyUI's model keys have it.
+// Stability modules map onto diffusers modules with the MMDiT rules above: a LoRA on a fused qkv becomes three
+// LoRAs that share lora_down as A and take their rows of lora_up as B (exact: [B_q; B_k; B_v]·A is the fused
+// update); written back, q/k/v become one LoRA of rank r_q+r_k+r_v with A stacked and B block-diagonal, and
+// reading such a block-diagonal LoRA recovers the three exactly. adaLN halves swap in B's rows.
+enum class LoraDialect : uint8_t { DIFFUSERS, KOHYA, COMFYUI };
+std::string_view lora_dialect_name(LoraDialect d);  // "diffusers", "kohya", "comfyui"
+std::optional<LoraDialect> lora_dialect_from_name(std::string_view name);
+// From the keys: lora_unet_* is kohya, diffusion_model.* ComfyUI, anything else diffusers/PEFT.
+LoraDialect detect_lora_dialect(const NamedTensors& tensors);
+
+// Any dialect into the diffusers-keyed LoraSet. `mmdit_layers` is the target MMDiT's block count; it is needed
+// (else an error says so) only for a LoRA on the last block's context adaLN, whose halves are swapped.
+Result<LoraSet> parse_lora(const NamedTensors& tensors, const std::map<std::string, std::string>& metadata,
+                           const std::string& origin, int mmdit_layers = 0);
+Result<LoraSet> read_lora_any(const std::string& path, int mmdit_layers = 0);
+// The tensors of `set` in a Stability dialect (kohya or ComfyUI), each alpha an f32 scalar.
+Result<NamedTensors> lora_to_stability(const LoraSet& set, LoraDialect dialect, DType dtype = DType::F32,
+                                       int mmdit_layers = 0);
+// Writes `set` in any dialect (diffusers through write_lora_file).
+Status write_lora(const std::string& path, const LoraSet& set, LoraDialect dialect, DType dtype = DType::F32,
+                  int mmdit_layers = 0);
 
 }  // namespace sd3

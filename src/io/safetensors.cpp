@@ -181,25 +181,30 @@ Tensor SafetensorsFile::get(const TensorInfo& info) const {
 
 // --- writing ------------------------------------------------------------------------------------------------
 
-Status write_safetensors(const std::string& path, const NamedTensors& tensors,
-                         const std::map<std::string, std::string>& metadata) {
+Status write_safetensors_streamed(const std::string& path, const std::vector<TensorSpec>& specs,
+                                  const std::map<std::string, std::string>& metadata, const TensorFiller& fill) {
     json header = json::object();
     if (!metadata.empty()) header["__metadata__"] = metadata;
     std::set<std::string> names;
     size_t offset = 0;
-    for (const auto& [name, t] : tensors) {
-        if (!names.insert(name).second)
-            return Status(ErrorCode::INVALID_ARGUMENT, str_cat(path, ": tensor name \"", name, "\" given twice"));
-        SD3_ASSERT(t.device().is_cpu(), "write_safetensors takes CPU tensors; ", name, " is on ", t.device().str());
-        header[name] = {{"dtype", std::string(dtype_safetensors_name(t.dtype()))},
-                        {"shape", t.shape()},
-                        {"data_offsets", {offset, offset + t.nbytes()}}};
-        offset += t.nbytes();
+    for (const TensorSpec& spec : specs) {
+        if (!names.insert(spec.name).second)
+            return Status(ErrorCode::INVALID_ARGUMENT, str_cat(path, ": tensor name \"", spec.name, "\" given twice"));
+        const size_t bytes = static_cast<size_t>(shape_numel(spec.shape)) * dtype_size(spec.dtype);
+        header[spec.name] = {{"dtype", std::string(dtype_safetensors_name(spec.dtype))},
+                             {"shape", spec.shape},
+                             {"data_offsets", {offset, offset + bytes}}};
+        offset += bytes;
     }
     std::string text = header.dump();
     text.append((8 - text.size() % 8) % 8, ' ');  // pad so the data section starts 8-byte aligned
 
     const std::string tmp = path + ".tmp";
+    auto fail = [&](Status s) {
+        std::error_code ignored;
+        fs::remove(tmp, ignored);
+        return s;
+    };
     {
         std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
         if (!out) return Status(ErrorCode::IO_ERROR, str_cat(tmp, ": cannot create: ", std::strerror(errno)));
@@ -207,33 +212,43 @@ Status write_safetensors(const std::string& path, const NamedTensors& tensors,
         for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>((uint64_t{text.size()} >> (8 * i)) & 0xff);
         out.write(reinterpret_cast<const char*>(len), 8);
         out.write(text.data(), static_cast<std::streamsize>(text.size()));
-        for (const auto& [name, t] : tensors) {
-            const Tensor c = t.contiguous();
+        for (size_t i = 0; i < specs.size() && out; ++i) {
+            Result<Tensor> t = fill(i);
+            if (!t.ok()) {
+                out.close();
+                return fail(t.status());
+            }
+            const Tensor c = t->contiguous();
+            SD3_ASSERT(c.device().is_cpu() && c.dtype() == specs[i].dtype && c.shape() == specs[i].shape,
+                       "tensor ", specs[i].name, " filled as ", c.describe());
             out.write(static_cast<const char*>(c.raw()), static_cast<std::streamsize>(c.nbytes()));
         }
         out.flush();
         if (!out) {
             out.close();
-            fs::remove(tmp);
-            return Status(ErrorCode::IO_ERROR, str_cat(path, ": write failed (is the disk full?); nothing was replaced"));
+            return fail(Status(ErrorCode::IO_ERROR, str_cat(path, ": write failed (is the disk full?); nothing was replaced")));
         }
     }
     const int fd = ::open(tmp.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd >= 0) {
         const int rc = ::fsync(fd);
         ::close(fd);
-        if (rc != 0) {
-            fs::remove(tmp);
-            return Status(ErrorCode::IO_ERROR, str_cat(path, ": could not sync to disk: ", std::strerror(errno)));
-        }
+        if (rc != 0) return fail(Status(ErrorCode::IO_ERROR, str_cat(path, ": could not sync to disk: ", std::strerror(errno))));
     }
     std::error_code ec;
     fs::rename(tmp, path, ec);
-    if (ec) {
-        fs::remove(tmp);
-        return Status(ErrorCode::IO_ERROR, str_cat(path, ": cannot move the finished file into place: ", ec.message()));
-    }
+    if (ec) return fail(Status(ErrorCode::IO_ERROR, str_cat(path, ": cannot move the finished file into place: ", ec.message())));
     return {};
+}
+
+Status write_safetensors(const std::string& path, const NamedTensors& tensors,
+                         const std::map<std::string, std::string>& metadata) {
+    std::vector<TensorSpec> specs;
+    for (const auto& [name, t] : tensors) {
+        SD3_ASSERT(t.device().is_cpu(), "write_safetensors takes CPU tensors; ", name, " is on ", t.device().str());
+        specs.push_back({name, t.dtype(), t.shape()});
+    }
+    return write_safetensors_streamed(path, specs, metadata, [&](size_t i) -> Result<Tensor> { return tensors[i].second; });
 }
 
 Result<NamedTensors> read_all_safetensors(const std::string& path) {

@@ -3,6 +3,7 @@
 // {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {str: str}}, then the data section.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -57,6 +58,19 @@ using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
 // crash never leaves a file that looks whole, and an existing file is replaced only once the new one is complete.
 Status write_safetensors(const std::string& path, const NamedTensors& tensors,
                          const std::map<std::string, std::string>& metadata = {});
+
+struct TensorSpec {
+    std::string name;
+    DType dtype;
+    Shape shape;
+};
+// Produces tensor i of the specs (a CPU tensor of that dtype and shape), or an error that aborts the write.
+using TensorFiller = std::function<Result<Tensor>(size_t index)>;
+
+// Writes tensors produced one at a time, so a file larger than memory can be written; atomic like
+// write_safetensors (on any error the temporary file is removed and an existing file stays as it was).
+Status write_safetensors_streamed(const std::string& path, const std::vector<TensorSpec>& specs,
+                                  const std::map<std::string, std::string>& metadata, const TensorFiller& fill);
 
 // Reads every tensor of a file into memory (copies, so the file may be replaced afterwards).
 Result<NamedTensors> read_all_safetensors(const std::string& path);

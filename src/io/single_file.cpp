@@ -363,8 +363,11 @@ Result<std::vector<Component>> open_file_components(const std::string& path, con
     if (d.kind != want)
         return make_error(ErrorCode::INVALID_ARGUMENT, path, " (", option, "): holds a ", component_kind_name(d.kind),
                           ", not a ", component_kind_name(want));
+    // MMDiT/VAE files in diffusers naming are used as they are; encoder files always go through their (mostly
+    // identity) rules, which drop buffers, resolve T5's tied embedding and let CLIP-L get its missing projection.
     std::shared_ptr<const TensorSource> src;
-    if (d.diffusers_names) {
+    const bool encoder = d.kind == ComponentKind::CLIP || d.kind == ComponentKind::T5;
+    if (d.diffusers_names && !encoder) {
         src = file;
     } else {
         auto m = map_component(d.kind, target, d.prefix, names);
@@ -372,14 +375,6 @@ Result<std::vector<Component>> open_file_components(const std::string& path, con
         for (const std::string& ig : m->ignored) origin.notes.push_back(str_cat(target, ": ignored ", ig));
         SD3_ASSIGN_OR_RETURN(std::shared_ptr<MappedSource> ms, MappedSource::create(file, std::move(m).value()));
         if (target == "text_encoder") add_clip_l_projection(*ms, origin.notes);
-        src = ms;
-    }
-    // A standalone clip_l.safetensors may lack the projection too: see it through the (identity) CLIP rules.
-    if (d.diffusers_names && target == "text_encoder" && !src->meta("text_projection.weight")) {
-        auto m = map_component(ComponentKind::CLIP, target, "", names);
-        if (!m.ok()) return m.status().with_context(path);
-        SD3_ASSIGN_OR_RETURN(std::shared_ptr<MappedSource> ms, MappedSource::create(file, std::move(m).value()));
-        add_clip_l_projection(*ms, origin.notes);
         src = ms;
     }
     SD3_ASSIGN_OR_RETURN(Component c, make_component(target, d.kind, src, metadata, path, origin.notes));

@@ -8,6 +8,7 @@
 
 #include "core/check.h"
 #include "io/json_file.h"
+#include "io/model_folder.h"
 #include "ops/mmdit_ops.h"
 
 namespace sd3 {

@@ -23,12 +23,13 @@
 #include "core/status.h"
 #include "core/tensor.h"
 #include "io/lora_file.h"
-#include "io/model_folder.h"
 #include "io/tensor_source.h"
 #include "nn/blocks.h"
 #include "nn/lora.h"
 
 namespace sd3 {
+
+struct Component;  // io/model_folder.h
 
 // transformer/config.json (diffusers SD3Transformer2DModel constructor arguments; §1.2, §1.10).
 struct MMDiTConfig {
@@ -86,7 +87,6 @@ struct JointBlockSaved {
     nn::NormSaved ln1, ln1c;      // LN of the inputs
     nn::AttentionSaved attn, attn2;
     Tensor ax, ac, ax2;           // projected attention outputs (gated into the residuals)
-    Tensor nx, nx2;               // modulated inputs of attn and attn2
     nn::NormSaved ln2, ln2c;      // LN of the residuals after attention
     nn::FeedForwardSaved ff, ffc;
     Tensor fx, fc;                // feed-forward outputs
@@ -105,6 +105,20 @@ struct MMDiTActivations {
     std::vector<JointBlockSaved> blocks;
     nn::NormSaved ln_out;
     Tensor E_out;               // [B, 2D]
+
+    // Bytes held by the saved tensors (each storage counted once), for the memory report.
+    size_t bytes() const;
+};
+
+// The memory plan of the saved activations of one training forward (float32 bytes, each storage once, as
+// MMDiTActivations::bytes() measures them), for the start-up report. Depends on the attached adapters: only
+// adapted Linears keep their inputs.
+struct ActivationPlan {
+    size_t blocks = 0;        // what the blocks keep (all of it, or only their inputs under checkpointing)
+    size_t outer = 0;         // embeddings, conditioning and the output head
+    size_t recompute = 0;     // one block's full saved forward, rebuilt during backward under checkpointing
+    size_t total() const { return blocks + outer; }
+    size_t peak() const { return total() + recompute; }
 };
 
 // Gradients of the loss with respect to the forward's inputs (overwritten by backward()).
@@ -134,12 +148,19 @@ class MMDiT {
 
     // hidden_states [B, in_channels, H, W] (H, W multiples of patch_size, H/p and W/p <= pos_embed_max_size),
     // timestep [B] (float, 0..1000), encoder_hidden_states [B, M, joint_attention_dim], pooled [B, pooled_dim].
-    // Returns [B, out_channels, H, W]. `saved` (may be null) receives what backward() needs.
+    // Returns [B, out_channels, H, W]. `saved` (may be null) receives what backward() needs. `skip_layers` lists
+    // blocks to skip (SD3.5 skip-layer guidance, diffusers `skip_layers`; inference only).
     Result<Tensor> forward(const Tensor& hidden_states, const Tensor& timestep, const Tensor& encoder_hidden_states,
-                           const Tensor& pooled_projections, MMDiTActivations* saved = nullptr) const;
+                           const Tensor& pooled_projections, MMDiTActivations* saved = nullptr,
+                           const std::vector<int64_t>& skip_layers = {}) const;
     // dout [B, out_channels, H, W]. Accumulates trainable LoRA gradients into `lora_grads` (flat, the layout of the
     // attached LoraTrainable); fills `inputs` when given. Frozen weights get no gradients.
     void backward(const Tensor& dout, MMDiTActivations& saved, Tensor& lora_grads, InputGrads* inputs = nullptr) const;
+
+    // Saved-activation bytes of forward(x [batch, C, height, width], ctx [batch, context_len, ·], &saved) with the
+    // given checkpointing, for the adapters attached now (training context: LoRA dropout keeps its masked inputs).
+    ActivationPlan plan_activations(int64_t batch, int64_t height, int64_t width, int64_t context_len,
+                                    bool checkpoint_blocks) const;
 
     // ---- LoRA ----
     // Every Linear of the model by diffusers module path (for LoRA targeting and name checks).

@@ -1,6 +1,9 @@
 // MMDiT forward and backward (models/mmdit.h): patch and condition embeddings, joint blocks with adaLN-Zero, the
 // last block's context_pre_only form, the output head; the backward mirrors it op by op (sd3-architecture.md §9.2)
 // and can recompute each block from its inputs (activation checkpointing) with identical results.
+#include <algorithm>
+#include <set>
+
 #include "core/check.h"
 #include "models/mmdit.h"
 #include "ops/mmdit_ops.h"
@@ -33,22 +36,22 @@ void MMDiT::block_forward(const JointBlock& b, Tensor& x, Tensor& c, const Tenso
     const Tensor& Ec = s.Ec;
 
     const Tensor xhat = nn::layer_norm_forward(x, kNormEps, &s.ln1);  // [B, N, D]
-    s.nx = ops::modulate(xhat, chunk(E, 0, D), chunk(E, 1, D));
+    const Tensor nx = ops::modulate(xhat, chunk(E, 0, D), chunk(E, 1, D));  // [B, N, D]
     const Tensor chat = nn::layer_norm_forward(c, kNormEps, &s.ln1c);  // [B, M, D]
     const Tensor nc = b.context_pre_only ? ops::modulate(chat, chunk(Ec, 1, D), chunk(Ec, 0, D))
                                          : ops::modulate(chat, chunk(Ec, 0, D), chunk(Ec, 1, D));
 
-    nn::joint_attention_forward(b.attn, s.nx, nc, &s.ax, &s.ac, &s.attn, ctx);
-    Tensor x1 = x.clone();  // [B, N, D]
+    nn::joint_attention_forward(b.attn, nx, nc, &s.ax, &s.ac, &s.attn, ctx);
+    Tensor x1 = ops::copy(x);  // [B, N, D]
     ops::gated_add_(x1, chunk(E, 2, D), s.ax);
     if (b.dual) {
-        s.nx2 = ops::modulate(xhat, chunk(E, 6, D), chunk(E, 7, D));
-        nn::joint_attention_forward(b.attn2, s.nx2, Tensor(), &s.ax2, nullptr, &s.attn2, ctx);
+        const Tensor nx2 = ops::modulate(xhat, chunk(E, 6, D), chunk(E, 7, D));
+        nn::joint_attention_forward(b.attn2, nx2, Tensor(), &s.ax2, nullptr, &s.attn2, ctx);
         ops::gated_add_(x1, chunk(E, 8, D), s.ax2);
     }
     const Tensor xhat2 = nn::layer_norm_forward(x1, kNormEps, &s.ln2);
     s.fx = nn::feed_forward(b.ff, ops::modulate(xhat2, chunk(E, 3, D), chunk(E, 4, D)), &s.ff, ctx);
-    Tensor x2 = x1.clone();
+    Tensor x2 = ops::copy(x1);
     ops::gated_add_(x2, chunk(E, 5, D), s.fx);
     x = x2;
 
@@ -56,11 +59,11 @@ void MMDiT::block_forward(const JointBlock& b, Tensor& x, Tensor& c, const Tenso
         c = Tensor();  // the last block returns no context (diffusers sets encoder_hidden_states = None)
         return;
     }
-    Tensor c1 = c.clone();  // [B, M, D]
+    Tensor c1 = ops::copy(c);  // [B, M, D]
     ops::gated_add_(c1, chunk(Ec, 2, D), s.ac);
     const Tensor chat2 = nn::layer_norm_forward(c1, kNormEps, &s.ln2c);
     s.fc = nn::feed_forward(b.ff_context, ops::modulate(chat2, chunk(Ec, 3, D), chunk(Ec, 4, D)), &s.ffc, ctx);
-    Tensor c2 = c1.clone();
+    Tensor c2 = ops::copy(c1);
     ops::gated_add_(c2, chunk(Ec, 5, D), s.fc);
     c = c2;
 }
@@ -71,8 +74,8 @@ void MMDiT::block_backward(const JointBlock& b, Tensor& dx, Tensor& dc, Tensor& 
     const int64_t D = config_.inner_dim();
     const Tensor& E = s.E;
     const Tensor& Ec = s.Ec;
-    Tensor dE = Tensor::zeros(E.shape());    // [B, 6D | 9D]
-    Tensor dEc = Tensor::zeros(Ec.shape());  // [B, 6D | 2D]
+    Tensor dE = ops::zeros(E.shape(), E.device());    // [B, 6D | 9D]
+    Tensor dEc = ops::zeros(Ec.shape(), Ec.device());  // [B, 6D | 2D]
     Tensor dE_[9], dEc_[6];
     for (int64_t i = 0; i < E.size(1) / D; ++i) dE_[i] = chunk(dE, i, D);
     for (int64_t i = 0; i < Ec.size(1) / D; ++i) dEc_[i] = chunk(dEc, i, D);
@@ -126,7 +129,7 @@ void MMDiT::block_backward(const JointBlock& b, Tensor& dx, Tensor& dc, Tensor& 
 }
 
 Result<Tensor> MMDiT::forward(const Tensor& x, const Tensor& timestep, const Tensor& ctx_in, const Tensor& pooled,
-                              MMDiTActivations* saved) const {
+                              MMDiTActivations* saved, const std::vector<int64_t>& skip_layers) const {
     const MMDiTConfig& c = config_;
     const int64_t p = c.patch_size, D = c.inner_dim();
     auto bad = [](const auto&... what) { return make_error(ErrorCode::INVALID_ARGUMENT, "MMDiT forward: ", what...); };
@@ -150,6 +153,9 @@ Result<Tensor> MMDiT::forward(const Tensor& x, const Tensor& timestep, const Ten
         return bad("pooled_projections must be [", B, ", ", c.pooled_projection_dim, "], got ",
                    shape_str(pooled.shape()));
 
+    for (int64_t l : skip_layers)
+        if (l < 0 || l >= c.num_layers) return bad("skip layer ", l, " is outside [0, ", c.num_layers, ")");
+    if (!skip_layers.empty() && saved != nullptr) return bad("skip_layers is for inference only");
     MMDiTActivations local;
     MMDiTActivations& s = saved != nullptr ? *saved : local;
     const nn::RunContext rc = saved != nullptr ? saved->ctx : nn::RunContext{};
@@ -180,6 +186,7 @@ Result<Tensor> MMDiT::forward(const Tensor& x, const Tensor& timestep, const Ten
 
     s.blocks.assign(w_.blocks.size(), JointBlockSaved());
     for (size_t i = 0; i < w_.blocks.size(); ++i) {
+        if (std::find(skip_layers.begin(), skip_layers.end(), static_cast<int64_t>(i)) != skip_layers.end()) continue;
         if (keep && !s.checkpoint_blocks) {
             block_forward(w_.blocks[i], hx, hc, s.silu_temb, &s.blocks[i], rc);
         } else {
@@ -200,6 +207,114 @@ Result<Tensor> MMDiT::forward(const Tensor& x, const Tensor& timestep, const Ten
     return ops::unpatchify(o, c.out_channels, H, W, p, ops::PatchLayout::CHANNEL_LAST);
 }
 
+size_t MMDiTActivations::bytes() const {
+    std::set<const void*> seen;
+    size_t total = 0;
+    auto add = [&](const Tensor& t) {
+        if (t.defined() && seen.insert(t.storage().get()).second) total += t.storage()->bytes();
+    };
+    auto lin = [&](const nn::LinearSaved& l) {
+        add(l.x);
+        for (const Tensor& t : l.xd) add(t);
+        for (const Tensor& t : l.h) add(t);
+    };
+    auto norm = [&](const nn::NormSaved& n) {
+        add(n.x);
+        add(n.mean);
+        add(n.rstd);
+        add(n.xhat);
+    };
+    auto attn = [&](const nn::AttentionSaved& a) {
+        for (const auto* l : {&a.q, &a.k, &a.v, &a.qc, &a.kc, &a.vc, &a.out, &a.add_out}) lin(*l);
+        for (const Tensor* t : {&a.q_raw, &a.k_raw, &a.qc_raw, &a.kc_raw, &a.q_rstd, &a.k_rstd, &a.qc_rstd,
+                                &a.kc_rstd, &a.Q, &a.K, &a.V, &a.O, &a.lse})
+            add(*t);
+    };
+    for (const auto* l : {&patch_embed, &time_1, &time_2, &text_1, &text_2, &context_embedder, &norm_out, &proj_out})
+        lin(*l);
+    for (const Tensor* t : {&time_pre, &text_pre, &temb, &silu_temb, &E_out}) add(*t);
+    norm(ln_out);
+    for (const JointBlockSaved& b : blocks) {
+        for (const Tensor* t : {&b.x_in, &b.c_in, &b.E, &b.Ec, &b.ax, &b.ac, &b.ax2, &b.fx, &b.fc,
+                                &b.ff.pre, &b.ffc.pre})
+            add(*t);
+        for (const auto* l : {&b.norm1, &b.norm1_context, &b.ff.fc1, &b.ff.fc2, &b.ffc.fc1, &b.ffc.fc2}) lin(*l);
+        for (const auto* n : {&b.ln1, &b.ln1c, &b.ln2, &b.ln2c}) norm(*n);
+        attn(b.attn);
+        attn(b.attn2);
+    }
+    return total;
+}
+
+ActivationPlan MMDiT::plan_activations(int64_t B, int64_t H, int64_t W, int64_t M, bool checkpoint) const {
+    const MMDiTConfig& c = config_;
+    const int64_t p = c.patch_size, D = c.inner_dim(), N = (H / p) * (W / p), Hd = c.num_attention_heads;
+    const size_t f = sizeof(float);
+    // What one Linear keeps for `rows` input rows of width `in`: its input (shared by the Linears reading the same
+    // tensor: `input_counted` tells whether that storage is already counted), and per adapter A·x [rows, r] and,
+    // with dropout, the masked input.
+    auto linear = [&](const nn::Linear& l, int64_t rows, bool& input_counted) {
+        size_t n = 0;
+        if (l.loras.empty()) return n;
+        if (!input_counted) n += rows * l.in_features();
+        input_counted = true;
+        for (const nn::LoraAdapter& a : l.loras) {
+            n += rows * a.rank();
+            if (a.dropout > 0.0f) n += rows * l.in_features();
+        }
+        return n;
+    };
+    auto attention = [&](const nn::JointAttention& a, int64_t ctx_rows) {
+        size_t n = 0;
+        bool nx = false, nc = false, o_img = false, o_ctx = false;
+        n += linear(a.to_q, B * N, nx) + linear(a.to_k, B * N, nx) + linear(a.to_v, B * N, nx);
+        const bool ctx = a.has_context, ctx_q = ctx && !a.context_pre_only;
+        if (ctx) n += linear(a.add_k_proj, B * ctx_rows, nc) + linear(a.add_v_proj, B * ctx_rows, nc);
+        if (ctx_q) n += linear(a.add_q_proj, B * ctx_rows, nc);
+        n += linear(a.to_out, B * N, o_img);
+        if (ctx_q) n += linear(a.to_add_out, B * ctx_rows, o_ctx);
+        const int64_t tq = ctx_q ? N + ctx_rows : N, tk = ctx ? N + ctx_rows : N;
+        n += (tq + 2 * tk + tq) * B * D + B * Hd * tq;  // Q, K, V, O, lse
+        if (a.qk_norm()) {
+            n += 2 * (B * N * D + B * N * Hd);  // q, k before the norm, and their rstd
+            if (ctx) n += B * ctx_rows * D + B * ctx_rows * Hd;
+            if (ctx_q) n += B * ctx_rows * D + B * ctx_rows * Hd;
+        }
+        return n;
+    };
+    auto feed_forward = [&](const nn::FeedForward& ff, int64_t rows) {
+        bool in = false, act = false;
+        return linear(ff.fc1, rows, in) + rows * 4 * D + linear(ff.fc2, rows, act) + rows * D;  // + pre, output
+    };
+    auto block_full = [&](const JointBlock& b) {
+        bool st = true;  // SiLU(temb) is counted once outside
+        size_t n = b.norm1.out_features() * B + b.norm1_context.out_features() * B;  // E, Ec
+        n += linear(b.norm1, B, st) + linear(b.norm1_context, B, st);
+        n += B * N * D + 2 * B * N + B * M * D + 2 * B * M;  // LN of x and c: x̂ and statistics
+        n += attention(b.attn, M) + B * N * D;                // + the projected image output
+        if (b.dual) n += attention(b.attn2, 0) + B * N * D;
+        n += 2 * B * N * D + 2 * B * N + feed_forward(b.ff, B * N);  // x1 and its LN
+        if (!b.context_pre_only) n += B * M * D + 2 * B * M * D + 2 * B * M + feed_forward(b.ff_context, B * M);
+        return n;
+    };
+    ActivationPlan plan;
+    for (const JointBlock& b : w_.blocks) {
+        const size_t inputs = B * N * D + B * M * D;  // each block's x and c are fresh tensors
+        const size_t full = block_full(b);
+        plan.blocks += f * (inputs + (checkpoint ? 0 : full));
+        if (checkpoint) plan.recompute = std::max(plan.recompute, f * full);
+    }
+    size_t outer = 6 * B * D;  // time_pre, text_pre, temb, SiLU(temb), E_out
+    bool tin = false, t2 = false, pin = false, p2 = false, cin = false, st = true, y = false;
+    outer += linear(w_.time_linear_1, B, tin) + linear(w_.time_linear_2, B, t2);
+    outer += linear(w_.text_linear_1, B, pin) + linear(w_.text_linear_2, B, p2);
+    outer += linear(w_.context_embedder, B * M, cin) + linear(w_.norm_out, B, st);
+    outer += 2 * B * N * D + 2 * B * N;  // the last block's output (LN input), its x̂ and statistics
+    outer += linear(w_.proj_out, B * N, y);
+    plan.outer = f * outer;
+    return plan;
+}
+
 void MMDiT::backward(const Tensor& dout, MMDiTActivations& s, Tensor& grads, InputGrads* inputs) const {
     const MMDiTConfig& c = config_;
     const int64_t p = c.patch_size, D = c.inner_dim();
@@ -213,7 +328,7 @@ void MMDiT::backward(const Tensor& dout, MMDiTActivations& s, Tensor& grads, Inp
     // Output head.
     const Tensor dO = ops::patchify(dout, p, ops::PatchLayout::CHANNEL_LAST);  // [B, N, p*p*out]
     const Tensor dy = nn::linear_backward(w_.proj_out, dO, s.proj_out, rc, grads);
-    Tensor dEo = Tensor::zeros(s.E_out.shape());  // [B, 2D] = (scale, shift)
+    Tensor dEo = ops::zeros(s.E_out.shape(), s.E_out.device());  // [B, 2D] = (scale, shift)
     Tensor dscale = chunk(dEo, 0, D), dshift = chunk(dEo, 1, D);
     const Tensor dxhat = ops::modulate_backward(dy, s.ln_out.xhat, chunk(s.E_out, 0, D), &dshift, &dscale);
     Tensor dx = nn::layer_norm_backward(dxhat, s.ln_out);                       // [B, N, D]

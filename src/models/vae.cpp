@@ -39,6 +39,13 @@ Result<VaeConfig> VaeConfig::from_json(const nlohmann::json& j, const std::strin
     SD3_ASSIGN_OR_RETURN(c.use_quant_conv, json_field_or<bool>(j, "use_quant_conv", c.use_quant_conv, path));
     SD3_ASSIGN_OR_RETURN(c.use_post_quant_conv,
                          json_field_or<bool>(j, "use_post_quant_conv", c.use_post_quant_conv, path));
+    // sample_size may be a number or [h, w] (diffusers takes the first).
+    if (j.contains("sample_size") && j.at("sample_size").is_array() && !j.at("sample_size").empty()) {
+        SD3_ASSIGN_OR_RETURN(std::vector<int64_t> ss, json_field<std::vector<int64_t>>(j, "sample_size", path));
+        c.sample_size = ss[0];
+    } else {
+        SD3_ASSIGN_OR_RETURN(c.sample_size, json_field_or<int64_t>(j, "sample_size", c.sample_size, path));
+    }
     SD3_ASSIGN_OR_RETURN(double scaling, json_field_or<double>(j, "scaling_factor", c.scaling_factor, path));
     SD3_ASSIGN_OR_RETURN(double shift, json_field_or<double>(j, "shift_factor", 0.0, path));
     // Python floats are doubles; torch multiplies a float32 tensor by them in float32.
@@ -208,6 +215,12 @@ Result<Vae> Vae::load_folder(const std::string& dir, Part part) {
     return load(config, std::move(source), part);
 }
 
+Result<Vae> Vae::load_component(const Component& c, Part part) {
+    if (!c.weights) return make_error(ErrorCode::NOT_FOUND, "the VAE component has no weights (", c.config_path, ")");
+    SD3_ASSIGN_OR_RETURN(VaeConfig config, VaeConfig::from_json(c.config, c.config_path));
+    return load(config, c.weights, part);
+}
+
 // ---- forward --------------------------------------------------------------------------------------------------
 
 namespace {
@@ -303,6 +316,67 @@ Result<Tensor> Vae::decode(const Tensor& latents) const {
         if (blk.sample_w.defined()) h = conv3(ops::upsample_nearest2x(h), blk.sample_w, blk.sample_b);
     }
     return conv3(norm_silu(h, dec_.norm_out_w, dec_.norm_out_b, G), dec_.conv_out_w, dec_.conv_out_b);
+}
+
+namespace {
+// blend_v / blend_h of diffusers' AutoencoderKL, in place on `b` ([B, C, H, W]): the first `extent` rows (or
+// columns) of b become a's last ones weighted 1 - k/extent plus b's weighted k/extent (float32 weights and ops).
+void blend(const Tensor& a, Tensor& b, int64_t extent, int dim) {
+    extent = std::min({a.size(dim), b.size(dim), extent});
+    for (int64_t k = 0; k < extent; ++k) {
+        const float wa = static_cast<float>(1.0 - static_cast<double>(k) / static_cast<double>(extent));
+        const float wb = static_cast<float>(static_cast<double>(k) / static_cast<double>(extent));
+        const Tensor src = a.select(dim, a.size(dim) - extent + k);  // [B, C, W] or [B, C, H]
+        Tensor dst = b.select(dim, k);
+        const int64_t n0 = src.size(0), n1 = src.size(1), n2 = src.size(2);
+        for (int64_t i0 = 0; i0 < n0; ++i0)
+            for (int64_t i1 = 0; i1 < n1; ++i1)
+                for (int64_t i2 = 0; i2 < n2; ++i2) {
+                    const float x = src.data<float>()[i0 * src.stride(0) + i1 * src.stride(1) + i2 * src.stride(2)];
+                    float& y = dst.data<float>()[i0 * dst.stride(0) + i1 * dst.stride(1) + i2 * dst.stride(2)];
+                    const float pa = x * wa, pb = y * wb;
+                    y = pa + pb;
+                }
+    }
+}
+}  // namespace
+
+Result<Tensor> Vae::decode_tiled(const Tensor& latents_in, const VaeTiling& tiling) const {
+    const int64_t f = config_.scale_factor();
+    const int64_t tile = tiling.tile_latent > 0 ? tiling.tile_latent : config_.sample_size / f;
+    if (tile < 1 || !(tiling.overlap >= 0.0 && tiling.overlap < 1.0))
+        return make_error(ErrorCode::INVALID_ARGUMENT, "VAE tiling needs a tile of at least one latent and an overlap in "
+                          "[0, 1) (got ", tile, ", ", tiling.overlap, ")");
+    if (latents_in.dim() != 4 || (latents_in.size(2) <= tile && latents_in.size(3) <= tile)) return decode(latents_in);
+    const Tensor latents = latents_in.to(DType::F32).contiguous();
+    const int64_t H = latents.size(2), W = latents.size(3);
+    const int64_t tile_px = tile * f;
+    const int64_t step = static_cast<int64_t>(static_cast<double>(tile) * (1.0 - tiling.overlap));  // overlap_size
+    const int64_t extent = static_cast<int64_t>(static_cast<double>(tile_px) * tiling.overlap);     // blend_extent
+    const int64_t limit = tile_px - extent;                                                         // row_limit
+    if (step < 1) return make_error(ErrorCode::INVALID_ARGUMENT, "VAE tiling: the overlap leaves no step between tiles");
+    std::vector<std::vector<Tensor>> rows;
+    for (int64_t i = 0; i < H; i += step) {
+        std::vector<Tensor> row;
+        for (int64_t j = 0; j < W; j += step) {
+            const Tensor t = latents.slice(2, i, std::min(H, i + tile)).slice(3, j, std::min(W, j + tile)).contiguous();
+            SD3_ASSIGN_OR_RETURN(Tensor d, decode(t));  // [B, 3, th*f, tw*f]
+            row.push_back(d.contiguous());
+        }
+        rows.push_back(std::move(row));
+    }
+    std::vector<Tensor> out_rows;
+    for (size_t i = 0; i < rows.size(); ++i) {
+        std::vector<Tensor> parts;
+        for (size_t j = 0; j < rows[i].size(); ++j) {
+            Tensor& t = rows[i][j];  // blended in place, as diffusers does: later tiles see the blended values
+            if (i > 0) blend(rows[i - 1][j], t, extent, 2);
+            if (j > 0) blend(rows[i][j - 1], t, extent, 3);
+            parts.push_back(t.slice(2, 0, std::min(limit, t.size(2))).slice(3, 0, std::min(limit, t.size(3))));
+        }
+        out_rows.push_back(ops::cat(parts, 3));
+    }
+    return ops::cat(out_rows, 2);
 }
 
 Tensor Vae::latents_to_vae(const Tensor& z_in) const {

@@ -11,6 +11,7 @@
 #include "core/rng.h"
 #include "core/status.h"
 #include "core/tensor.h"
+#include "io/model_folder.h"
 #include "io/tensor_source.h"
 
 namespace sd3 {
@@ -28,6 +29,7 @@ struct VaeConfig {
     bool use_post_quant_conv = true;
     float scaling_factor = 0.18215f;
     float shift_factor = 0.0f;  // null in the config means no shift
+    int64_t sample_size = 32;    // image side the VAE was built for; sets the default tile of tiled decoding
 
     // Pixels per latent along each side: 2^(number of blocks - 1) (diffusers' vae_scale_factor).
     int64_t scale_factor() const { return int64_t{1} << (block_out_channels.size() - 1); }
@@ -87,6 +89,13 @@ struct VaeLatentDist {
     Tensor sample(TorchGenerator& generator) const;
 };
 
+// diffusers' AutoencoderKL.enable_tiling(): tiles of tile_latent latents (default sample_size / scale factor, 128
+// for SD3), overlapping by `overlap` of a tile, blended linearly over the overlap in pixels.
+struct VaeTiling {
+    int64_t tile_latent = 0;  // 0: from the config
+    double overlap = 0.25;
+};
+
 class Vae {
   public:
     enum class Part { BOTH, ENCODER, DECODER };
@@ -96,11 +105,18 @@ class Vae {
                             Part part = Part::BOTH);
     // A diffusers `vae/` folder (config.json + diffusion_pytorch_model.safetensors).
     static Result<Vae> load_folder(const std::string& dir, Part part = Part::BOTH);
+    // A model's `vae` component (folder or single file: its config and weights in diffusers naming).
+    static Result<Vae> load_component(const Component& component, Part part = Part::BOTH);
 
     // image [B, in, H, W] in [-1, 1] -> the latent distribution before shift and scale.
     Result<VaeLatentDist> encode(const Tensor& image) const;
     // latents [B, L, h, w] (already unscaled: see latents_to_vae) -> image [B, out, h*f, w*f], roughly [-1, 1].
     Result<Tensor> decode(const Tensor& latents) const;
+
+    // diffusers' tiled_decode: decodes overlapping tiles separately (bounded memory, but no attention across tiles,
+    // so the result differs from decode() near and across seams) and blends them. Latents no larger than one tile
+    // go through decode() unchanged, as in diffusers.
+    Result<Tensor> decode_tiled(const Tensor& latents, const VaeTiling& tiling = {}) const;
 
     // What the transformer works on -> what the decoder takes: z / scaling_factor + shift_factor (float32 ops,
     // in this order, as the pipeline's `latents / scaling_factor + shift_factor`).

@@ -25,7 +25,9 @@ Tensor grad_view(Tensor& grads, int64_t offset, const Shape& shape) {
 Tensor linear_forward(const Linear& layer, const Tensor& x, LinearSaved* saved, const RunContext& ctx) {
     Tensor y = ops::linear(x, layer.weight, layer.bias);  // [..., out]
     if (saved != nullptr) {
-        saved->x = x;
+        // A frozen layer's backward needs only W (dx = dy·W): its input is kept only for the adapters' dA.
+        saved->x = layer.loras.empty() ? Tensor() : x;
+        saved->valid = true;
         saved->xd.assign(layer.loras.size(), Tensor());
         saved->h.assign(layer.loras.size(), Tensor());
     }
@@ -45,9 +47,10 @@ Tensor linear_forward(const Linear& layer, const Tensor& x, LinearSaved* saved, 
 
 Tensor linear_backward(const Linear& layer, const Tensor& dy, const LinearSaved& saved, const RunContext& ctx,
                        Tensor& lora_grads, bool need_dx) {
-    SD3_ASSERT(saved.x.defined() && saved.h.size() == layer.loras.size(), "linear_backward of ", layer.name,
+    SD3_ASSERT(saved.valid && saved.h.size() == layer.loras.size(), "linear_backward of ", layer.name,
                " without its saved forward");
-    Tensor dx = need_dx ? ops::linear_backward(dy, saved.x, layer.weight, nullptr, nullptr, true) : Tensor();
+    // dx = dy·W (the base weight is frozen: no dW, db).
+    Tensor dx = need_dx ? ops::linear_backward(dy, Tensor(), layer.weight, nullptr, nullptr, true) : Tensor();
     for (size_t i = 0; i < layer.loras.size(); ++i) {
         const LoraAdapter& a = layer.loras[i];
         if (!a.trainable() && !need_dx) continue;

@@ -42,9 +42,11 @@ struct RunContext {
     uint64_t seed = 0;
 };
 
-// What the backward of one Linear needs: its input and, per adapter, the dropped-out input and A·x.
+// What the backward of one Linear needs: per adapter the (dropped-out) input and A·x. A layer without adapters
+// keeps nothing (its frozen weight gives dx = dy·W).
 struct LinearSaved {
-    Tensor x;                // [..., in]
+    bool valid = false;      // set by linear_forward
+    Tensor x;                // [..., in], only when the layer has adapters
     std::vector<Tensor> xd;  // per adapter: dropout(x) [..., in], undefined when no dropout was applied
     std::vector<Tensor> h;   // per adapter: A·xd [..., r]
 };

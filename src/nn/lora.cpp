@@ -2,6 +2,7 @@
 #include "nn/lora.h"
 
 #include <algorithm>
+#include <cmath>
 #include <set>
 
 #include "core/check.h"
@@ -120,6 +121,18 @@ void init_lora_gaussian(LoraTrainable& lora, const std::function<float()>& stand
         Tensor a = lora.param(2 * m);
         float* pa = a.data<float>();
         for (int64_t i = 0; i < a.numel(); ++i) pa[i] = standard_normal() * std_a;
+        lora.param(2 * m + 1).fill(0.0);
+    }
+    lora.grads.fill(0.0);
+}
+
+void init_lora_kaiming_uniform(LoraTrainable& lora, const std::function<float()>& uniform01) {
+    for (size_t m = 0; m < lora.modules.size(); ++m) {
+        Tensor a = lora.param(2 * m);  // [r, in]
+        // kaiming_uniform_(a = sqrt(5)): gain = sqrt(2 / (1 + 5)), bound = gain * sqrt(3 / fan_in) = 1/sqrt(fan_in).
+        const float bound = 1.0f / std::sqrt(static_cast<float>(a.size(1)));
+        float* pa = a.data<float>();
+        for (int64_t i = 0; i < a.numel(); ++i) pa[i] = (2.0f * uniform01() - 1.0f) * bound;
         lora.param(2 * m + 1).fill(0.0);
     }
     lora.grads.fill(0.0);

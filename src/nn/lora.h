@@ -55,7 +55,11 @@ struct LoraTrainable {
 // Fails when a target matches no module.
 Result<LoraTrainable> make_lora_layout(const std::vector<std::pair<std::string, Shape>>& linear_modules,
                                        const LoraTrainConfig& cfg);
-// A ~ N(0, (1/r)²) drawn slot by slot in layout order from `standard_normal`, B = 0, grads = 0.
+// A ~ N(0, (1/r)²) drawn slot by slot in layout order from `standard_normal`, B = 0, grads = 0
+// (peft init_lora_weights="gaussian", what the reference trainer uses).
 void init_lora_gaussian(LoraTrainable& lora, const std::function<float()>& standard_normal);
+// PEFT's default (init_lora_weights=True): A ~ U(-1/sqrt(in), 1/sqrt(in)) (kaiming_uniform_ with a = sqrt(5)),
+// from `uniform01` in [0, 1); B = 0, grads = 0.
+void init_lora_kaiming_uniform(LoraTrainable& lora, const std::function<float()>& uniform01);
 
 }  // namespace sd3

@@ -24,13 +24,27 @@ Tensor empty_like(const Tensor& t) { return Tensor::empty(t.shape(), DType::F32,
 
 }  // namespace
 
+Tensor zeros(const Shape& shape, Device device) {
+    SD3_ASSERT(device.is_cpu(), "zeros: only the CPU backend is built into this op so far");
+    return Tensor::zeros(shape);
+}
+
+Tensor copy(const Tensor& x) {
+    SD3_ASSERT(x.device().is_cpu(), "copy: only the CPU backend is built into this op so far");
+    return x.clone();
+}
+
+Tensor slice_copy(const Tensor& x, int dim, int64_t start, int64_t end) { return copy(x.slice(dim, start, end)); }
+
 Tensor linear_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& w_in, Tensor* dw, Tensor* db,
                        bool need_dx) {
     require_f32(dy_in, "linear_backward dy");
-    const Tensor dy = dy_in.contiguous(), x = x_in.contiguous(), w = w_in.contiguous();
-    const int64_t K = x.size(-1), N = w.size(0), M = x.numel() / K;
-    SD3_ASSERT(w.dim() == 2 && w.size(1) == K && dy.size(-1) == N && dy.numel() == M * N, "linear_backward: dy ",
-               dy.describe(), " x ", x.describe(), " w ", w.describe());
+    SD3_ASSERT(x_in.defined() || dw == nullptr, "linear_backward: dw needs the forward input");
+    const Tensor dy = dy_in.contiguous(), w = w_in.contiguous();
+    const Tensor x = x_in.defined() ? x_in.contiguous() : Tensor();
+    const int64_t K = w.size(1), N = w.size(0), M = dy.numel() / N;
+    SD3_ASSERT(w.dim() == 2 && dy.size(-1) == N && (!x.defined() || x.numel() == M * K), "linear_backward: dy ",
+               dy.describe(), " x ", x.defined() ? x.describe() : "(none)", " w ", w.describe());
     if (dw != nullptr) SD3_ASSERT(dw->is_contiguous() && dw->shape() == w.shape(), "linear_backward dw ", dw->describe());
     if (db != nullptr) SD3_ASSERT(db->is_contiguous() && db->numel() == N, "linear_backward db ", db->describe());
     Tensor dx;
@@ -40,8 +54,8 @@ Tensor linear_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& w_
         dx = Tensor::empty(s, DType::F32, dy.device());
     }
     cpu::linear_bwd(need_dx ? dx.data<float>() : nullptr, dw != nullptr ? dw->data<float>() : nullptr,
-                    db != nullptr ? db->data<float>() : nullptr, dy.data<float>(), x.data<float>(), w.data<float>(), M,
-                    K, N);
+                    db != nullptr ? db->data<float>() : nullptr, dy.data<float>(),
+                    x.defined() ? x.data<float>() : nullptr, w.data<float>(), M, K, N);
     return dx;
 }
 

@@ -15,6 +15,7 @@ using cpu::PatchLayout;
 
 // ---- backward passes of ops.h ----
 // Returns dx [..., K] = dy·w (undefined when !need_dx). Accumulates dw [N, K] += dyᵀ·x and db [N] += Σ dy when given.
+// x may be undefined when dw is not asked for.
 Tensor linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor* dw, Tensor* db, bool need_dx = true);
 // LayerNorm without affine over the last dimension, saving mean and rstd [rows] for the backward.
 Tensor layer_norm_fwd(const Tensor& x, float eps, Tensor* mean, Tensor* rstd);
@@ -28,6 +29,13 @@ Tensor activation_backward(const Tensor& dy, const Tensor& x, Activation act);
 Tensor attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, float scale, Tensor* lse);
 void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse, int64_t heads, float scale, Tensor* dq, Tensor* dk, Tensor* dv);
+
+// ---- allocation and copies on the tensor's device (model code never calls the CPU-only Tensor copies) ----
+Tensor zeros(const Shape& shape, Device device);
+// A contiguous copy of x on its device.
+Tensor copy(const Tensor& x);
+// A contiguous copy of x.slice(dim, start, end).
+Tensor slice_copy(const Tensor& x, int dim, int64_t start, int64_t end);
 
 // ---- MMDiT ops ----
 // x [B, T, D]; shift and scale [B, D] (row-strided views of the adaLN output are fine).

@@ -1,7 +1,15 @@
-// Shape checks and CPU dispatch for ops.h.
+// Shape checks and device dispatch for ops.h: CUDA tensors go to ops/cuda/tensor_ops, the rest to ops/cpu.
 #include "ops/ops.h"
 
 #include "core/check.h"
+#ifdef SD3_HAVE_CUDA
+#include "ops/cuda/tensor_ops.h"
+// Inputs on a CUDA device go to the CUDA backend (f32, bf16 or f16 there); everything else runs on the CPU.
+#define SD3_ON_CUDA(t, call) \
+    if ((t).defined() && (t).device().type == DeviceType::CUDA) return cuda::tensor_ops::call
+#else
+#define SD3_ON_CUDA(t, call)
+#endif
 
 namespace sd3::ops {
 
@@ -24,6 +32,7 @@ Shape with_last(const Shape& s, int64_t last) {
 }  // namespace
 
 Tensor linear(const Tensor& x_in, const Tensor& w_in, const Tensor& b) {
+    SD3_ON_CUDA(x_in, linear(x_in, w_in, b));
     require_f32_cpu(x_in, "linear input");
     require_f32_cpu(w_in, "linear weight");
     const Tensor x = x_in.contiguous(), w = w_in.contiguous();
@@ -37,6 +46,7 @@ Tensor linear(const Tensor& x_in, const Tensor& w_in, const Tensor& b) {
 }
 
 Tensor layer_norm(const Tensor& x_in, const Tensor& w, const Tensor& b, float eps) {
+    SD3_ON_CUDA(x_in, layer_norm(x_in, w, b, eps));
     require_f32_cpu(x_in, "layer_norm input");
     const Tensor x = x_in.contiguous();
     const int64_t cols = x.size(-1);
@@ -48,6 +58,7 @@ Tensor layer_norm(const Tensor& x_in, const Tensor& w, const Tensor& b, float ep
 }
 
 Tensor rms_norm(const Tensor& x_in, const Tensor& w, float eps) {
+    SD3_ON_CUDA(x_in, rms_norm(x_in, w, eps));
     require_f32_cpu(x_in, "rms_norm input");
     const Tensor x = x_in.contiguous();
     const int64_t cols = x.size(-1);
@@ -58,6 +69,7 @@ Tensor rms_norm(const Tensor& x_in, const Tensor& w, float eps) {
 }
 
 Tensor group_norm(const Tensor& x_in, const Tensor& w, const Tensor& b, int64_t groups, float eps) {
+    SD3_ON_CUDA(x_in, group_norm(x_in, w, b, groups, eps));
     require_f32_cpu(x_in, "group_norm input");
     const Tensor x = x_in.contiguous();
     SD3_ASSERT(x.dim() >= 2 && x.size(1) % groups == 0, "group_norm: ", x.describe(), " with ", groups, " groups");
@@ -69,6 +81,7 @@ Tensor group_norm(const Tensor& x_in, const Tensor& w, const Tensor& b, int64_t 
 }
 
 Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor& b, int64_t stride, int64_t pad) {
+    SD3_ON_CUDA(x_in, conv2d(x_in, w_in, b, stride, pad));
     require_f32_cpu(x_in, "conv2d input");
     require_f32_cpu(w_in, "conv2d weight");
     const Tensor x = x_in.contiguous(), w = w_in.contiguous();
@@ -84,6 +97,7 @@ Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor& b, int64_t s
 }
 
 Tensor activation(const Tensor& x_in, Activation act) {
+    SD3_ON_CUDA(x_in, activation(x_in, act));
     require_f32_cpu(x_in, "activation input");
     const Tensor x = x_in.contiguous();
     Tensor y = Tensor::empty(x.shape(), DType::F32, x.device());
@@ -93,6 +107,7 @@ Tensor activation(const Tensor& x_in, Activation act) {
 
 Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, int64_t heads, float scale, bool causal,
                  const Tensor& bias) {
+    SD3_ON_CUDA(q_in, attention(q_in, k_in, v_in, heads, scale, causal, bias));
     require_f32_cpu(q_in, "attention q");
     const Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
     SD3_ASSERT(q.dim() == 3 && k.dim() == 3 && v.shape() == k.shape() && q.size(0) == k.size(0) &&
@@ -122,10 +137,17 @@ Tensor binary(const Tensor& a_in, const Tensor& b_in, F f, const char* name) {
 }
 }  // namespace
 
-Tensor add(const Tensor& a, const Tensor& b) { return binary(a, b, [](float x, float y) { return x + y; }, "add"); }
-Tensor mul(const Tensor& a, const Tensor& b) { return binary(a, b, [](float x, float y) { return x * y; }, "mul"); }
+Tensor add(const Tensor& a, const Tensor& b) {
+    SD3_ON_CUDA(a, add(a, b));
+    return binary(a, b, [](float x, float y) { return x + y; }, "add");
+}
+Tensor mul(const Tensor& a, const Tensor& b) {
+    SD3_ON_CUDA(a, mul(a, b));
+    return binary(a, b, [](float x, float y) { return x * y; }, "mul");
+}
 
 Tensor scale(const Tensor& a_in, float s) {
+    SD3_ON_CUDA(a_in, scale(a_in, s));
     require_f32_cpu(a_in, "scale");
     Tensor y = a_in.clone();
     float* p = y.data<float>();
@@ -135,6 +157,7 @@ Tensor scale(const Tensor& a_in, float s) {
 
 Tensor cat(const std::vector<Tensor>& parts, int dim) {
     SD3_ASSERT(!parts.empty(), "cat of nothing");
+    SD3_ON_CUDA(parts[0], cat(parts, dim));
     const int nd = parts[0].dim();
     if (dim < 0) dim += nd;
     Shape shape = parts[0].shape();

@@ -2,6 +2,7 @@
 #include "text/added_tokens.h"
 
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "io/json_file.h"
@@ -74,8 +75,11 @@ Result<TokenizerFolderConfig> read_tokenizer_folder(const std::string& dir, nloh
         SD3_ASSIGN_OR_RETURN(nlohmann::json j, read_json_file(config_path));
         if (!j.is_object()) return make_error(ErrorCode::CORRUPT_FILE, config_path, ": expected a JSON object");
         SD3_TRY(read_special_tokens(j, cfg));
-        if (j.contains("model_max_length") && j["model_max_length"].is_number())
-            cfg.model_max_length = static_cast<int64_t>(j["model_max_length"].get<double>());
+        // transformers writes 1e30 for "no limit"; only a representable positive length counts.
+        if (j.contains("model_max_length") && j["model_max_length"].is_number()) {
+            const double v = j["model_max_length"].get<double>();
+            if (v >= 1 && v < 1e15) cfg.model_max_length = static_cast<int64_t>(v);
+        }
         if (j.contains("extra_ids") && j["extra_ids"].is_number_integer()) cfg.extra_ids = j["extra_ids"].get<int64_t>();
         if (j.contains("added_tokens_decoder") && j["added_tokens_decoder"].is_object()) {
             for (const auto& [key, v] : j["added_tokens_decoder"].items()) {
@@ -94,7 +98,19 @@ Result<TokenizerFolderConfig> read_tokenizer_folder(const std::string& dir, nloh
     const std::string json_path = (fs::path(dir) / "tokenizer.json").string();
     if (fs::exists(json_path)) {
         cfg.has_tokenizer_json = true;
-        SD3_ASSIGN_OR_RETURN(nlohmann::json j, read_json_file(json_path));
+        nlohmann::json j;
+        if (tokenizer_json) {
+            SD3_ASSIGN_OR_RETURN(j, read_json_file(json_path));
+        } else {  // only the added tokens are wanted: skip building the (large) model's vocabulary and merges
+            std::ifstream in(json_path);
+            if (!in) return make_error(ErrorCode::IO_ERROR, json_path, ": cannot open");
+            const nlohmann::json::parser_callback_t skip_model = [](int depth, nlohmann::json::parse_event_t event,
+                                                                    nlohmann::json& parsed) {
+                return !(depth == 1 && event == nlohmann::json::parse_event_t::key && parsed == "model");
+            };
+            j = nlohmann::json::parse(in, skip_model, /*allow_exceptions=*/false);
+            if (j.is_discarded()) return make_error(ErrorCode::CORRUPT_FILE, json_path, ": not valid JSON");
+        }
         if (!j.is_object()) return make_error(ErrorCode::CORRUPT_FILE, json_path, ": expected a JSON object");
         if (j.contains("added_tokens") && j["added_tokens"].is_array()) {
             // tokenizer.json is what the reference loads when present: its ids come first.
@@ -114,6 +130,7 @@ Result<TokenizerFolderConfig> read_tokenizer_folder(const std::string& dir, nloh
 
 void AddedTokenSplitter::add(const AddedToken& token) {
     std::u32string content = unicode::decode_utf8(token.content);
+    if (content.empty()) return;  // an empty token would match everywhere
     for (const Entry& e : tokens_)
         if (e.content == content) return;
     tokens_.push_back({std::move(content), token.id, token.normalized, token.lstrip, token.rstrip});

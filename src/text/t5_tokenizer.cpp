@@ -23,6 +23,7 @@ struct T5Tokenizer::Impl {
     text::AddedTokenSplitter splitter;
     int32_t eos = -1, pad = -1, unk = -1;
     int64_t vocab_size = 0;
+    std::vector<char32_t> spaces;  // White_Space characters the charsmap does not delete: each acts as a space
 };
 
 T5Tokenizer::T5Tokenizer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -84,6 +85,16 @@ Result<T5Tokenizer> T5Tokenizer::load(const std::string& dir) {
         SD3_ASSIGN_OR_RETURN(int32_t id, resolve(s));
         impl->splitter.add({s, id, false, false, false});
     }
+    // The reference splits words on White_Space *after* the charsmap, which maps most of them to " " but deletes
+    // some (U+000B in nmt_nfkc) and keeps others (U+0085, then a word break). Ask the model which it deletes.
+    for (char32_t w : {0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x20, 0x85, 0xA0, 0x1680, 0x2000, 0x2001, 0x2002, 0x2003, 0x2004,
+                       0x2005, 0x2006, 0x2007, 0x2008, 0x2009, 0x200A, 0x2028, 0x2029, 0x202F, 0x205F, 0x3000}) {
+        SD3_ASSERT(unicode::is_white_space(w), "not White_Space: ", static_cast<uint32_t>(w));
+        std::string probe = "x";
+        unicode::append_utf8(probe, w);
+        probe += "y";
+        if (impl->sp.EncodeAsIds(probe) != impl->sp.EncodeAsIds("xy")) impl->spaces.push_back(w);
+    }
     impl->vocab_size = pieces;
     for (const auto& t : cfg.added) impl->vocab_size = std::max<int64_t>(impl->vocab_size, t.id + 1);
     return T5Tokenizer(std::move(impl));
@@ -102,8 +113,12 @@ Tokenized T5Tokenizer::encode(std::string_view text, int max_length, bool pad) c
         }
         // The reference splits words on White_Space after normalization; SentencePiece only knows ' '.
         segment.clear();
-        for (size_t i = seg.begin; i < seg.end; ++i)
-            unicode::append_utf8(segment, unicode::is_white_space(cps[i]) ? U' ' : cps[i]);
+        for (size_t i = seg.begin; i < seg.end; ++i) {
+            const char32_t c = cps[i];
+            const bool space = unicode::is_white_space(c) &&
+                               std::find(impl_->spaces.begin(), impl_->spaces.end(), c) != impl_->spaces.end();
+            unicode::append_utf8(segment, space ? U' ' : c);
+        }
         piece_ids.clear();
         const auto st = impl_->sp.Encode(segment, &piece_ids);
         SD3_ASSERT(st.ok(), "SentencePiece failed to encode valid UTF-8: ", st.ToString());

@@ -40,4 +40,6 @@ set +e
 "$bin" info --bogus-flag "$data/tiny-a/model" >/dev/null 2>&1; rc=$?
 set -e
 [ $rc -ne 0 ] || fail "unknown flag accepted"
+out=$("$bin" info --tensors "$data/tiny-a/model/transformer/diffusion_pytorch_model.safetensors")
+grep -q "pos_embed.proj.weight *F16 *\[32, 16, 2, 2\]" <<<"$out" || fail "--tensors listing: $out"
 echo "info: ok"

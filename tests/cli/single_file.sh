@@ -57,4 +57,19 @@ set +e
 "$bin" convert --to onnx "$single" --output "$tmp/y" >/dev/null 2>&1; rc=$?
 set -e
 [ $rc -ne 0 ] || fail "unknown --to accepted"
+# LoRA dialects: diffusers -> kohya -> comfyui -> diffusers keeps every factor (the gtest NameMapLora checks bits).
+lora="$data/tiny-a/lora/pytorch_lora_weights.safetensors"
+"$bin" convert --to kohya "$lora" -o "$tmp/kohya.safetensors" 2>/dev/null
+"$bin" info "$tmp/kohya.safetensors" | grep -q "lora_unet_joint_blocks_0_x_block_attn_qkv.lora_up.weight *F32 *\[96, 12\]" \
+    || fail "kohya keys: $("$bin" info "$tmp/kohya.safetensors")"
+"$bin" convert --to comfyui "$tmp/kohya.safetensors" -o "$tmp/comfy.safetensors" 2>/dev/null
+"$bin" info "$tmp/comfy.safetensors" | grep -q "diffusion_model.joint_blocks.1.x_block.attn.proj.alpha" || fail "comfyui keys"
+"$bin" convert --to diffusers "$tmp/comfy.safetensors" -o "$tmp/back_lora.safetensors" 2>/dev/null
+"$bin" info "$tmp/back_lora.safetensors" | grep -q "transformer.transformer_blocks.1.attn.to_v.lora_B.weight *F32 *\[32, 4\]" \
+    || fail "diffusers keys back"
+set +e
+msg=$("$bin" convert --to kohya "$single" -o "$tmp/z.safetensors" 2>&1); rc=$?
+set -e
+[ $rc -eq 1 ] || fail "model to kohya exit code $rc"
+grep -q "converts LoRA files" <<<"$msg" || fail "model to kohya message: $msg"
 echo "single_file: ok"

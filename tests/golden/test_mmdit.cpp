@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "common/testing.h"
+#include "io/single_file.h"
 #include "models/mmdit.h"
 
 namespace sd3 {
@@ -65,6 +66,33 @@ TEST(MMDiTGolden, ForwardWithStoredTable) {
     // that propagates to the output at about the same size (measured max 2.5e-4), so 1e-3 absolute holds it
     // with margin while still catching any structural error.
     expect_forward_matches(load_tiny(), 1e-3, 1e-3);
+}
+
+// The same transformer opened as a pipeline component, from the diffusers folder and from Stability's single file
+// (fused qkv split and the final adaLN halves swapped by io/name_map), computes exactly the same output.
+TEST(MMDiTGolden, LoadsFromFolderAndSingleFile) {
+    const MMDiT ref = load_tiny();
+    SafetensorsFile g = open_golden("tiny-a/mmdit.safetensors");
+    auto run = [&](const MMDiT& m) {
+        auto out = m.forward(golden_tensor(g, "1.hidden_states"), golden_tensor(g, "1.timestep"),
+                             golden_tensor(g, "1.encoder_hidden_states"), golden_tensor(g, "1.pooled_projections"));
+        EXPECT_TRUE(out.ok()) << out.status().message();
+        return out.ok() ? *out : Tensor();
+    };
+    const Tensor expect = run(ref);
+    for (const std::string path : {tiny_path("model"), tiny_path("single_file/sd3_tiny_incl_clips_t5fp8.safetensors")}) {
+        SCOPED_TRACE(path);
+        ModelSpec spec;
+        spec.model = path;
+        auto folder = open_model(spec);
+        ASSERT_TRUE(folder.ok()) << folder.status().message();
+        auto comp = folder->require("transformer");
+        ASSERT_TRUE(comp.ok()) << comp.status().message();
+        auto m = MMDiT::load(**comp);
+        ASSERT_TRUE(m.ok()) << m.status().message();
+        EXPECT_EQ(m->config().num_layers, 2);
+        EXPECT_TRUE(all_close(run(*m), expect, 0, 0));
+    }
 }
 
 TEST(MMDiTGolden, RejectsBadInputs) {

@@ -193,6 +193,24 @@ TEST(MMDiTTrainGolden, ForwardLossAndGradients) {
     EXPECT_NEAR(std::sqrt(sq), norm_ref, 1e-5 * norm_ref);
 }
 
+TEST(MMDiTTrainGolden, TrainableLoraSavesAFileThatReproducesTheOutput) {
+    // trainable buffer <- golden file; buffer -> LoraSet -> our file -> LoraSet -> unfused LoRA at 1.0.
+    MMDiT m = load_reference_model();
+    LoraTrainable lora = m.make_trainable_lora(LoraTrainConfig{}).value();
+    ASSERT_TRUE(lora.load(read_golden_lora()).ok());
+    const std::string path = ::testing::TempDir() + "/sd3_mmdit_lora_roundtrip.safetensors";
+    ASSERT_TRUE(write_lora_file(path, lora.to_lora_set()).ok());
+    auto set = read_lora_file(path);
+    ASSERT_TRUE(set.ok()) << set.status().message();
+    ASSERT_TRUE(m.attach_lora(*set, 1.0f).ok());
+    SafetensorsFile g = open_golden("tiny-a/mmdit.safetensors");
+    SafetensorsFile r = open_golden("tiny-a/lora_and_training.safetensors");
+    auto out = m.forward(golden_tensor(g, "0.hidden_states"), golden_tensor(g, "0.timestep"),
+                         golden_tensor(g, "0.encoder_hidden_states"), golden_tensor(g, "0.pooled_projections"));
+    ASSERT_TRUE(out.ok());
+    EXPECT_TRUE(all_close(*out, golden_tensor(r, "mmdit_output.scale_1.0"), 5e-6, 1e-5));
+}
+
 TEST(MMDiTTrainGolden, CheckpointingGivesBitIdenticalGradients) {
     TrainStep a = run_train_step(false);
     TrainStep b = run_train_step(true);

@@ -12,7 +12,15 @@
 #include "core/dtype.h"
 #include "io/model_folder.h"
 #include "io/safetensors.h"
+#include "io/json_file.h"
 #include "io/single_file.h"
+#include "text/clip_tokenizer.h"
+#include "text/t5_tokenizer.h"
+#include "infer/prompt_encoding.h"
+#include "models/clip_text.h"
+#include "models/mmdit.h"
+#include "models/vae.h"
+#include "models/t5_encoder.h"
 
 using namespace sd3;
 namespace fs = std::filesystem;
@@ -334,6 +342,39 @@ TEST(SingleFile, SeparateEncoderFilesAddAndReplaceParts) {
     EXPECT_HAS(open_error(clip_as_model), "pass it with --clip-l or --clip-g");
 }
 
+// Encoder files as other tools export them: T5 with only the tied encoder.embed_tokens (no shared.weight) plus a
+// position_ids buffer in CLIP-L, which has no projection.
+TEST(SingleFile, EncoderFileVariants) {
+    TempDir dir;
+    auto all = read_all_safetensors(golden_single());
+    ASSERT_TRUE(all.ok());
+    NamedTensors t5 = take_prefix(*all, "text_encoders.t5xxl.transformer.");
+    for (auto& [n, v] : t5)
+        if (n == "shared.weight") n = "encoder.embed_tokens.weight";
+    ASSERT_TRUE(write_safetensors(dir / "t5.safetensors", t5).ok());
+    NamedTensors clip = take_prefix(*all, "text_encoders.clip_l.transformer.");
+    std::erase_if(clip, [](const auto& p) { return p.first == "text_projection.weight"; });
+    clip.emplace_back("text_model.embeddings.position_ids", Tensor::zeros({1, 77}, DType::I64));
+    ASSERT_TRUE(write_safetensors(dir / "clip_l.safetensors", clip).ok());
+
+    ModelSpec spec;
+    spec.model = golden_single();
+    spec.t5 = dir / "t5.safetensors";
+    spec.clip_l = dir / "clip_l.safetensors";
+    ModelOrigin origin;
+    auto m = open_model(spec, &origin);
+    ASSERT_TRUE(m.ok()) << m.status().message();
+    ModelSpec plain;
+    plain.model = golden_single();
+    const ModelFolder ref = must_open(plain);
+    expect_identical(*m->find("text_encoder_3")->weights, *ref.find("text_encoder_3")->weights, "t5");
+    EXPECT_EQ(m->find("text_encoder")->weights->meta("text_projection.weight")->shape, (Shape{32, 32}));
+    EXPECT_FALSE(m->find("text_encoder")->weights->meta("text_model.embeddings.position_ids").has_value());
+    EXPECT_TRUE(std::any_of(origin.notes.begin(), origin.notes.end(), [](const std::string& n) {
+        return n == "text_encoder: ignored text_model.embeddings.position_ids";
+    }));
+}
+
 // Stability's CLIP-L carries no text_projection; diffusers uses the identity (sd3-architecture.md §3.4).
 TEST(SingleFile, MissingClipLProjectionIsTheIdentity) {
     TempDir dir;
@@ -484,4 +525,160 @@ TEST(SingleFileBroken, ScaledFp8AndTokenizerFolders) {
     EXPECT_HAS(msg, "tokenizer files missing");
     EXPECT_HAS(msg, "tokenizer/vocab.json");
     EXPECT_HAS(msg, "tokenizer_3/spiece.model");
+}
+
+// --- the encoders running on the single file's weights (issue 9: the T5 encodings of t5fp8_encode.safetensors) ---
+
+namespace {
+
+// Token ids of tokenize.json entry `index` for `key` ("clip_l", "clip_g", "t5") as [1, 77] int32.
+Tensor golden_ids(int index, const std::string& key) {
+    auto j = read_json_file(sd3::testing::tiny_path("tokenize.json"));
+    EXPECT_TRUE(j.ok());
+    const auto ids = (*j)[index][key].get<std::vector<int32_t>>();
+    Tensor t = Tensor::empty({1, static_cast<int64_t>(ids.size())}, DType::I32);  // [1, 77]
+    std::copy(ids.begin(), ids.end(), t.data<int32_t>());
+    return t;
+}
+
+}  // namespace
+
+// encode_prompt of make_single_file.py on the single file's encoders (T5 in fp8): CLIP-L/G penultimate states
+// concatenated and zero-padded to the joint width, then T5's last hidden state; pooled = both projected pools.
+// Tolerance as TextEncodersGolden (float32 throughout, same weights; the fp8 weights dequantize exactly):
+// 1e-5 absolute + relative covers GEMM summation order and ulps of exp/erf/tanh over 2-3 layers.
+TEST(SingleFileEncoders, T5Fp8EncodingsOfTheSingleFile) {
+    ModelSpec spec;
+    spec.model = golden_single();
+    const ModelFolder m = must_open(spec);
+    auto clip_model = [&](const std::string& name) {
+        const Component* c = m.find(name);
+        auto cfg = ClipTextConfig::from_json(c->config, c->config_path);
+        EXPECT_TRUE(cfg.ok()) << cfg.status().message();
+        auto model = ClipTextModel::load(*cfg, c->weights);
+        EXPECT_TRUE(model.ok()) << model.status().message();
+        return std::move(model).value();
+    };
+    const ClipTextModel clip_l = clip_model("text_encoder");
+    const ClipTextModel clip_g = clip_model("text_encoder_2");
+    const Component* t5c = m.find("text_encoder_3");
+    auto t5cfg = T5Config::from_json(t5c->config, t5c->config_path);
+    ASSERT_TRUE(t5cfg.ok()) << t5cfg.status().message();
+    for (QuantFormat format : {QuantFormat::F32, QuantFormat::FP8_E4M3}) {  // dequantized, and kept fp8 as stored
+        T5LoadOptions opt;
+        opt.format = format;
+        auto t5 = T5Encoder::load(*t5cfg, t5c->weights, opt);
+        ASSERT_TRUE(t5.ok()) << t5.status().message();
+        const SafetensorsFile g = sd3::testing::open_golden("tiny-a/single_file/t5fp8_encode.safetensors");
+        // tokenize.json: entry 0 and 1 are the two prompts, entry 2 the empty negative prompt.
+        for (int i = 0; i < 2; ++i) {
+            for (const bool negative : {false, true}) {
+                SCOPED_TRACE(str_cat("prompt ", i, negative ? " negative" : "", " format ", cpu::quant_format_name(format)));
+                const int tok = negative ? 2 : i;
+                auto l = clip_l.forward(golden_ids(tok, "clip_l"));
+                auto gg = clip_g.forward(golden_ids(tok, "clip_g"));
+                auto t = t5->forward(golden_ids(tok, "t5"));
+                ASSERT_TRUE(l.ok() && gg.ok() && t.ok());
+                const std::string key = str_cat(i, negative ? ".negative_" : ".", "prompt_embeds");
+                const Tensor ref = sd3::testing::golden_tensor(g, key);  // [1, 77 + 77, joint]
+                const int64_t dl = l->penultimate.size(2), dg = gg->penultimate.size(2);
+                EXPECT_TRUE(sd3::testing::all_close(ref.slice(1, 77, 154), *t, 1e-5, 1e-5)) << "T5 part";
+                EXPECT_TRUE(sd3::testing::all_close(ref.slice(1, 0, 77).slice(2, 0, dl), l->penultimate, 1e-5, 1e-5));
+                EXPECT_TRUE(sd3::testing::all_close(ref.slice(1, 0, 77).slice(2, dl, dl + dg), gg->penultimate, 1e-5, 1e-5));
+                const Tensor pooled = sd3::testing::golden_tensor(
+                    g, str_cat(i, negative ? ".negative_pooled_prompt_embeds" : ".pooled_prompt_embeds"));  // [1, dl+dg]
+                EXPECT_TRUE(sd3::testing::all_close(pooled.slice(1, 0, dl), l->pooled, 1e-5, 1e-5));
+                EXPECT_TRUE(sd3::testing::all_close(pooled.slice(1, dl, dl + dg), gg->pooled, 1e-5, 1e-5));
+            }
+        }
+    }
+}
+
+// The MMDiT and VAE goldens through the single-file path: the models load from the single file's components
+// (derived configs, mapped weights) and give outputs bit-identical to the same models loaded from the folder, and
+// within the mmdit/vae golden tests' tolerances of the reference (same bounds and reasons as there).
+TEST(SingleFileModels, MMDiTAndVaeGoldensThroughTheSingleFile) {
+    ModelSpec spec;
+    spec.model = golden_single();
+    const ModelFolder single = must_open(spec);
+    const ModelFolder folder = must_open_folder(tiny_folder());
+
+    auto from_single = MMDiT::load(*single.find("transformer"));
+    auto from_folder = MMDiT::load(*folder.find("transformer"));
+    ASSERT_TRUE(from_single.ok()) << from_single.status().message();
+    ASSERT_TRUE(from_folder.ok()) << from_folder.status().message();
+    for (MMDiT* m : {&from_single.value(), &from_folder.value()})
+        m->mutable_weights().pos_embed = sincos_pos_embed(16, 8, 32);  // as MMDiTGolden: the table the reference ran with
+    const SafetensorsFile g = sd3::testing::open_golden("tiny-a/mmdit.safetensors");
+    for (int n : {0, 1}) {
+        const std::string p = std::to_string(n) + ".";
+        const Tensor x = sd3::testing::golden_tensor(g, p + "hidden_states"), t = sd3::testing::golden_tensor(g, p + "timestep");
+        const Tensor c = sd3::testing::golden_tensor(g, p + "encoder_hidden_states");
+        const Tensor pooled = sd3::testing::golden_tensor(g, p + "pooled_projections");
+        auto a = from_single->forward(x, t, c, pooled);
+        auto b = from_folder->forward(x, t, c, pooled);
+        ASSERT_TRUE(a.ok() && b.ok());
+        EXPECT_TRUE(same_bits(*a, *b)) << "case " << n;
+        // 2 blocks of float32 with other summation orders than PyTorch: see MMDiTGolden.ForwardMatchesDiffusers.
+        EXPECT_TRUE(sd3::testing::all_close(*a, sd3::testing::golden_tensor(g, p + "output"), 5e-6, 1e-5)) << "case " << n;
+    }
+
+    const Component* vc = single.find("vae");
+    auto vcfg = VaeConfig::from_json(vc->config, vc->config_path);
+    ASSERT_TRUE(vcfg.ok()) << vcfg.status().message();
+    auto vae = Vae::load(*vcfg, vc->weights);
+    ASSERT_TRUE(vae.ok()) << vae.status().message();
+    auto ref_vae = Vae::load_folder(tiny_folder() + "/vae");
+    ASSERT_TRUE(ref_vae.ok());
+    const SafetensorsFile f = sd3::testing::open_golden("tiny-a/vae.safetensors");
+    auto dec = vae->decode(sd3::testing::golden_tensor(f, "0.latent_in"));
+    auto dec_ref = ref_vae->decode(sd3::testing::golden_tensor(f, "0.latent_in"));
+    ASSERT_TRUE(dec.ok() && dec_ref.ok());
+    EXPECT_TRUE(same_bits(*dec, *dec_ref));
+    // ~25 float32 conv layers in another summation order: see VaeGolden.
+    EXPECT_TRUE(sd3::testing::all_close(*dec, sd3::testing::golden_tensor(f, "0.decoded"), 2e-5, 1e-4));
+    auto enc = vae->encode(sd3::testing::golden_tensor(f, "0.image"));
+    ASSERT_TRUE(enc.ok());
+    EXPECT_TRUE(sd3::testing::all_close(enc->mean, sd3::testing::golden_tensor(f, "0.latent_mean"), 2e-5, 1e-4));
+}
+
+// End to end as a ComfyUI user runs it: the single file plus --tokenizers, prompt text in, the reference's
+// encode_prompt out (t5fp8_encode.json: max_sequence_length 77, negative ""), through the tokenizers and
+// TextEncoders opened from the ModelFolder that open_model built. Tolerance as SingleFileEncoders.
+TEST(SingleFileEncoders, PromptTextThroughTokenizersAndEncoders) {
+    ModelSpec spec;
+    spec.model = golden_single();
+    spec.tokenizers = tiny_folder();
+    const ModelFolder m = must_open(spec);
+    auto meta = read_json_file(sd3::testing::tiny_path("single_file/t5fp8_encode.json"));
+    ASSERT_TRUE(meta.ok());
+    const int max_len = (*meta)["max_sequence_length"];
+    auto tok_l = ClipTokenizer::load(m.find("tokenizer")->dir);
+    auto tok_g = ClipTokenizer::load(m.find("tokenizer_2")->dir);
+    auto tok_t5 = T5Tokenizer::load(m.find("tokenizer_3")->dir);
+    ASSERT_TRUE(tok_l.ok() && tok_g.ok() && tok_t5.ok());
+    auto ids = [](const Tokenized& t) {  // [1, T] int32
+        Tensor out = Tensor::empty({1, static_cast<int64_t>(t.ids.size())}, DType::I32);
+        std::copy(t.ids.begin(), t.ids.end(), out.data<int32_t>());
+        return out;
+    };
+    auto tokens = [&](const std::string& text) {
+        return PromptTokens{ids(tok_l->encode(text)), ids(tok_g->encode(text)), ids(tok_t5->encode(text, max_len))};
+    };
+    TextEncoderOptions opt;
+    opt.max_sequence_length = max_len;
+    opt.t5.format = T5WeightFormat::FP8_E4M3;  // the file's fp8 weights kept as stored
+    auto te = TextEncoders::open(m, opt);
+    ASSERT_TRUE(te.ok()) << te.status().message();
+    auto out = te->encode_tokens({tokens((*meta)["0"]), tokens((*meta)["1"])});
+    auto neg = te->encode_tokens({tokens((*meta)["negative_prompt"])}, false);
+    ASSERT_TRUE(out.ok() && neg.ok()) << out.status().message() << neg.status().message();
+    const SafetensorsFile g = sd3::testing::open_golden("tiny-a/single_file/t5fp8_encode.safetensors");
+    for (int i = 0; i < 2; ++i) {
+        SCOPED_TRACE(str_cat("prompt ", i));
+        EXPECT_TRUE(sd3::testing::all_close((*out)[i].prompt_embeds, sd3::testing::golden_tensor(g, str_cat(i, ".prompt_embeds")), 1e-5, 1e-5));
+        EXPECT_TRUE(sd3::testing::all_close((*out)[i].pooled, sd3::testing::golden_tensor(g, str_cat(i, ".pooled_prompt_embeds")), 1e-5, 1e-5));
+        EXPECT_TRUE(sd3::testing::all_close((*neg)[0].prompt_embeds, sd3::testing::golden_tensor(g, str_cat(i, ".negative_prompt_embeds")), 1e-5, 1e-5));
+        EXPECT_TRUE(sd3::testing::all_close((*neg)[0].pooled, sd3::testing::golden_tensor(g, str_cat(i, ".negative_pooled_prompt_embeds")), 1e-5, 1e-5));
+    }
 }

@@ -123,11 +123,13 @@ TEST(NameMap, EncodersKeepTransformersNamesAndDropBuffers) {
     auto clip = map_component(ComponentKind::CLIP, "text_encoder", "text_encoders.clip_l.transformer.",
                               {"text_encoders.clip_l.transformer.text_model.embeddings.position_ids",
                                "text_encoders.clip_l.transformer.text_model.encoder.layers.11.mlp.fc1.weight",
-                               "text_encoders.clip_l.transformer.text_projection.weight"});
+                               "text_encoders.clip_l.transformer.text_projection.weight",
+                               "text_encoders.clip_l.transformer.logit_scale"});
     ASSERT_TRUE(clip.ok()) << clip.status().message();
     ASSERT_EQ(clip->tensors.size(), 2u);
     EXPECT_EQ(clip->tensors[0].diffusers, "text_model.encoder.layers.11.mlp.fc1.weight");
-    EXPECT_EQ(clip->ignored, std::vector<std::string>{"text_encoders.clip_l.transformer.text_model.embeddings.position_ids"});
+    EXPECT_EQ(clip->ignored, (std::vector<std::string>{"text_encoders.clip_l.transformer.text_model.embeddings.position_ids",
+                                                       "text_encoders.clip_l.transformer.logit_scale"}));
 
     // T5 exports carry shared.weight, the tied encoder.embed_tokens.weight, or both.
     auto only_embed = map_component(ComponentKind::T5, "text_encoder_3", "", {"encoder.embed_tokens.weight", "encoder.final_layer_norm.weight"});

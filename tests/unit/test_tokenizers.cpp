@@ -263,6 +263,46 @@ TEST(Tokenizers, ClipMissingAndMalformedFiles) {
     }
 }
 
+// SD3's published folders carry transformers-4 configs: no tokenizer.json, special tokens in added_tokens_decoder
+// with "normalized": true (matched after lowercasing), "!" as tokenizer_2's special pad. transformers 5 gives
+// these ids (checked with scripts/make_tokenizer_cases.py's setup on such a folder).
+TEST(Tokenizers, ClipTransformers4StyleConfig) {
+    BrokenFolder f("tokenizer_2");
+    f.remove("tokenizer.json");
+    f.write("tokenizer_config.json", R"({"added_tokens_decoder": {
+        "0": {"content": "!", "lstrip": false, "normalized": false, "rstrip": false, "single_word": false, "special": true},
+        "49406": {"content": "<|startoftext|>", "lstrip": false, "normalized": true, "rstrip": false, "single_word": false, "special": true},
+        "49407": {"content": "<|endoftext|>", "lstrip": false, "normalized": false, "rstrip": false, "single_word": false, "special": true}},
+      "bos_token": "<|startoftext|>", "do_lower_case": true, "eos_token": "<|endoftext|>", "model_max_length": 77,
+      "pad_token": "!", "tokenizer_class": "CLIPTokenizer", "unk_token": "<|endoftext|>"})");
+    f.write("special_tokens_map.json", R"({"bos_token": {"content": "<|startoftext|>", "normalized": true},
+      "eos_token": {"content": "<|endoftext|>", "normalized": true}, "pad_token": "!", "unk_token": "<|endoftext|>"})");
+    auto t = ClipTokenizer::load(f.path());
+    ASSERT_TRUE(t.ok()) << t.status().message();
+    EXPECT_EQ(t->pad_id(), 0);
+    const auto& ref = tiny().clip_g;
+    for (const char* p : {"a photo of sks dog", "mat!! hey!", "a<|endoftext|>b<|startoftext|>c"})
+        EXPECT_EQ(t->encode(p).ids, ref.encode(p).ids) << p;
+    // A normalized special token also matches in capitals; the unnormalized one is BPE'd as text.
+    EXPECT_EQ(t->encode_all("x <|StartOfText|> y").ids, ref.encode_all("x <|startoftext|> y").ids);
+    EXPECT_NE(t->encode_all("x <|EndOfText|> y").ids, ref.encode_all("x <|endoftext|> y").ids);
+}
+
+TEST(Tokenizers, ClipMaxLengthFromConfig) {
+    BrokenFolder f("tokenizer");
+    f.write("tokenizer_config.json", R"({"model_max_length": 10, "pad_token": "<|endoftext|>"})");
+    auto t = ClipTokenizer::load(f.path());
+    ASSERT_TRUE(t.ok()) << t.status().message();
+    EXPECT_EQ(t->max_length(), 10);
+    const Tokenized r = t->encode("one two three four five six seven eight nine ten");
+    EXPECT_EQ(r.ids.size(), 10u);
+    EXPECT_EQ(r.dropped, 2);
+    f.write("tokenizer_config.json", R"({"model_max_length": 1e30})");  // transformers' "unlimited"
+    auto u = ClipTokenizer::load(f.path());
+    ASSERT_TRUE(u.ok()) << u.status().message();
+    EXPECT_EQ(u->max_length(), 77);
+}
+
 TEST(Tokenizers, T5MissingAndMalformedFiles) {
     expect_error(T5Tokenizer::load("/nonexistent/tokenizer_3"), ErrorCode::NOT_FOUND, "/nonexistent/tokenizer_3");
     {

@@ -101,3 +101,45 @@ TEST(Vae, ConfigErrorsNameTheFile) {
     EXPECT_FALSE(v.ok());
     EXPECT_NE(v.status().message().find("resnets"), std::string::npos) << v.status().message();
 }
+
+TEST(Vae, TiledDecodeFollowsDiffusersTiling) {
+    auto vae = Vae::load_folder(sd3::testing::tiny_path("model/vae"), Vae::Part::DECODER);
+    ASSERT_TRUE(vae.ok()) << vae.status().message();
+    EXPECT_EQ(vae->config().sample_size, 64);  // tiles of 64 / 8 = 8 latents by default
+    TorchGenerator g(11);
+    // No larger than one tile: exactly decode().
+    const Tensor small = g.randn({1, 16, 8, 8});
+    auto a = vae->decode(small), b = vae->decode_tiled(small);
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_EQ(a->to_float_vector(), b->to_float_vector());
+    // 8x12 latents: tiles start every 6 latents (8 * 0.75), blend over 16 pixels (64 * 0.25), keep 48 per tile.
+    const Tensor z = g.randn({1, 16, 8, 12});
+    auto tiled = vae->decode_tiled(z);
+    ASSERT_TRUE(tiled.ok()) << tiled.status().message();
+    ASSERT_EQ(tiled->shape(), (Shape{1, 3, 64, 96}));
+    auto t00 = vae->decode(z.slice(2, 0, 8).slice(3, 0, 8).contiguous());   // [1, 3, 64, 64]
+    auto t01 = vae->decode(z.slice(2, 0, 8).slice(3, 6, 12).contiguous());  // [1, 3, 64, 48]
+    ASSERT_TRUE(t00.ok() && t01.ok());
+    // Tile (0, 0) is never blended: the top-left 48x48 pixels are its own.
+    for (int64_t y : {0, 20, 47})
+        for (int64_t x : {0, 30, 47}) EXPECT_EQ(tiled->item_at({0, 1, y, x}), t00->item_at({0, 1, y, x}));
+    // Columns 48..63 of the top band blend tile (0, 0)'s columns 48..63 into tile (0, 1)'s columns 0..15.
+    for (int64_t k : {0, 5, 15}) {
+        const float wa = static_cast<float>(1.0 - k / 16.0), wb = static_cast<float>(k / 16.0);
+        const float expect = static_cast<float>(t00->item_at({0, 2, 10, 48 + k})) * wa +
+                             static_cast<float>(t01->item_at({0, 2, 10, k})) * wb;
+        EXPECT_FLOAT_EQ(tiled->item_at({0, 2, 10, 48 + k}), expect) << k;
+    }
+    // Beyond the overlap, tile (0, 1) alone.
+    EXPECT_EQ(tiled->item_at({0, 0, 30, 48 + 20}), t01->item_at({0, 0, 30, 20}));
+    // Rows 48..63 blend tile (0, 0)'s rows 48..63 into the second band's tile (1, 0) (latent rows 6..7, 16 pixels).
+    auto t10 = vae->decode(z.slice(2, 6, 8).slice(3, 0, 8).contiguous());  // [1, 3, 16, 64]
+    ASSERT_TRUE(t10.ok());
+    for (int64_t k : {0, 7, 15}) {
+        const float wa = static_cast<float>(1.0 - k / 16.0), wb = static_cast<float>(k / 16.0);
+        const float expect = static_cast<float>(t00->item_at({0, 0, 48 + k, 5})) * wa +
+                             static_cast<float>(t10->item_at({0, 0, k, 5})) * wb;
+        EXPECT_FLOAT_EQ(tiled->item_at({0, 0, 48 + k, 5}), expect) << k;
+    }
+    EXPECT_FALSE(vae->decode_tiled(z, VaeTiling{8, 1.0}).ok());
+}

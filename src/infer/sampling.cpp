@@ -1,0 +1,102 @@
+// The model-independent denoising loop (infer/sampling.h), following diffusers' pipeline_stable_diffusion_3.py
+// __call__ (prepare_latents, the CFG batch, step) and image_processor.py postprocess.
+#include "infer/sampling.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "core/check.h"
+#include "ops/ops.h"
+
+namespace sd3 {
+
+Tensor prepare_latents(TorchGenerator& generator, int64_t batch, int64_t channels, int64_t height, int64_t width,
+                       int64_t vae_scale_factor) {
+    SD3_ASSERT(height % vae_scale_factor == 0 && width % vae_scale_factor == 0, "size ", width, "x", height,
+               " is not a multiple of ", vae_scale_factor);
+    return generator.randn({batch, channels, height / vae_scale_factor, width / vae_scale_factor});  // [B, C, h, w]
+}
+
+namespace {
+
+Status check_rows(const Tensor& t, int64_t batch, int dims, const char* what) {
+    if (!t.defined() || t.dim() != dims || t.size(0) != batch || t.dtype() != DType::F32)
+        return make_error(ErrorCode::INVALID_ARGUMENT, what, " must be f32 with ", dims, " dimensions and ", batch,
+                          " rows, got ", t.defined() ? t.describe() : "nothing");
+    return {};
+}
+
+}  // namespace
+
+Result<Tensor> sample_flow_match(const VelocityFn& model, const Tensor& latents_in, const FlowMatchSchedule& schedule,
+                                 const Conditioning& cond, float guidance_scale, const ProgressFn& progress) {
+    if (latents_in.dim() != 4 || latents_in.dtype() != DType::F32)
+        return make_error(ErrorCode::INVALID_ARGUMENT, "initial latents must be f32 [B, C, h, w], got ",
+                          latents_in.describe());
+    const int64_t B = latents_in.size(0);
+    const int64_t steps = static_cast<int64_t>(schedule.timesteps.size());
+    SD3_ASSERT(schedule.sigmas.size() == static_cast<size_t>(steps + 1), "schedule with ", steps, " timesteps and ",
+               schedule.sigmas.size(), " sigmas");
+    const bool cfg = guidance_scale > 1.0f;  // diffusers: do_classifier_free_guidance = guidance_scale > 1
+    SD3_TRY(check_rows(cond.context, B, 3, "prompt embeddings"));
+    SD3_TRY(check_rows(cond.pooled, B, 2, "pooled prompt embeddings"));
+    Tensor context = cond.context, pooled = cond.pooled;
+    if (cfg) {
+        SD3_TRY(check_rows(cond.negative_context, B, 3, "negative prompt embeddings"));
+        SD3_TRY(check_rows(cond.negative_pooled, B, 2, "negative pooled prompt embeddings"));
+        context = ops::cat({cond.negative_context, cond.context}, 0);  // [2B, M, D]  uncond first (§8.1)
+        pooled = ops::cat({cond.negative_pooled, cond.pooled}, 0);     // [2B, P]
+    }
+    const int64_t rows = cfg ? 2 * B : B;
+    Tensor latents = latents_in.contiguous().clone();  // [B, C, h, w]
+    const int64_t per_image = latents.numel() / B;
+    const auto start = std::chrono::steady_clock::now();
+    for (int64_t i = 0; i < steps; ++i) {
+        const Tensor model_in = cfg ? ops::cat({latents, latents}, 0) : latents;  // [rows, C, h, w]
+        const Tensor t = Tensor::full({rows}, schedule.timesteps[i]);             // [rows]  t.expand(rows)
+        SD3_ASSIGN_OR_RETURN(Tensor v, model(model_in, t, context, pooled));       // [rows, C, h, w]
+        if (v.shape() != model_in.shape() || v.dtype() != DType::F32)
+            return make_error(ErrorCode::INTERNAL, "the model returned ", v.describe(), " for input ",
+                              model_in.describe());
+        v = v.contiguous();
+        Tensor guided = cfg ? Tensor::empty(latents.shape(), DType::F32) : v;  // [B, C, h, w]
+        if (cfg) {
+            const float* vu = v.data<float>();
+            const float* vc = vu + B * per_image;
+            float* g = guided.data<float>();
+            // noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond): three float32 roundings.
+            for (int64_t k = 0; k < B * per_image; ++k) {
+                const float diff = vc[k] - vu[k];
+                const float scaled = guidance_scale * diff;
+                g[k] = vu[k] + scaled;
+            }
+        }
+        flow_match_euler_step(latents, guided, schedule.sigmas[i], schedule.sigmas[i + 1]);
+        if (progress) {
+            const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+            if (!progress({i + 1, steps, secs}))
+                return make_error(ErrorCode::INVALID_ARGUMENT, "generation cancelled after step ", i + 1);
+        }
+    }
+    return latents;
+}
+
+Tensor denormalize_images(const Tensor& decoded) {
+    Tensor x = decoded.to(DType::F32).contiguous().clone();  // [B, 3, H, W]
+    float* p = x.data<float>();
+    for (int64_t i = 0; i < x.numel(); ++i) {
+        const float v = p[i] / 2.0f + 0.5f;
+        p[i] = std::min(1.0f, std::max(0.0f, v));
+    }
+    return x;
+}
+
+std::vector<Image> images_from_batch(const Tensor& unit_range) {
+    SD3_ASSERT(unit_range.dim() == 4 && unit_range.size(1) == 3, "images_from_batch wants [B, 3, H, W], got ",
+               unit_range.describe());
+    std::vector<Image> out;
+    for (int64_t b = 0; b < unit_range.size(0); ++b) out.push_back(image_from_tensor(unit_range.select(0, b)));
+    return out;
+}
+
+}  // namespace sd3

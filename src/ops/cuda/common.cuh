@@ -1,0 +1,87 @@
+// Shared device helpers for the kernels of ops/cuda: loads and stores of the storage dtypes as float32,
+// warp reductions, launch checks and the dtype switch that instantiates each kernel for F32, BF16 and F16.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "core/check.h"
+#include "core/dtype.h"
+
+namespace sd3::cuda {
+
+#define SD3_CUDA_CHECK(expr)                                                                              \
+    do {                                                                                                  \
+        const cudaError_t sd3_err_ = (expr);                                                              \
+        SD3_ASSERT(sd3_err_ == cudaSuccess, #expr, " failed: ", cudaGetErrorString(sd3_err_));            \
+    } while (0)
+
+// After a kernel launch: a bad launch configuration is a bug in the launcher.
+#define SD3_CUDA_LAUNCHED() SD3_CUDA_CHECK(cudaGetLastError())
+
+__device__ __forceinline__ float to_f(float v) { return v; }
+__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
+
+template <typename T>
+__device__ __forceinline__ T from_f(float v);
+template <>
+__device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <>
+__device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ double warp_sum(double v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Sum over a block of blockDim.x threads (a multiple of 32, at most 1024), in a fixed order; every thread
+// gets the result. `shared` holds 32 values.
+template <typename F>
+__device__ __forceinline__ F block_sum(F v, F* shared) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();  // `shared` may still be read by a previous call
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    v = lane < warps ? shared[lane] : F(0);
+    return warp_sum(v);
+}
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Grid size for a grid-stride loop over n elements.
+inline unsigned grid_for(int64_t n, int threads) {
+    const int64_t blocks = ceil_div(n, threads);
+    return static_cast<unsigned>(blocks < 65535 * 8 ? (blocks > 0 ? blocks : 1) : 65535 * 8);
+}
+
+}  // namespace sd3::cuda
+
+// Runs `body` with `T` bound to the device type of storage dtype `dt` (F32, BF16 or F16).
+#define SD3_DISPATCH_FLOAT(dt, T, ...)                                                              \
+    do {                                                                                            \
+        switch (dt) {                                                                               \
+            case ::sd3::DType::F32: {                                                               \
+                using T = float;                                                                    \
+                __VA_ARGS__;                                                                        \
+            } break;                                                                                \
+            case ::sd3::DType::BF16: {                                                              \
+                using T = __nv_bfloat16;                                                            \
+                __VA_ARGS__;                                                                        \
+            } break;                                                                                \
+            case ::sd3::DType::F16: {                                                               \
+                using T = __half;                                                                   \
+                __VA_ARGS__;                                                                        \
+            } break;                                                                                \
+            default:                                                                                \
+                SD3_ASSERT(false, "CUDA kernels take f32, bf16 or f16, got ", ::sd3::dtype_name(dt)); \
+        }                                                                                           \
+    } while (0)

@@ -1,0 +1,126 @@
+// CUDA launchers mirroring ops/cpu/cpu_ops.h one for one (FlashInfer's shape, research/aesthetics.md §4):
+// raw device pointers, sizes, a stream and a caller-given workspace; they never allocate and use no globals.
+// Storage dtype `dt` is F32, BF16 or F16 for every tensor argument unless a comment says otherwise; math,
+// norms, softmax and reductions run in float32. Saved statistics (mean, rstd, lse) are always float32.
+// Reductions over rows (dw, db) are two-stage and ordered: bit-identical across runs (no atomics).
+// This header pulls in no CUDA header, so host code can include it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "core/dtype.h"
+#include "ops/cpu/cpu_ops.h"
+
+// The same typedefs as cuda_runtime_api.h / cublasLt.h, so this header needs neither.
+typedef struct CUstream_st* cudaStream_t;
+typedef struct cublasLtContext* cublasLtHandle_t;
+
+namespace sd3::cuda {
+
+using cpu::Activation;
+using cpu::AttentionShape;
+
+// Everything a launcher may use besides its operands. `scratch` is the launcher's workspace (each launcher
+// with a *_workspace() function needs that many bytes of it); `blas_workspace` belongs to cuBLASLt alone.
+struct Exec {
+    cudaStream_t stream = nullptr;
+    cublasLtHandle_t blas = nullptr;
+    void* blas_workspace = nullptr;
+    size_t blas_workspace_bytes = 0;
+    void* scratch = nullptr;
+    size_t scratch_bytes = 0;
+    int sm = 0;  // the device's compute capability (10 * major + minor); picks kernels that need sm_80+
+    // Attention forward at head dim 64 in bf16/f16 on sm_80+ on tensor cores (mma.sync); off: the f32
+    // CUDA-core kernel everywhere (tests run both).
+    bool tensor_core_attention = true;
+};
+
+// --- GEMM (cuBLASLt; a plain tiled kernel where cuBLASLt offers no algorithm) --------------------------------
+// C[M,N] = alpha * op(A)·op(B) + beta * C (+ bias[N] per column), row-major, strides lda/ldb/ldc in elements.
+// A and B have dtype `ab`; C and bias have dtype `c` (F32 accumulators beside BF16/F16 operands are allowed).
+// F32 operands use true fp32 (TF32 off), so results match the CPU to about 1e-6 relative.
+void gemm(const Exec& ex, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const void* A,
+          int64_t lda, const void* B, int64_t ldb, float beta, void* C, int64_t ldc, DType ab, DType c,
+          const void* bias = nullptr);
+
+// y[M,N] = x[M,K]·w[N,K]ᵀ + b[N] (b may be null).
+void linear_fwd(const Exec& ex, void* y, const void* x, const void* w, const void* b, int64_t M, int64_t K, int64_t N,
+                DType dt);
+// dx[M,K] = dy·w (overwrites, dtype dt); dw[N,K] += dyᵀ·x and db[N] += Σ_rows dy in dtype `grad_dt` (F32 for
+// master gradients, or dt). Each output is skipped when null.
+size_t linear_bwd_workspace(int64_t M, int64_t N);
+void linear_bwd(const Exec& ex, void* dx, void* dw, void* db, const void* dy, const void* x, const void* w, int64_t M,
+                int64_t K, int64_t N, DType dt, DType grad_dt);
+
+// --- frozen weights stored quantized (DESIGN.md "Numerics"), dequantized layer by layer for cuBLASLt -------
+enum class QuantFormat {
+    INT8_ROW,  // I8 [N, K], w = q * scale[n] (bitsandbytes LLM.int8: scale = SCB / 127)
+    FP8_E4M3,  // fp8 [N, K], w = q (a plain cast, SAI's t5xxl fp8 files) or q * scale[n] when scale is given
+    FP8_E5M2,
+    NF4,       // bitsandbytes NF4: codes packed two per byte, first element in the high nibble, of the row-major
+               // flattened [N, K]; w = code[nibble] * absmax[i / block] (research/gpu-components.md §4b)
+};
+struct QuantWeight {
+    QuantFormat format = QuantFormat::INT8_ROW;
+    const void* data = nullptr;
+    const float* scale = nullptr;  // per row [N], or NF4's absmax per block
+    int64_t block = 64;            // NF4 block size
+};
+// dst [N, K] in dtype dt (the weight bf16/f16/f32 again).
+void dequantize(const Exec& ex, void* dst, DType dt, const QuantWeight& w, int64_t N, int64_t K);
+// y = x · dequant(w)ᵀ + b: dequantizes into the scratch (N*K elements of dt), then linear_fwd.
+size_t linear_fwd_quantized_workspace(int64_t N, int64_t K, DType dt);
+void linear_fwd_quantized(const Exec& ex, void* y, const void* x, const QuantWeight& w, const void* b, int64_t M,
+                          int64_t K, int64_t N, DType dt);
+
+// --- norms ---------------------------------------------------------------------------------------------------
+// w, b have dtype dt; mean, rstd float32 (may be null). Parameter gradients dw, db accumulate in `grad_dt`.
+void layer_norm_fwd(const Exec& ex, void* y, float* mean, float* rstd, const void* x, const void* w, const void* b,
+                    int64_t rows, int64_t cols, float eps, DType dt);
+size_t layer_norm_bwd_workspace(int64_t rows, int64_t cols);
+void layer_norm_bwd(const Exec& ex, void* dx, void* dw, void* db, const void* dy, const void* x, const void* w,
+                    const float* mean, const float* rstd, int64_t rows, int64_t cols, DType dt, DType grad_dt);
+void rms_norm_fwd(const Exec& ex, void* y, float* rstd, const void* x, const void* w, int64_t rows, int64_t cols,
+                  float eps, DType dt);
+size_t rms_norm_bwd_workspace(int64_t rows, int64_t cols);
+void rms_norm_bwd(const Exec& ex, void* dx, void* dw, const void* dy, const void* x, const void* w, const float* rstd,
+                  int64_t rows, int64_t cols, DType dt, DType grad_dt);
+void group_norm_fwd(const Exec& ex, void* y, const void* x, const void* w, const void* b, int64_t batch,
+                    int64_t channels, int64_t spatial, int64_t groups, float eps, DType dt);
+
+// --- convolution (im2col into the scratch in pixel chunks, then GEMM) ---------------------------------------
+// Any scratch of at least conv2d_fwd_min_workspace() works; more scratch means fewer, larger GEMMs.
+size_t conv2d_fwd_min_workspace(int64_t cin, int64_t kh, int64_t kw, DType dt);
+void conv2d_fwd(const Exec& ex, void* y, const void* x, const void* w, const void* b, int64_t batch, int64_t cin,
+                int64_t h, int64_t wd, int64_t cout, int64_t kh, int64_t kw, int64_t stride, int64_t pad, DType dt);
+
+// --- element-wise --------------------------------------------------------------------------------------------
+void activation_fwd(const Exec& ex, void* y, const void* x, int64_t n, Activation act, DType dt);
+void activation_bwd(const Exec& ex, void* dx, const void* dy, const void* x, int64_t n, Activation act, DType dt);
+enum class Binary { ADD, MUL };
+void binary(const Exec& ex, void* y, const void* a, const void* b, int64_t n, Binary op, DType dt);
+void scale(const Exec& ex, void* y, const void* x, float s, int64_t n, DType dt);
+// Copies a strided tensor (up to 8 dimensions, strides in elements) into another, converting dtype (any float
+// dtype of dtype.h except F64 on either side).
+constexpr int kMaxDims = 8;
+void copy_strided(const Exec& ex, void* dst, DType dst_dt, const int64_t* dst_strides, const void* src, DType src_dt,
+                  const int64_t* src_strides, const int64_t* shape, int ndim);
+
+// --- attention (flash: online softmax, the [Tq, Tk] matrix never exists) ------------------------------------
+// Head dims 8, 16, 32 and 64. The forward at head dim 64 in bf16/f16 on sm_80+ runs on tensor cores (P is
+// rounded to the storage dtype before P·V, as FlashAttention does); the rest on CUDA cores in f32. Row strides (elements between consecutive tokens) let q, k, v live interleaved
+// in one fused QKV buffer; gradients use the strides of their inputs (dq: q_row, dk: k_row, dv: v_row,
+// dout: o_row). Zero means dense (heads * head_dim). bias [H, Tq, Tk] has dtype dt; lse [B, H, Tq] float32.
+struct AttentionRows {
+    int64_t q_row = 0, k_row = 0, v_row = 0, o_row = 0;
+};
+bool attention_supported(int64_t head_dim);
+void attention_fwd(const Exec& ex, void* out, float* lse, const void* q, const void* k, const void* v,
+                   const void* bias, const AttentionShape& s, DType dt, AttentionRows rows = {});
+size_t attention_bwd_workspace(const AttentionShape& s);
+void attention_bwd(const Exec& ex, void* dq, void* dk, void* dv, const void* dout, const void* q, const void* k,
+                   const void* v, const void* out, const float* lse, const void* bias, const AttentionShape& s,
+                   DType dt, AttentionRows rows = {});
+
+}  // namespace sd3::cuda

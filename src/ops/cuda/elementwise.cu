@@ -1,0 +1,209 @@
+// Element-wise kernels (activations and their derivatives, add/mul/scale, strided copy with dtype
+// conversion) and the ordered two-stage column sums behind every parameter-gradient reduction.
+// Activation formulas are the CPU spec's (ops/cpu/activation.cpp), in float32.
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/internal.h"
+
+namespace sd3::cuda {
+
+namespace {
+
+constexpr float kSqrt2OverPi = 0.7978845608028654f;
+constexpr float kGeluCoeff = 0.044715f;
+constexpr float kInvSqrt2 = 0.7071067811865476f;
+constexpr int kThreads = 256;
+
+__device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+__device__ __forceinline__ float act_fwd(float v, Activation act) {
+    switch (act) {
+        case Activation::SILU: return v * sigmoid(v);
+        case Activation::GELU_TANH: return 0.5f * v * (1.0f + tanhf(kSqrt2OverPi * (v + kGeluCoeff * v * v * v)));
+        case Activation::GELU_ERF: return 0.5f * v * (1.0f + erff(v * kInvSqrt2));
+        case Activation::QUICK_GELU: return v * sigmoid(1.702f * v);
+    }
+    return 0.0f;
+}
+
+__device__ __forceinline__ float act_grad(float v, Activation act) {
+    switch (act) {
+        case Activation::SILU: {
+            const float s = sigmoid(v);
+            return s * (1.0f + v * (1.0f - s));
+        }
+        case Activation::GELU_TANH: {
+            const float t = tanhf(kSqrt2OverPi * (v + kGeluCoeff * v * v * v));
+            const float du = kSqrt2OverPi * (1.0f + 3.0f * kGeluCoeff * v * v);
+            return 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du;
+        }
+        case Activation::GELU_ERF: {
+            const float cdf = 0.5f * (1.0f + erff(v * kInvSqrt2));
+            const float pdf = expf(-0.5f * v * v) * 0.3989422804014327f;
+            return cdf + v * pdf;
+        }
+        case Activation::QUICK_GELU: {
+            const float s = sigmoid(1.702f * v);
+            return s + 1.702f * v * s * (1.0f - s);
+        }
+    }
+    return 0.0f;
+}
+
+template <typename T>
+__global__ void activation_fwd_kernel(T* y, const T* x, int64_t n, Activation act) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        y[i] = from_f<T>(act_fwd(to_f(x[i]), act));
+}
+
+template <typename T>
+__global__ void activation_bwd_kernel(T* dx, const T* dy, const T* x, int64_t n, Activation act) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        dx[i] = from_f<T>(to_f(dy[i]) * act_grad(to_f(x[i]), act));
+}
+
+template <typename T>
+__global__ void binary_kernel(T* y, const T* a, const T* b, int64_t n, Binary op) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        const float va = to_f(a[i]), vb = to_f(b[i]);
+        y[i] = from_f<T>(op == Binary::ADD ? va + vb : va * vb);
+    }
+}
+
+template <typename T>
+__global__ void scale_kernel(T* y, const T* x, float s, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        y[i] = from_f<T>(to_f(x[i]) * s);
+}
+
+struct StridedLayout {
+    int64_t shape[kMaxDims];
+    int64_t src_strides[kMaxDims];
+    int64_t dst_strides[kMaxDims];
+    int ndim;
+};
+
+template <typename D, typename S>
+__global__ void copy_strided_kernel(D* dst, const S* src, StridedLayout l, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t rest = i, so = 0, dof = 0;
+        for (int d = l.ndim - 1; d >= 0; --d) {
+            const int64_t idx = rest % l.shape[d];
+            rest /= l.shape[d];
+            so += idx * l.src_strides[d];
+            dof += idx * l.dst_strides[d];
+        }
+        dst[dof] = from_f<D>(to_f(src[so]));
+    }
+}
+
+// Stage 1 of a column sum: block (x: 256 columns, y: one chunk of rows).
+template <typename T>
+__global__ void column_partials_kernel(float* partial, const T* src, int64_t rows, int64_t cols, int64_t rows_per) {
+    const int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (c >= cols) return;
+    const int64_t r0 = blockIdx.y * rows_per, r1 = min(rows, r0 + rows_per);
+    float acc = 0.0f;
+    for (int64_t r = r0; r < r1; ++r) acc += to_f(src[r * cols + c]);
+    partial[blockIdx.y * cols + c] = acc;
+}
+
+template <typename T>
+__global__ void sum_partials_kernel(T* dst, const float* partial, int64_t chunks, int64_t cols) {
+    const int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (c >= cols) return;
+    float acc = 0.0f;
+    for (int64_t k = 0; k < chunks; ++k) acc += partial[k * cols + c];
+    dst[c] = from_f<T>(to_f(dst[c]) + acc);
+}
+
+template <typename T>
+__global__ void fill_rows_kernel(T* y, const T* bias, int64_t rows, int64_t cols) {
+    const int64_t n = rows * cols;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        y[i] = bias[i / cols];
+}
+
+}  // namespace
+
+void activation_fwd(const Exec& ex, void* y, const void* x, int64_t n, Activation act, DType dt) {
+    if (n == 0) return;
+    SD3_DISPATCH_FLOAT(dt, T, activation_fwd_kernel<T><<<grid_for(n, kThreads), kThreads, 0, ex.stream>>>(
+                                  static_cast<T*>(y), static_cast<const T*>(x), n, act));
+    SD3_CUDA_LAUNCHED();
+}
+
+void activation_bwd(const Exec& ex, void* dx, const void* dy, const void* x, int64_t n, Activation act, DType dt) {
+    if (n == 0) return;
+    SD3_DISPATCH_FLOAT(dt, T, activation_bwd_kernel<T><<<grid_for(n, kThreads), kThreads, 0, ex.stream>>>(
+                                  static_cast<T*>(dx), static_cast<const T*>(dy), static_cast<const T*>(x), n, act));
+    SD3_CUDA_LAUNCHED();
+}
+
+void binary(const Exec& ex, void* y, const void* a, const void* b, int64_t n, Binary op, DType dt) {
+    if (n == 0) return;
+    SD3_DISPATCH_FLOAT(dt, T, binary_kernel<T><<<grid_for(n, kThreads), kThreads, 0, ex.stream>>>(
+                                  static_cast<T*>(y), static_cast<const T*>(a), static_cast<const T*>(b), n, op));
+    SD3_CUDA_LAUNCHED();
+}
+
+void scale(const Exec& ex, void* y, const void* x, float s, int64_t n, DType dt) {
+    if (n == 0) return;
+    SD3_DISPATCH_FLOAT(dt, T, scale_kernel<T><<<grid_for(n, kThreads), kThreads, 0, ex.stream>>>(
+                                  static_cast<T*>(y), static_cast<const T*>(x), s, n));
+    SD3_CUDA_LAUNCHED();
+}
+
+void copy_strided(const Exec& ex, void* dst, DType dst_dt, const int64_t* dst_strides, const void* src, DType src_dt,
+                  const int64_t* src_strides, const int64_t* shape, int ndim) {
+    SD3_ASSERT(ndim >= 0 && ndim <= kMaxDims, "copy_strided: ", ndim, " dimensions (at most ", kMaxDims, ")");
+    StridedLayout l{};
+    l.ndim = ndim;
+    int64_t n = 1;
+    for (int d = 0; d < ndim; ++d) {
+        l.shape[d] = shape[d];
+        l.src_strides[d] = src_strides[d];
+        l.dst_strides[d] = dst_strides[d];
+        n *= shape[d];
+    }
+    if (n == 0) return;
+    SD3_DISPATCH_FLOAT(dst_dt, D,
+                       SD3_DISPATCH_FLOAT(src_dt, S,
+                                          copy_strided_kernel<D, S><<<grid_for(n, kThreads), kThreads, 0, ex.stream>>>(
+                                              static_cast<D*>(dst), static_cast<const S*>(src), l, n)));
+    SD3_CUDA_LAUNCHED();
+}
+
+namespace detail {
+
+int64_t reduce_chunks(int64_t rows) {
+    // About 64 rows per chunk, at most 256 chunks: enough blocks to fill the GPU, little stage-2 work.
+    const int64_t chunks = ceil_div(rows, 64);
+    return chunks < 1 ? 1 : (chunks > 256 ? 256 : chunks);
+}
+
+void sum_partials_into(const Exec& ex, void* dst, DType dst_dt, const float* partial, int64_t chunks, int64_t cols) {
+    if (cols == 0) return;
+    SD3_DISPATCH_FLOAT(dst_dt, T, sum_partials_kernel<T><<<ceil_div(cols, kThreads), kThreads, 0, ex.stream>>>(
+                                      static_cast<T*>(dst), partial, chunks, cols));
+    SD3_CUDA_LAUNCHED();
+}
+
+void column_partials(const Exec& ex, float* partial, const void* src, DType dt, int64_t rows, int64_t cols) {
+    const int64_t chunks = reduce_chunks(rows);
+    const dim3 grid(static_cast<unsigned>(ceil_div(cols, kThreads)), static_cast<unsigned>(chunks));
+    SD3_DISPATCH_FLOAT(dt, T, column_partials_kernel<T><<<grid, kThreads, 0, ex.stream>>>(
+                                  partial, static_cast<const T*>(src), rows, cols, ceil_div(rows, chunks)));
+    SD3_CUDA_LAUNCHED();
+}
+
+void fill_rows(const Exec& ex, void* y, const void* bias, int64_t rows, int64_t cols, DType dt) {
+    const int64_t n = rows * cols;
+    if (n == 0) return;
+    SD3_DISPATCH_FLOAT(dt, T, fill_rows_kernel<T><<<grid_for(n, kThreads), kThreads, 0, ex.stream>>>(
+                                  static_cast<T*>(y), static_cast<const T*>(bias), rows, cols));
+    SD3_CUDA_LAUNCHED();
+}
+
+}  // namespace detail
+
+}  // namespace sd3::cuda

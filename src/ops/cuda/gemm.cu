@@ -1,0 +1,225 @@
+// GEMM through cuBLASLt (llm.c's row-major-over-column-major mapping, research/gpu-components.md §2.1), with a
+// plain shared-memory tiled kernel for the shapes, alignments or dtype mixes cuBLASLt has no algorithm for;
+// nn.Linear forward/backward and conv2d (im2col in pixel chunks + GEMM) built on it.
+#include <cublasLt.h>
+
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/internal.h"
+
+namespace sd3::cuda {
+
+namespace {
+
+#define SD3_CUBLAS_CHECK(expr)                                                                  \
+    do {                                                                                        \
+        const cublasStatus_t sd3_st_ = (expr);                                                  \
+        SD3_ASSERT(sd3_st_ == CUBLAS_STATUS_SUCCESS, #expr, " failed with cuBLAS status ",     \
+                   static_cast<int>(sd3_st_));                                                  \
+    } while (0)
+
+cudaDataType_t cuda_type(DType dt) {
+    switch (dt) {
+        case DType::F32: return CUDA_R_32F;
+        case DType::BF16: return CUDA_R_16BF;
+        case DType::F16: return CUDA_R_16F;
+        default: SD3_ASSERT(false, "gemm takes f32, bf16 or f16, got ", dtype_name(dt));
+    }
+    return CUDA_R_32F;
+}
+
+// The largest power of two (at most 256) dividing both the address and the row stride in bytes.
+uint32_t alignment_of(const void* p, int64_t ld, DType dt) {
+    uint64_t a = reinterpret_cast<uint64_t>(p) | static_cast<uint64_t>(ld * static_cast<int64_t>(dtype_size(dt)));
+    uint32_t align = 256;
+    while (align > 1 && (a & (align - 1)) != 0) align >>= 1;
+    return align;
+}
+
+constexpr int kTile = 16;
+
+// C = alpha * op(A)·op(B) + beta * C + bias[n]; fp32 accumulation. Only where cuBLASLt declines.
+template <typename TA, typename TC>
+__global__ void gemm_fallback_kernel(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const TA* A,
+                                     int64_t lda, const TA* B, int64_t ldb, float beta, TC* C, int64_t ldc,
+                                     const TC* bias) {
+    __shared__ float As[kTile][kTile + 1];
+    __shared__ float Bs[kTile][kTile + 1];
+    const int tx = threadIdx.x, ty = threadIdx.y;
+    const int64_t m = blockIdx.y * (int64_t)kTile + ty, n = blockIdx.x * (int64_t)kTile + tx;
+    float acc = 0.0f;
+    for (int64_t k0 = 0; k0 < K; k0 += kTile) {
+        const int64_t ka = k0 + tx, kb = k0 + ty;
+        const int64_t am = blockIdx.y * (int64_t)kTile + ty, bn = blockIdx.x * (int64_t)kTile + tx;
+        As[ty][tx] = (am < M && ka < K) ? to_f(ta ? A[ka * lda + am] : A[am * lda + ka]) : 0.0f;
+        Bs[ty][tx] = (kb < K && bn < N) ? to_f(tb ? B[bn * ldb + kb] : B[kb * ldb + bn]) : 0.0f;
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < kTile; ++kk) acc += As[ty][kk] * Bs[kk][tx];
+        __syncthreads();
+    }
+    if (m < M && n < N) {
+        float v = alpha * acc;
+        if (beta != 0.0f) v += beta * to_f(C[m * ldc + n]);
+        if (bias != nullptr) v += to_f(bias[n]);
+        C[m * ldc + n] = from_f<TC>(v);
+    }
+}
+
+void gemm_fallback(const Exec& ex, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const void* A,
+                   int64_t lda, const void* B, int64_t ldb, float beta, void* C, int64_t ldc, DType ab, DType c,
+                   const void* bias) {
+    const dim3 block(kTile, kTile);
+    const dim3 grid(static_cast<unsigned>(ceil_div(N, kTile)), static_cast<unsigned>(ceil_div(M, kTile)));
+    SD3_DISPATCH_FLOAT(ab, TA,
+                       SD3_DISPATCH_FLOAT(c, TC,
+                                          gemm_fallback_kernel<TA, TC><<<grid, block, 0, ex.stream>>>(
+                                              ta, tb, M, N, K, alpha, static_cast<const TA*>(A), lda,
+                                              static_cast<const TA*>(B), ldb, beta, static_cast<TC*>(C), ldc,
+                                              static_cast<const TC*>(bias))));
+    SD3_CUDA_LAUNCHED();
+}
+
+// Tries cuBLASLt; false when it has no algorithm for this problem.
+bool gemm_lt(const Exec& ex, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const void* A,
+             int64_t lda, const void* B, int64_t ldb, float beta, void* C, int64_t ldc, DType ab, DType c,
+             const void* bias) {
+    if (ex.blas == nullptr || K == 0) return false;
+    // A mix cuBLASLt supports: equal dtypes, or 16-bit operands with an f32 result.
+    if (ab != c && !(c == DType::F32 && (ab == DType::BF16 || ab == DType::F16))) return false;
+    // Row-major C[M,N] is column-major Cᵀ[N,M] = op(B)ᵀ·op(A)ᵀ: cuBLASLt's "A" is our B and its "B" our A.
+    cublasLtMatmulDesc_t desc = nullptr;
+    cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
+    cublasLtMatmulPreference_t pref = nullptr;
+    SD3_CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));  // fp32 math, TF32 off
+    const cublasOperation_t op_a = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, op_b = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    SD3_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof(op_a)));
+    SD3_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof(op_b)));
+    if (bias != nullptr) {
+        const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+        SD3_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+        SD3_CUBLAS_CHECK(
+            cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+        const cudaDataType_t bt = cuda_type(c);
+        SD3_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)));
+    }
+    SD3_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, cuda_type(ab), trans_b ? K : N, trans_b ? N : K, ldb));
+    SD3_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, cuda_type(ab), trans_a ? M : K, trans_a ? K : M, lda));
+    SD3_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lc, cuda_type(c), N, M, ldc));
+    SD3_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    const size_t ws = ex.blas_workspace_bytes;
+    SD3_CUBLAS_CHECK(
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+    // Odd sizes and views are not 256-byte aligned (cuBLASLt's default assumption): state the real alignment.
+    const uint32_t al_a = alignment_of(B, ldb, ab), al_b = alignment_of(A, lda, ab), al_c = alignment_of(C, ldc, c);
+    SD3_CUBLAS_CHECK(
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof(al_a)));
+    SD3_CUBLAS_CHECK(
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof(al_b)));
+    SD3_CUBLAS_CHECK(
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof(al_c)));
+    SD3_CUBLAS_CHECK(
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof(al_c)));
+    cublasLtMatmulHeuristicResult_t heur{};
+    int found = 0;
+    const cublasStatus_t hs =
+        cublasLtMatmulAlgoGetHeuristic(ex.blas, desc, la, lb, lc, lc, pref, 1, &heur, &found);
+    bool ran = false;
+    if (hs == CUBLAS_STATUS_SUCCESS && found > 0) {
+        SD3_CUBLAS_CHECK(cublasLtMatmul(ex.blas, desc, &alpha, B, la, A, lb, &beta, C, lc, C, lc, &heur.algo,
+                                        ex.blas_workspace, ws, ex.stream));
+        ran = true;
+    }
+    cublasLtMatmulPreferenceDestroy(pref);
+    cublasLtMatrixLayoutDestroy(lc);
+    cublasLtMatrixLayoutDestroy(lb);
+    cublasLtMatrixLayoutDestroy(la);
+    cublasLtMatmulDescDestroy(desc);
+    return ran;
+}
+
+template <typename T>
+__global__ void im2col_kernel(T* cols, const T* x, int64_t cin, int64_t h, int64_t wd, int64_t kh, int64_t kw,
+                              int64_t stride, int64_t pad, int64_t wo, int64_t p0, int64_t P) {
+    const int64_t n = cin * kh * kw * P;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t p = i / P, pix = p0 + i % P;
+        const int64_t c = p / (kh * kw), ky = (p / kw) % kh, kx = p % kw;
+        const int64_t iy = (pix / wo) * stride - pad + ky, ix = (pix % wo) * stride - pad + kx;
+        cols[i] = (iy >= 0 && iy < h && ix >= 0 && ix < wd) ? x[(c * h + iy) * wd + ix] : from_f<T>(0.0f);
+    }
+}
+
+}  // namespace
+
+void gemm(const Exec& ex, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const void* A,
+          int64_t lda, const void* B, int64_t ldb, float beta, void* C, int64_t ldc, DType ab, DType c,
+          const void* bias) {
+    if (M == 0 || N == 0) return;
+    if (gemm_lt(ex, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ab, c, bias)) return;
+    gemm_fallback(ex, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ab, c, bias);
+}
+
+void linear_fwd(const Exec& ex, void* y, const void* x, const void* w, const void* b, int64_t M, int64_t K, int64_t N,
+                DType dt) {
+    gemm(ex, false, true, M, N, K, 1.0f, x, K, w, K, 0.0f, y, N, dt, dt, b);
+}
+
+size_t linear_bwd_workspace(int64_t M, int64_t N) {
+    return static_cast<size_t>(detail::reduce_chunks(M) * N) * sizeof(float);
+}
+
+void linear_bwd(const Exec& ex, void* dx, void* dw, void* db, const void* dy, const void* x, const void* w, int64_t M,
+                int64_t K, int64_t N, DType dt, DType grad_dt) {
+    if (dx != nullptr) gemm(ex, false, false, M, K, N, 1.0f, dy, N, w, K, 0.0f, dx, K, dt, dt);
+    if (dw != nullptr) gemm(ex, true, false, N, K, M, 1.0f, dy, N, x, K, 1.0f, dw, K, dt, grad_dt);
+    if (db != nullptr) {
+        SD3_ASSERT(ex.scratch_bytes >= linear_bwd_workspace(M, N), "linear_bwd: scratch of ", ex.scratch_bytes,
+                   " bytes, needs ", linear_bwd_workspace(M, N));
+        float* partial = static_cast<float*>(ex.scratch);
+        detail::column_partials(ex, partial, dy, dt, M, N);
+        detail::sum_partials_into(ex, db, grad_dt, partial, detail::reduce_chunks(M), N);
+    }
+}
+
+size_t conv2d_fwd_min_workspace(int64_t cin, int64_t kh, int64_t kw, DType dt) {
+    return static_cast<size_t>(cin * kh * kw) * 64 * dtype_size(dt);
+}
+
+void conv2d_fwd(const Exec& ex, void* y, const void* x, const void* w, const void* b, int64_t batch, int64_t cin,
+                int64_t h, int64_t wd, int64_t cout, int64_t kh, int64_t kw, int64_t stride, int64_t pad, DType dt) {
+    const int64_t ho = (h + 2 * pad - kh) / stride + 1, wo = (wd + 2 * pad - kw) / stride + 1;
+    const int64_t patch = cin * kh * kw, pixels = ho * wo;
+    const size_t es = dtype_size(dt);
+    const bool pointwise = kh == 1 && kw == 1 && stride == 1 && pad == 0;  // x is already the column matrix
+    int64_t P = pixels;
+    if (!pointwise) {
+        SD3_ASSERT(ex.scratch_bytes >= conv2d_fwd_min_workspace(cin, kh, kw, dt) ||
+                       ex.scratch_bytes >= static_cast<size_t>(patch * pixels) * es,
+                   "conv2d_fwd: scratch of ", ex.scratch_bytes, " bytes, needs at least ",
+                   conv2d_fwd_min_workspace(cin, kh, kw, dt));
+        const int64_t fit = static_cast<int64_t>(ex.scratch_bytes / (static_cast<size_t>(patch) * es));
+        if (fit < pixels) P = fit / 8 * 8;  // keep chunk starts 16-byte aligned for cuBLASLt
+    }
+    for (int64_t bi = 0; bi < batch; ++bi) {
+        const char* xb = static_cast<const char*>(x) + static_cast<size_t>(bi * cin * h * wd) * es;
+        char* yb = static_cast<char*>(y) + static_cast<size_t>(bi * cout * pixels) * es;
+        if (b != nullptr) detail::fill_rows(ex, yb, b, cout, pixels, dt);
+        const float beta = b != nullptr ? 1.0f : 0.0f;
+        if (pointwise) {
+            gemm(ex, false, false, cout, pixels, cin, 1.0f, w, cin, xb, pixels, beta, yb, pixels, dt, dt);
+            continue;
+        }
+        for (int64_t p0 = 0; p0 < pixels; p0 += P) {
+            const int64_t np = pixels - p0 < P ? pixels - p0 : P;
+            const int64_t n = patch * np;
+            SD3_DISPATCH_FLOAT(dt, T, im2col_kernel<T><<<grid_for(n, 256), 256, 0, ex.stream>>>(
+                                          static_cast<T*>(ex.scratch), reinterpret_cast<const T*>(xb), cin, h, wd, kh,
+                                          kw, stride, pad, wo, p0, np));
+            SD3_CUDA_LAUNCHED();
+            gemm(ex, false, false, cout, np, patch, 1.0f, w, patch, ex.scratch, np, beta, yb + p0 * es, pixels, dt,
+                 dt);
+        }
+    }
+}
+
+}  // namespace sd3::cuda

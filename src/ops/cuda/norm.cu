@@ -1,0 +1,244 @@
+// LayerNorm, RMSNorm (forward and backward) and GroupNorm (forward) kernels: one warp per row, statistics in
+// float32 (GroupNorm's long groups in double), parameter gradients through ordered two-stage column sums.
+// Formulas follow the CPU spec (ops/cpu/norm.cpp) term by term.
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/internal.h"
+
+namespace sd3::cuda {
+
+namespace {
+
+constexpr int kRowsPerBlock = 8;  // one warp per row, 256 threads
+constexpr int kThreads = 256;
+
+template <typename T>
+__global__ void layer_norm_fwd_kernel(T* y, float* mean_out, float* rstd_out, const T* x, const T* w, const T* b,
+                                      int64_t rows, int64_t cols, float eps) {
+    const int64_t r = blockIdx.x * (int64_t)kRowsPerBlock + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (r >= rows) return;
+    const T* xr = x + r * cols;
+    float s = 0.0f;
+    for (int64_t c = lane; c < cols; c += 32) s += to_f(xr[c]);
+    const float m = warp_sum(s) / static_cast<float>(cols);
+    float v = 0.0f;
+    for (int64_t c = lane; c < cols; c += 32) {
+        const float d = to_f(xr[c]) - m;
+        v += d * d;
+    }
+    const float rs = rsqrtf(warp_sum(v) / static_cast<float>(cols) + eps);
+    T* yr = y + r * cols;
+    for (int64_t c = lane; c < cols; c += 32) {
+        float n = (to_f(xr[c]) - m) * rs;
+        if (w != nullptr) n *= to_f(w[c]);
+        if (b != nullptr) n += to_f(b[c]);
+        yr[c] = from_f<T>(n);
+    }
+    if (lane == 0) {
+        if (mean_out != nullptr) mean_out[r] = m;
+        if (rstd_out != nullptr) rstd_out[r] = rs;
+    }
+}
+
+template <typename T>
+__global__ void layer_norm_bwd_dx_kernel(T* dx, const T* dy, const T* x, const T* w, const float* mean,
+                                         const float* rstd, int64_t rows, int64_t cols) {
+    const int64_t r = blockIdx.x * (int64_t)kRowsPerBlock + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (r >= rows) return;
+    const T* xr = x + r * cols;
+    const T* gr = dy + r * cols;
+    const float m = mean[r], rs = rstd[r];
+    float sg = 0.0f, sgx = 0.0f;
+    for (int64_t c = lane; c < cols; c += 32) {
+        const float xhat = (to_f(xr[c]) - m) * rs;
+        const float g = w != nullptr ? to_f(gr[c]) * to_f(w[c]) : to_f(gr[c]);
+        sg += g;
+        sgx += g * xhat;
+    }
+    const float mg = warp_sum(sg) / static_cast<float>(cols), mgx = warp_sum(sgx) / static_cast<float>(cols);
+    T* dr = dx + r * cols;
+    for (int64_t c = lane; c < cols; c += 32) {
+        const float xhat = (to_f(xr[c]) - m) * rs;
+        const float g = w != nullptr ? to_f(gr[c]) * to_f(w[c]) : to_f(gr[c]);
+        dr[c] = from_f<T>(rs * (g - mg - xhat * mgx));
+    }
+}
+
+// Stage 1 of dw (Σ dy·x̂) and db (Σ dy) for LayerNorm, or of dw (Σ dy·x·rstd) for RMSNorm (mean == null).
+template <typename T>
+__global__ void norm_param_partials_kernel(float* pw, float* pb, const T* dy, const T* x, const float* mean,
+                                           const float* rstd, int64_t rows, int64_t cols, int64_t rows_per) {
+    const int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (c >= cols) return;
+    const int64_t r0 = blockIdx.y * rows_per, r1 = min(rows, r0 + rows_per);
+    float aw = 0.0f, ab = 0.0f;
+    for (int64_t r = r0; r < r1; ++r) {
+        const float g = to_f(dy[r * cols + c]);
+        const float xv = to_f(x[r * cols + c]);
+        const float xhat = mean != nullptr ? (xv - mean[r]) * rstd[r] : xv * rstd[r];
+        aw += g * xhat;
+        ab += g;
+    }
+    pw[blockIdx.y * cols + c] = aw;
+    if (pb != nullptr) pb[blockIdx.y * cols + c] = ab;
+}
+
+template <typename T>
+__global__ void rms_norm_fwd_kernel(T* y, float* rstd_out, const T* x, const T* w, int64_t rows, int64_t cols,
+                                    float eps) {
+    const int64_t r = blockIdx.x * (int64_t)kRowsPerBlock + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (r >= rows) return;
+    const T* xr = x + r * cols;
+    float ss = 0.0f;
+    for (int64_t c = lane; c < cols; c += 32) {
+        const float v = to_f(xr[c]);
+        ss += v * v;
+    }
+    // T5LayerNorm: variance in fp32, x * rsqrt(var + eps), then * weight.
+    const float rs = 1.0f / sqrtf(warp_sum(ss) / static_cast<float>(cols) + eps);
+    T* yr = y + r * cols;
+    for (int64_t c = lane; c < cols; c += 32) {
+        const float n = to_f(xr[c]) * rs;
+        yr[c] = from_f<T>(w != nullptr ? to_f(w[c]) * n : n);
+    }
+    if (lane == 0 && rstd_out != nullptr) rstd_out[r] = rs;
+}
+
+template <typename T>
+__global__ void rms_norm_bwd_dx_kernel(T* dx, const T* dy, const T* x, const T* w, const float* rstd, int64_t rows,
+                                       int64_t cols) {
+    const int64_t r = blockIdx.x * (int64_t)kRowsPerBlock + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (r >= rows) return;
+    const T* xr = x + r * cols;
+    const T* gr = dy + r * cols;
+    const float rs = rstd[r];
+    float dot = 0.0f;
+    for (int64_t c = lane; c < cols; c += 32) {
+        const float g = w != nullptr ? to_f(gr[c]) * to_f(w[c]) : to_f(gr[c]);
+        dot += g * to_f(xr[c]);
+    }
+    const float k = warp_sum(dot) * rs * rs * rs / static_cast<float>(cols);
+    T* dr = dx + r * cols;
+    for (int64_t c = lane; c < cols; c += 32) {
+        const float g = w != nullptr ? to_f(gr[c]) * to_f(w[c]) : to_f(gr[c]);
+        dr[c] = from_f<T>(rs * g - to_f(xr[c]) * k);
+    }
+}
+
+// One block per (batch, group); a group is channels/groups contiguous channels of `spatial` elements.
+template <typename T>
+__global__ void group_norm_fwd_kernel(T* y, const T* x, const T* w, const T* b, int64_t channels, int64_t spatial,
+                                      int64_t groups, float eps) {
+    __shared__ double red[32];
+    const int64_t bi = blockIdx.x / groups, g = blockIdx.x % groups;
+    const int64_t cpg = channels / groups, n = cpg * spatial;
+    const T* xg = x + (bi * channels + g * cpg) * spatial;
+    T* yg = y + (bi * channels + g * cpg) * spatial;
+    double s = 0.0;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += to_f(xg[i]);
+    const double m = block_sum(s, red) / static_cast<double>(n);
+    double v = 0.0;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+        const double d = to_f(xg[i]) - m;
+        v += d * d;
+    }
+    const double var = block_sum(v, red) / static_cast<double>(n);
+    const float mf = static_cast<float>(m), rs = static_cast<float>(1.0 / sqrt(var + eps));
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+        const int64_t ch = g * cpg + i / spatial;
+        yg[i] = from_f<T>((to_f(xg[i]) - mf) * rs * to_f(w[ch]) + to_f(b[ch]));
+    }
+}
+
+unsigned row_blocks(int64_t rows) { return static_cast<unsigned>(ceil_div(rows, kRowsPerBlock)); }
+
+void param_partials(const Exec& ex, float* pw, float* pb, const void* dy, const void* x, const float* mean,
+                    const float* rstd, int64_t rows, int64_t cols, DType dt) {
+    const int64_t chunks = detail::reduce_chunks(rows);
+    const dim3 grid(static_cast<unsigned>(ceil_div(cols, kThreads)), static_cast<unsigned>(chunks));
+    SD3_DISPATCH_FLOAT(dt, T, norm_param_partials_kernel<T><<<grid, kThreads, 0, ex.stream>>>(
+                                  pw, pb, static_cast<const T*>(dy), static_cast<const T*>(x), mean, rstd, rows, cols,
+                                  ceil_div(rows, chunks)));
+    SD3_CUDA_LAUNCHED();
+}
+
+}  // namespace
+
+void layer_norm_fwd(const Exec& ex, void* y, float* mean, float* rstd, const void* x, const void* w, const void* b,
+                    int64_t rows, int64_t cols, float eps, DType dt) {
+    if (rows == 0) return;
+    SD3_DISPATCH_FLOAT(dt, T, layer_norm_fwd_kernel<T><<<row_blocks(rows), kThreads, 0, ex.stream>>>(
+                                  static_cast<T*>(y), mean, rstd, static_cast<const T*>(x),
+                                  static_cast<const T*>(w), static_cast<const T*>(b), rows, cols, eps));
+    SD3_CUDA_LAUNCHED();
+}
+
+size_t layer_norm_bwd_workspace(int64_t rows, int64_t cols) {
+    return static_cast<size_t>(2 * detail::reduce_chunks(rows) * cols) * sizeof(float);
+}
+
+void layer_norm_bwd(const Exec& ex, void* dx, void* dw, void* db, const void* dy, const void* x, const void* w,
+                    const float* mean, const float* rstd, int64_t rows, int64_t cols, DType dt, DType grad_dt) {
+    if (rows == 0) return;
+    if (dx != nullptr) {
+        SD3_DISPATCH_FLOAT(dt, T, layer_norm_bwd_dx_kernel<T><<<row_blocks(rows), kThreads, 0, ex.stream>>>(
+                                      static_cast<T*>(dx), static_cast<const T*>(dy), static_cast<const T*>(x),
+                                      static_cast<const T*>(w), mean, rstd, rows, cols));
+        SD3_CUDA_LAUNCHED();
+    }
+    if (dw == nullptr && db == nullptr) return;
+    SD3_ASSERT(ex.scratch_bytes >= layer_norm_bwd_workspace(rows, cols), "layer_norm_bwd: scratch of ",
+               ex.scratch_bytes, " bytes, needs ", layer_norm_bwd_workspace(rows, cols));
+    const int64_t chunks = detail::reduce_chunks(rows);
+    float* pw = static_cast<float*>(ex.scratch);
+    float* pb = pw + chunks * cols;
+    param_partials(ex, pw, pb, dy, x, mean, rstd, rows, cols, dt);
+    if (dw != nullptr) detail::sum_partials_into(ex, dw, grad_dt, pw, chunks, cols);
+    if (db != nullptr) detail::sum_partials_into(ex, db, grad_dt, pb, chunks, cols);
+}
+
+void rms_norm_fwd(const Exec& ex, void* y, float* rstd, const void* x, const void* w, int64_t rows, int64_t cols,
+                  float eps, DType dt) {
+    if (rows == 0) return;
+    SD3_DISPATCH_FLOAT(dt, T, rms_norm_fwd_kernel<T><<<row_blocks(rows), kThreads, 0, ex.stream>>>(
+                                  static_cast<T*>(y), rstd, static_cast<const T*>(x), static_cast<const T*>(w), rows,
+                                  cols, eps));
+    SD3_CUDA_LAUNCHED();
+}
+
+size_t rms_norm_bwd_workspace(int64_t rows, int64_t cols) {
+    return static_cast<size_t>(detail::reduce_chunks(rows) * cols) * sizeof(float);
+}
+
+void rms_norm_bwd(const Exec& ex, void* dx, void* dw, const void* dy, const void* x, const void* w, const float* rstd,
+                  int64_t rows, int64_t cols, DType dt, DType grad_dt) {
+    if (rows == 0) return;
+    if (dx != nullptr) {
+        SD3_DISPATCH_FLOAT(dt, T, rms_norm_bwd_dx_kernel<T><<<row_blocks(rows), kThreads, 0, ex.stream>>>(
+                                      static_cast<T*>(dx), static_cast<const T*>(dy), static_cast<const T*>(x),
+                                      static_cast<const T*>(w), rstd, rows, cols));
+        SD3_CUDA_LAUNCHED();
+    }
+    if (dw == nullptr) return;
+    SD3_ASSERT(ex.scratch_bytes >= rms_norm_bwd_workspace(rows, cols), "rms_norm_bwd: scratch of ", ex.scratch_bytes,
+               " bytes, needs ", rms_norm_bwd_workspace(rows, cols));
+    const int64_t chunks = detail::reduce_chunks(rows);
+    float* pw = static_cast<float*>(ex.scratch);
+    param_partials(ex, pw, nullptr, dy, x, nullptr, rstd, rows, cols, dt);
+    detail::sum_partials_into(ex, dw, grad_dt, pw, chunks, cols);
+}
+
+void group_norm_fwd(const Exec& ex, void* y, const void* x, const void* w, const void* b, int64_t batch,
+                    int64_t channels, int64_t spatial, int64_t groups, float eps, DType dt) {
+    SD3_ASSERT(groups > 0 && channels % groups == 0, "group_norm: ", channels, " channels in ", groups, " groups");
+    if (batch * groups == 0) return;
+    SD3_DISPATCH_FLOAT(dt, T, group_norm_fwd_kernel<T><<<static_cast<unsigned>(batch * groups), 512, 0, ex.stream>>>(
+                                  static_cast<T*>(y), static_cast<const T*>(x), static_cast<const T*>(w),
+                                  static_cast<const T*>(b), channels, spatial, groups, eps));
+    SD3_CUDA_LAUNCHED();
+}
+
+}  // namespace sd3::cuda

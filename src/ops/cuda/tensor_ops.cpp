@@ -1,0 +1,256 @@
+// Tensor-level CUDA ops (tensor_ops.h): validation, device-side contiguous copies and result allocation
+// around the launchers. Shape rules are ops.cpp's, so a model behaves the same on either device.
+#include "ops/cuda/tensor_ops.h"
+
+#include <cuda_runtime.h>
+
+#include <cstdio>
+
+#include "core/check.h"
+#include "ops/cuda/context.h"
+#include "ops/cuda/cuda_ops.h"
+
+namespace sd3::cuda::tensor_ops {
+
+namespace {
+
+bool is_cuda(const Tensor& t) { return t.defined() && t.device().type == DeviceType::CUDA; }
+
+void require(const Tensor& t, const Tensor& like, const char* what) {
+    SD3_ASSERT(t.defined(), what, " is undefined");
+    SD3_ASSERT(is_cuda(t) && t.device() == like.device(), what, " must be on ", like.device().str(), ", got ",
+               t.describe());
+    SD3_ASSERT(t.dtype() == like.dtype(), what, " must be ", dtype_name(like.dtype()), " like the input, got ",
+               t.describe());
+    SD3_ASSERT(t.dtype() == DType::F32 || t.dtype() == DType::BF16 || t.dtype() == DType::F16, what,
+               ": CUDA ops take f32, bf16 or f16, got ", t.describe());
+}
+
+const void* ptr_or_null(const Tensor& t) { return t.defined() ? t.raw() : nullptr; }
+Tensor contig_or_empty(const Tensor& t) { return t.defined() ? contiguous(t) : Tensor(); }
+
+Shape with_last(const Shape& s, int64_t last) {
+    Shape out = s;
+    out.back() = last;
+    return out;
+}
+
+Context& ctx_of(const Tensor& t) { return Context::get(t.device().index); }
+
+void copy_into(const Tensor& dst, const Tensor& src) {
+    SD3_ASSERT(dst.shape() == src.shape(), "copy: shape ", src.describe(), " into ", dst.describe());
+    Context& ctx = ctx_of(dst);
+    copy_strided(ctx.exec(), dst.raw(), dst.dtype(), dst.strides().data(), src.raw(), src.dtype(),
+                 src.strides().data(), dst.shape().data(), dst.dim());
+}
+
+}  // namespace
+
+int device_count() { return cuda::device_count(); }
+int sm_version(int index) { return Context::get(index).sm(); }
+
+std::string describe(int index) {
+    Context& ctx = Context::get(index);
+    char buf[256];
+    std::snprintf(buf, sizeof buf, "%s (sm_%d, %.1f GiB)", ctx.name().c_str(), ctx.sm(),
+                  static_cast<double>(ctx.total_memory()) / (1u << 30));
+    return buf;
+}
+
+void synchronize(int index) { Context::get(index).synchronize(); }
+
+Result<Tensor> to_device(const Tensor& t_in, Device device) {
+    SD3_ASSERT(device.type == DeviceType::CUDA, "to_device: ", device.str());
+    if (is_cuda(t_in)) {
+        if (t_in.device() == device) return contiguous(t_in);
+        // Between GPUs: through the host (rare; peer copies can come later).
+        return to_device(to_host(t_in), device);
+    }
+    Context& ctx = Context::get(device.index);
+    const Tensor t = t_in.contiguous();
+    auto storage = Storage::allocate(t.nbytes(), device);
+    if (storage == nullptr) {
+        size_t free_b = 0, total_b = 0;
+        cudaMemGetInfo(&free_b, &total_b);
+        return make_error(ErrorCode::OUT_OF_MEMORY, "out of GPU memory on ", device.str(), ": asked for ",
+                          t.nbytes() >> 20, " MiB (", t.describe(), "), ", free_b >> 20, " MiB free of ",
+                          total_b >> 20, " MiB; lower the batch size or resolution, or use --max-vram");
+    }
+    Tensor d = Tensor::view_of(std::move(storage), 0, t.shape(), t.dtype());
+    if (t.nbytes() > 0) {
+        const cudaError_t err = cudaMemcpyAsync(d.raw(), t.raw(), t.nbytes(), cudaMemcpyHostToDevice, ctx.stream());
+        SD3_ASSERT(err == cudaSuccess, "host-to-device copy failed: ", cudaGetErrorString(err));
+        ctx.synchronize();  // the host buffer may be freed as soon as we return
+    }
+    return d;
+}
+
+Tensor to_host(const Tensor& t_in) {
+    SD3_ASSERT(is_cuda(t_in), "to_host of ", t_in.describe());
+    const Tensor t = contiguous(t_in);
+    Context& ctx = ctx_of(t);
+    Tensor h = Tensor::empty(t.shape(), t.dtype());
+    if (t.nbytes() > 0) {
+        const cudaError_t err = cudaMemcpyAsync(h.raw(), t.raw(), t.nbytes(), cudaMemcpyDeviceToHost, ctx.stream());
+        SD3_ASSERT(err == cudaSuccess, "device-to-host copy failed: ", cudaGetErrorString(err));
+    }
+    ctx.synchronize();
+    return h;
+}
+
+Tensor contiguous(const Tensor& t) {
+    SD3_ASSERT(is_cuda(t), "cuda contiguous of ", t.describe());
+    if (t.is_contiguous()) return t;
+    Tensor out = Tensor::empty(t.shape(), t.dtype(), t.device());
+    copy_into(out, t);
+    return out;
+}
+
+Tensor convert(const Tensor& t, DType dtype) {
+    SD3_ASSERT(is_cuda(t), "cuda convert of ", t.describe());
+    if (t.dtype() == dtype) return t;
+    Tensor out = Tensor::empty(t.shape(), dtype, t.device());
+    copy_into(out, t);
+    return out;
+}
+
+Tensor linear(const Tensor& x_in, const Tensor& w_in, const Tensor& b_in) {
+    require(x_in, x_in, "linear input");
+    require(w_in, x_in, "linear weight");
+    const Tensor x = contiguous(x_in), w = contiguous(w_in), b = contig_or_empty(b_in);
+    const int64_t K = x.size(-1), N = w.size(0);
+    SD3_ASSERT(w.dim() == 2 && w.size(1) == K, "linear: input ", x.describe(), " vs weight ", w.describe());
+    if (b.defined()) {
+        require(b, x, "linear bias");
+        SD3_ASSERT(b.numel() == N, "linear: bias ", b.describe(), " for ", N, " outputs");
+    }
+    Tensor y = Tensor::empty(with_last(x.shape(), N), x.dtype(), x.device());
+    linear_fwd(ctx_of(x).exec(), y.raw(), x.raw(), w.raw(), ptr_or_null(b), x.numel() / K, K, N, x.dtype());
+    return y;
+}
+
+Tensor layer_norm(const Tensor& x_in, const Tensor& w_in, const Tensor& b_in, float eps) {
+    require(x_in, x_in, "layer_norm input");
+    if (w_in.defined()) require(w_in, x_in, "layer_norm weight");
+    if (b_in.defined()) require(b_in, x_in, "layer_norm bias");
+    const Tensor x = contiguous(x_in), w = contig_or_empty(w_in), b = contig_or_empty(b_in);
+    const int64_t cols = x.size(-1);
+    Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+    layer_norm_fwd(ctx_of(x).exec(), y.raw(), nullptr, nullptr, x.raw(), ptr_or_null(w), ptr_or_null(b),
+                   x.numel() / cols, cols, eps, x.dtype());
+    return y;
+}
+
+Tensor rms_norm(const Tensor& x_in, const Tensor& w_in, float eps) {
+    require(x_in, x_in, "rms_norm input");
+    if (w_in.defined()) require(w_in, x_in, "rms_norm weight");
+    const Tensor x = contiguous(x_in), w = contig_or_empty(w_in);
+    const int64_t cols = x.size(-1);
+    Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+    rms_norm_fwd(ctx_of(x).exec(), y.raw(), nullptr, x.raw(), ptr_or_null(w), x.numel() / cols, cols, eps,
+                 x.dtype());
+    return y;
+}
+
+Tensor group_norm(const Tensor& x_in, const Tensor& w_in, const Tensor& b_in, int64_t groups, float eps) {
+    require(x_in, x_in, "group_norm input");
+    require(w_in, x_in, "group_norm weight");
+    require(b_in, x_in, "group_norm bias");
+    const Tensor x = contiguous(x_in), w = contiguous(w_in), b = contiguous(b_in);
+    SD3_ASSERT(x.dim() >= 2 && x.size(1) % groups == 0, "group_norm: ", x.describe(), " with ", groups, " groups");
+    Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+    group_norm_fwd(ctx_of(x).exec(), y.raw(), x.raw(), w.raw(), b.raw(), x.size(0), x.size(1),
+                   x.numel() / (x.size(0) * x.size(1)), groups, eps, x.dtype());
+    return y;
+}
+
+Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor& b_in, int64_t stride, int64_t pad) {
+    require(x_in, x_in, "conv2d input");
+    require(w_in, x_in, "conv2d weight");
+    if (b_in.defined()) require(b_in, x_in, "conv2d bias");
+    const Tensor x = contiguous(x_in), w = contiguous(w_in), b = contig_or_empty(b_in);
+    SD3_ASSERT(x.dim() == 4 && w.dim() == 4 && w.size(1) == x.size(1), "conv2d: input ", x.describe(), " weight ",
+               w.describe());
+    const int64_t ho = (x.size(2) + 2 * pad - w.size(2)) / stride + 1;
+    const int64_t wo = (x.size(3) + 2 * pad - w.size(3)) / stride + 1;
+    Tensor y = Tensor::empty({x.size(0), w.size(0), ho, wo}, x.dtype(), x.device());
+    // Scratch for im2col: the whole column matrix of one image, capped at 256 MiB (then pixel chunks).
+    const size_t full = static_cast<size_t>(w.size(1) * w.size(2) * w.size(3) * ho * wo) * dtype_size(x.dtype());
+    const size_t least = conv2d_fwd_min_workspace(w.size(1), w.size(2), w.size(3), x.dtype());
+    const size_t want = full < (256u << 20) ? full : (least > (256u << 20) ? least : (256u << 20));
+    conv2d_fwd(ctx_of(x).exec(want), y.raw(), x.raw(), w.raw(), ptr_or_null(b), x.size(0), x.size(1), x.size(2),
+               x.size(3), w.size(0), w.size(2), w.size(3), stride, pad, x.dtype());
+    return y;
+}
+
+Tensor activation(const Tensor& x_in, cpu::Activation act) {
+    require(x_in, x_in, "activation input");
+    const Tensor x = contiguous(x_in);
+    Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+    activation_fwd(ctx_of(x).exec(), y.raw(), x.raw(), x.numel(), act, x.dtype());
+    return y;
+}
+
+Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, int64_t heads, float scale_, bool causal,
+                 const Tensor& bias_in) {
+    require(q_in, q_in, "attention q");
+    require(k_in, q_in, "attention k");
+    require(v_in, q_in, "attention v");
+    if (bias_in.defined()) require(bias_in, q_in, "attention bias");
+    const Tensor q = contiguous(q_in), k = contiguous(k_in), v = contiguous(v_in), bias = contig_or_empty(bias_in);
+    SD3_ASSERT(q.dim() == 3 && k.dim() == 3 && v.shape() == k.shape() && q.size(0) == k.size(0) &&
+                   q.size(2) == k.size(2) && q.size(2) % heads == 0,
+               "attention: q ", q.describe(), " k ", k.describe(), " v ", v.describe(), " heads ", heads);
+    AttentionShape s{q.size(0), heads, q.size(1), k.size(1), q.size(2) / heads, scale_, causal};
+    SD3_ASSERT(attention_supported(s.head_dim), "CUDA attention: head dim ", s.head_dim,
+               " is not built (8, 16, 32, 64 are)");
+    if (bias.defined()) SD3_ASSERT(bias.numel() == heads * s.q_len * s.kv_len, "attention bias ", bias.describe());
+    Tensor out = Tensor::empty(q.shape(), q.dtype(), q.device());
+    attention_fwd(ctx_of(q).exec(), out.raw(), nullptr, q.raw(), k.raw(), v.raw(), ptr_or_null(bias), s, q.dtype());
+    return out;
+}
+
+namespace {
+Tensor binary_op(const Tensor& a_in, const Tensor& b_in, Binary op, const char* name) {
+    require(a_in, a_in, name);
+    require(b_in, a_in, name);
+    const Tensor a = contiguous(a_in), b = contiguous(b_in);
+    SD3_ASSERT(a.shape() == b.shape(), name, ": ", a.describe(), " vs ", b.describe());
+    Tensor y = Tensor::empty(a.shape(), a.dtype(), a.device());
+    binary(ctx_of(a).exec(), y.raw(), a.raw(), b.raw(), a.numel(), op, a.dtype());
+    return y;
+}
+}  // namespace
+
+Tensor add(const Tensor& a, const Tensor& b) { return binary_op(a, b, Binary::ADD, "add"); }
+Tensor mul(const Tensor& a, const Tensor& b) { return binary_op(a, b, Binary::MUL, "mul"); }
+
+Tensor scale(const Tensor& a_in, float s) {
+    require(a_in, a_in, "scale");
+    const Tensor a = contiguous(a_in);
+    Tensor y = Tensor::empty(a.shape(), a.dtype(), a.device());
+    cuda::scale(ctx_of(a).exec(), y.raw(), a.raw(), s, a.numel(), a.dtype());
+    return y;
+}
+
+Tensor cat(const std::vector<Tensor>& parts, int dim) {
+    SD3_ASSERT(!parts.empty(), "cat of nothing");
+    const int nd = parts[0].dim();
+    if (dim < 0) dim += nd;
+    Shape shape = parts[0].shape();
+    shape[dim] = 0;
+    for (const Tensor& p : parts) {
+        require(p, parts[0], "cat part");
+        SD3_ASSERT(p.dim() == nd, "cat: rank mismatch");
+        shape[dim] += p.size(dim);
+    }
+    Tensor out = Tensor::empty(shape, parts[0].dtype(), parts[0].device());
+    int64_t at = 0;
+    for (const Tensor& p : parts) {
+        copy_into(out.slice(dim, at, at + p.size(dim)), p);
+        at += p.size(dim);
+    }
+    return out;
+}
+
+}  // namespace sd3::cuda::tensor_ops

@@ -1,0 +1,38 @@
+// Tensor-level CUDA operations behind ops/ops.h and ops/device.h: check dtypes and devices, make inputs
+// contiguous on the device, allocate results there and call the launchers of cuda_ops.h on the device's
+// context. Tensors are F32, BF16 or F16 (all operands of one call the same dtype). No CUDA header here.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include "core/tensor.h"
+#include "ops/cpu/cpu_ops.h"
+
+namespace sd3::cuda::tensor_ops {
+
+int device_count();
+int sm_version(int index);
+std::string describe(int index);
+void synchronize(int index);
+
+Result<Tensor> to_device(const Tensor& t, Device device);
+Tensor to_host(const Tensor& t);
+Tensor contiguous(const Tensor& t);
+Tensor convert(const Tensor& t, DType dtype);
+
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b);
+Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps);
+Tensor rms_norm(const Tensor& x, const Tensor& w, float eps);
+Tensor group_norm(const Tensor& x, const Tensor& w, const Tensor& b, int64_t groups, float eps);
+Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& b, int64_t stride, int64_t pad);
+Tensor activation(const Tensor& x, cpu::Activation act);
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, float scale, bool causal,
+                 const Tensor& bias);
+Tensor add(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor scale(const Tensor& a, float s);
+Tensor cat(const std::vector<Tensor>& parts, int dim);
+
+}  // namespace sd3::cuda::tensor_ops

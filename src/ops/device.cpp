@@ -1,0 +1,112 @@
+// Device moves (ops/device.h): the CPU side here, the CUDA side in ops/cuda/tensor_ops.cpp when it is built.
+#include "ops/device.h"
+
+#include <cstdlib>
+#include <string>
+
+#include "core/check.h"
+#ifdef SD3_HAVE_CUDA
+#include "ops/cuda/tensor_ops.h"
+#endif
+
+namespace sd3 {
+
+namespace {
+[[maybe_unused]] Status no_cuda() {
+    return make_error(ErrorCode::UNSUPPORTED,
+                      "this sd3tune was built without the CUDA backend; use --device cpu or rebuild with nvcc");
+}
+}  // namespace
+
+bool cuda_available() {
+#ifdef SD3_HAVE_CUDA
+    return cuda::tensor_ops::device_count() > 0;
+#else
+    return false;
+#endif
+}
+
+Result<Device> parse_device(std::string_view text) {
+    if (text == "cpu") return kCPU;
+    int index = 0;
+    if (text.rfind("cuda:", 0) == 0) {
+        const std::string num(text.substr(5));
+        char* end = nullptr;
+        const long v = std::strtol(num.c_str(), &end, 10);
+        if (num.empty() || *end != '\0' || v < 0)
+            return make_error(ErrorCode::INVALID_ARGUMENT, "device '", text, "': expected cpu, cuda or cuda:N");
+        index = static_cast<int>(v);
+    } else if (text != "cuda") {
+        return make_error(ErrorCode::INVALID_ARGUMENT, "device '", text, "': expected cpu, cuda or cuda:N");
+    }
+#ifdef SD3_HAVE_CUDA
+    const int n = cuda::tensor_ops::device_count();
+    if (index >= n)
+        return make_error(ErrorCode::NOT_FOUND, "device ", text, ": this machine has ", n,
+                          " CUDA device(s); use --device cpu or a smaller index");
+    return Device{DeviceType::CUDA, index};
+#else
+    return no_cuda();
+#endif
+}
+
+std::string device_description(Device device) {
+    if (device.is_cpu()) return "cpu";
+#ifdef SD3_HAVE_CUDA
+    return cuda::tensor_ops::describe(device.index);
+#else
+    return device.str() + " (not built)";
+#endif
+}
+
+Result<Tensor> to_device(const Tensor& t, Device device) {
+    SD3_ASSERT(t.defined(), "to_device of an undefined tensor");
+    if (t.device() == device && t.is_contiguous()) return t;
+    if (device.is_cpu()) return to_host(t);
+#ifdef SD3_HAVE_CUDA
+    return cuda::tensor_ops::to_device(t, device);
+#else
+    return no_cuda();
+#endif
+}
+
+Tensor to_host(const Tensor& t) {
+    SD3_ASSERT(t.defined(), "to_host of an undefined tensor");
+    if (t.device().is_cpu()) return t;
+#ifdef SD3_HAVE_CUDA
+    return cuda::tensor_ops::to_host(t);
+#else
+    SD3_ASSERT(false, "a CUDA tensor in a build without CUDA");
+    return {};
+#endif
+}
+
+Tensor convert(const Tensor& t, DType dtype) {
+    if (t.dtype() == dtype) return t;
+    if (t.device().is_cpu()) return t.to(dtype);
+#ifdef SD3_HAVE_CUDA
+    return cuda::tensor_ops::convert(t, dtype);
+#else
+    SD3_ASSERT(false, "a CUDA tensor in a build without CUDA");
+    return {};
+#endif
+}
+
+void synchronize(Device device) {
+#ifdef SD3_HAVE_CUDA
+    if (!device.is_cpu()) cuda::tensor_ops::synchronize(device.index);
+#endif
+}
+
+DType half_dtype(Device device) {
+    if (device.is_cpu()) return DType::F32;
+    const char* force = std::getenv("SD3_FORCE_FP16");
+    if (force != nullptr && std::string(force) == "1") return DType::F16;
+#ifdef SD3_HAVE_CUDA
+    return cuda::tensor_ops::sm_version(device.index) >= 80 ? DType::BF16 : DType::F16;
+#else
+    return DType::F16;
+#endif
+}
+
+}  // namespace sd3

@@ -1,0 +1,33 @@
+// Moving tensors between devices, in every build: with the CUDA backend these copy through ops/cuda; without
+// it, asking for a CUDA device is an UNSUPPORTED error that says so. No CUDA header is needed to call these.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include "core/status.h"
+#include "core/tensor.h"
+
+namespace sd3 {
+
+// True when this build has the CUDA backend and a CUDA device is present.
+bool cuda_available();
+// "cpu", "cuda" (device 0) or "cuda:N"; an error names what is accepted and which devices exist.
+Result<Device> parse_device(std::string_view text);
+// "NVIDIA H100 80GB HBM3 (sm_90, 79.1 GiB)" or "cpu".
+std::string device_description(Device device);
+
+// A contiguous copy of `t` on `device` (same dtype), or `t` itself when it is already there and contiguous.
+// Running out of device memory is an OUT_OF_MEMORY error saying what was asked and what was free.
+Result<Tensor> to_device(const Tensor& t, Device device);
+// A contiguous CPU copy (waits for the device's queued work); `t` itself when already on the CPU.
+Tensor to_host(const Tensor& t);
+// `t` converted to `dtype` on its own device (float dtypes on CUDA); `t` itself when the dtype matches.
+Tensor convert(const Tensor& t, DType dtype);
+// Waits until the work queued on `device` is done (no-op on the CPU).
+void synchronize(Device device);
+// The 16-bit storage dtype of a device: BF16 where the card has bf16 tensor cores (sm_80 and up), else F16
+// (sm_75, T4); F16 everywhere when the environment sets SD3_FORCE_FP16=1 (to exercise that path on big cards).
+DType half_dtype(Device device);
+
+}  // namespace sd3

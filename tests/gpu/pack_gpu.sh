@@ -1,0 +1,18 @@
+#!/bin/bash
+# Packs what the GPU machine needs to run sd3_gpu_tests into the git-ignored .gpu/ of a checkout (DEVICE.md):
+# the stripped test binary, the non-system shared libraries it links (gzipped: Debian's OpenBLAS alone is
+# 36 MB and the working tree that travels is capped at 64 MiB) and run_gpu.sh. Usage, from the repository root:
+#   cmake --build --preset dev --target sd3_gpu_tests sd3_gpu_bench && bash tests/gpu/pack_gpu.sh [dest-checkout]
+# The device tool sends the checkout its session started in (/work/main here), so dest-checkout names that one.
+set -euo pipefail
+dest="${1:-.}/.gpu"
+bin=build/dev/tests/sd3_gpu_tests
+rm -rf "$dest" && mkdir -p "$dest/lib"
+strip -o "$dest/sd3_gpu_tests" "$bin"
+[ -x build/dev/tests/sd3_gpu_bench ] && strip -o "$dest/sd3_gpu_bench" build/dev/tests/sd3_gpu_bench
+# Everything but glibc, libstdc++/libgcc (newer on the GPU machine) and the CUDA libraries (present there).
+for lib in $(ldd "$bin" | awk '/=>/ {print $3}' | grep -v -E '/(libc|libm|libstdc\+\+|libgcc_s|librt|libpthread|libdl)\.so|/cuda'); do
+    gzip -9 -c "$lib" > "$dest/lib/$(basename "$lib").gz"
+done
+cp tests/gpu/run_gpu.sh "$dest/"
+du -sh "$dest"
