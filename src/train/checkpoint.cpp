@@ -7,6 +7,9 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "core/check.h"
+#include "io/lora_file.h"
+
 #include "core/log.h"
 #include "io/safetensors.h"
 
@@ -24,46 +27,68 @@ std::string diffusers_lora_key(const std::string& slot_name) {
     return "transformer." + n;
 }
 
-Status write_lora_file(const std::string& path, const std::vector<LoraSlot>& slots, const float* params,
-                       const LoraSettings& lora) {
-    NamedTensors t;
-    std::set<std::string> modules;
-    for (const LoraSlot& s : slots) {
-        Tensor v = Tensor::borrow(const_cast<float*>(params + s.offset), s.shape, DType::F32, kCPU);
-        t.emplace_back(diffusers_lora_key(s.name), v);
-        const size_t p = s.name.find(".lora_");
-        if (p != std::string::npos) modules.insert(s.name.substr(0, p));
+namespace {
+
+// "transformer_blocks.0.attn.to_q.lora_A.weight" -> module "transformer_blocks.0.attn.to_q", is_a
+bool split_slot(const std::string& name, std::string* module, bool* is_a) {
+    std::string n = name;
+    const size_t d = n.find(".default.");
+    if (d != std::string::npos) n.replace(d, 9, ".");
+    for (const char* tail : {".lora_A.weight", ".lora_B.weight"}) {
+        const std::string t = tail;
+        if (n.size() > t.size() && n.compare(n.size() - t.size(), t.size(), t) == 0) {
+            *module = n.substr(0, n.size() - t.size());
+            *is_a = t[6] == 'A';
+            return true;
+        }
     }
-    // diffusers reads "lora_adapter_metadata" (a LoraConfig as JSON) when present (lora_base.py); older loaders
-    // ignore it and infer rank from lora_B and alpha = rank.
-    nlohmann::ordered_json cfg;
-    cfg["r"] = lora.rank;
-    cfg["lora_alpha"] = lora.effective_alpha();
-    cfg["target_modules"] = std::vector<std::string>(modules.begin(), modules.end());
-    cfg["lora_dropout"] = lora.dropout;
-    cfg["init_lora_weights"] = "gaussian";
-    cfg["bias"] = "none";
-    return write_safetensors(path, t, {{"format", "pt"}, {"lora_adapter_metadata", cfg.dump()}});
+    return false;
 }
 
-Status read_lora_file(const std::string& path, const std::vector<LoraSlot>& slots, float* params) {
-    SD3_ASSIGN_OR_RETURN(SafetensorsFile f, SafetensorsFile::open(path));
-    std::set<std::string> used;
+}  // namespace
+
+LoraSet lora_set_from_params(const std::vector<LoraSlot>& slots, const float* params, const LoraSettings& lora) {
+    LoraSet set;
     for (const LoraSlot& s : slots) {
-        const std::string key = diffusers_lora_key(s.name);
-        auto t = f.get(key);
-        if (!t.ok()) return make_error(ErrorCode::CORRUPT_FILE, path, " has no ", key, " (was it trained with other --rank/--lora_layers?)");
-        if (t->shape() != s.shape)
-            return make_error(ErrorCode::CORRUPT_FILE, path, ": ", key, " is ", shape_str(t->shape()), ", expected ",
-                              shape_str(s.shape));
-        Tensor dst = Tensor::borrow(params + s.offset, s.shape, DType::F32, kCPU);
-        dst.copy_from(*t);
-        used.insert(key);
+        std::string module;
+        bool is_a = false;
+        SD3_ASSERT(split_slot(s.name, &module, &is_a), "not a LoRA slot name: ", s.name);
+        LoraModule& m = set.modules[module];
+        Tensor v = Tensor::empty(s.shape, DType::F32);
+        std::copy(params + s.offset, params + s.offset + shape_numel(s.shape), v.data<float>());
+        (is_a ? m.A : m.B) = v;
+        m.alpha = lora.effective_alpha();
     }
-    for (const TensorInfo& i : f.tensors())
-        if (!used.count(i.name))
-            return make_error(ErrorCode::CORRUPT_FILE, path, " has a LoRA tensor ", i.name,
-                              " that this model's adapters do not have (other --lora_layers or --lora_blocks?)");
+    return set;
+}
+
+Status save_lora_params(const std::string& path, const std::vector<LoraSlot>& slots, const float* params,
+                        const LoraSettings& lora) {
+    return sd3::write_lora_file(path, lora_set_from_params(slots, params, lora));
+}
+
+Status load_lora_params(const std::string& path, const std::vector<LoraSlot>& slots, float* params) {
+    SD3_ASSIGN_OR_RETURN(LoraSet set, sd3::read_lora_file(path));
+    size_t used = 0;
+    for (const LoraSlot& s : slots) {
+        std::string module;
+        bool is_a = false;
+        SD3_ASSERT(split_slot(s.name, &module, &is_a), "not a LoRA slot name: ", s.name);
+        auto it = set.modules.find(module);
+        if (it == set.modules.end())
+            return make_error(ErrorCode::CORRUPT_FILE, path, " has no LoRA for ", module,
+                              " (was it trained with other --lora_layers or --lora_blocks?)");
+        const Tensor& t = is_a ? it->second.A : it->second.B;
+        if (t.shape() != s.shape)
+            return make_error(ErrorCode::CORRUPT_FILE, path, ": ", module, is_a ? " lora_A" : " lora_B", " is ",
+                              shape_str(t.shape()), ", expected ", shape_str(s.shape), " (other --rank?)");
+        Tensor dst = Tensor::borrow(params + s.offset, s.shape, DType::F32, kCPU);
+        dst.copy_from(t);
+        if (is_a) ++used;
+    }
+    if (used != set.modules.size())
+        return make_error(ErrorCode::CORRUPT_FILE, path, " has LoRA modules that this model's adapters do not have (",
+                          set.modules.size(), " in the file, ", used, " here; other --lora_layers or --lora_blocks?)");
     return {};
 }
 
@@ -129,7 +154,7 @@ Result<std::string> save_checkpoint(const std::string& output_dir, const Trainer
             fs::remove_all(existing[i].second, ec);
         }
     }
-    SD3_TRY(write_lora_file((tmp_dir / kLoraWeightName).string(), slots, params, lora));
+    SD3_TRY(save_lora_params((tmp_dir / kLoraWeightName).string(), slots, params, lora));
     SD3_TRY(write_safetensors((tmp_dir / "optimizer.safetensors").string(), optimizer.state()));
     nlohmann::ordered_json j;
     j["global_step"] = state.global_step;
@@ -171,7 +196,7 @@ Result<std::string> resolve_checkpoint(const std::string& output_dir, const std:
 }
 
 Status load_checkpoint(const std::string& dir, const std::vector<LoraSlot>& slots, float* params,
-                       Optimizer& optimizer, TrainerState* state) {
+                       Optimizer& optimizer, TrainerState* state, const std::string& expected_settings_hash) {
     const fs::path d(dir);
     std::ifstream f(d / "trainer_state.json");
     if (!f) return make_error(ErrorCode::NOT_FOUND, "checkpoint ", dir, " has no trainer_state.json");
@@ -184,7 +209,11 @@ Status load_checkpoint(const std::string& dir, const std::vector<LoraSlot>& slot
     state->batch_in_epoch = j.value("batch_in_epoch", int64_t{0});
     state->settings_hash = j.value("settings_hash", std::string());
     state->last_loss = j.value("last_loss", 0.0);
-    SD3_TRY(read_lora_file((d / kLoraWeightName).string(), slots, params).with_context("restoring the LoRA"));
+    if (!expected_settings_hash.empty() && state->settings_hash != expected_settings_hash)
+        return make_error(ErrorCode::INVALID_ARGUMENT, "checkpoint ", dir,
+                          " was written with other training settings (data, LoRA, batch, optimizer, schedule or seed); "
+                          "resume with the same settings or start a new --output_dir");
+    SD3_TRY(load_lora_params((d / kLoraWeightName).string(), slots, params).with_context("restoring the LoRA"));
     SD3_ASSIGN_OR_RETURN(NamedTensors opt, read_all_safetensors((d / "optimizer.safetensors").string()));
     SD3_TRY(optimizer.load_state(opt).with_context(str_cat("restoring the optimizer from ", dir)));
     return {};

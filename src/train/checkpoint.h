@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/status.h"
+#include "io/lora_file.h"
 #include "train/components.h"
 #include "train/optimizer.h"
 
@@ -19,11 +20,13 @@ inline constexpr const char* kLoraWeightName = "pytorch_lora_weights.safetensors
 // "transformer_blocks.0.attn.to_q.lora_A.default.weight" -> "transformer.transformer_blocks.0.attn.to_q.lora_A.weight"
 std::string diffusers_lora_key(const std::string& slot_name);
 
-// Writes params [P] laid out by `slots` as a diffusers LoRA file (atomic).
-Status write_lora_file(const std::string& path, const std::vector<LoraSlot>& slots, const float* params,
-                       const LoraSettings& lora);
-// Reads a diffusers LoRA file into params [P]; every slot must be present with its shape, and no other LoRA key.
-Status read_lora_file(const std::string& path, const std::vector<LoraSlot>& slots, float* params);
+// params [P] laid out by `slots` as a LoraSet (module -> A, B, alpha).
+LoraSet lora_set_from_params(const std::vector<LoraSlot>& slots, const float* params, const LoraSettings& lora);
+// Writes params as a diffusers LoRA file (io/lora_file.h, atomic, float32, lora_adapter_metadata).
+Status save_lora_params(const std::string& path, const std::vector<LoraSlot>& slots, const float* params,
+                        const LoraSettings& lora);
+// Reads a LoRA file into params [P]; every slot must be present with its shape, and no other module.
+Status load_lora_params(const std::string& path, const std::vector<LoraSlot>& slots, float* params);
 
 struct TrainerState {
     int64_t global_step = 0;        // optimizer updates done
@@ -44,9 +47,10 @@ Result<std::string> save_checkpoint(const std::string& output_dir, const Trainer
 // (as given, or its basename under output_dir as the reference resolves it).
 Result<std::string> resolve_checkpoint(const std::string& output_dir, const std::string& spec);
 
-// Restores params, optimizer state and trainer state from a checkpoint folder.
+// Restores params, optimizer state and trainer state from a checkpoint folder. A non-empty
+// `expected_settings_hash` that differs from the checkpoint's is an error (checked before anything is loaded).
 Status load_checkpoint(const std::string& dir, const std::vector<LoraSlot>& slots, float* params,
-                       Optimizer& optimizer, TrainerState* state);
+                       Optimizer& optimizer, TrainerState* state, const std::string& expected_settings_hash = "");
 
 // checkpoint-N folders of output_dir, sorted by N.
 std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string& output_dir);

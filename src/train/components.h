@@ -10,28 +10,14 @@
 
 #include "core/status.h"
 #include "core/tensor.h"
+#include "nn/lora.h"
 
 namespace sd3::train {
 
-// LoRA settings (reference-training.md 4.1): rank, alpha (= rank unless given), target module suffixes,
-// optional block restriction, dropout.
-struct LoraSettings {
-    int rank = 4;
-    double alpha = 0;  // 0: alpha = rank
-    std::vector<std::string> target_modules = {"to_k", "to_q", "to_v", "to_out.0"};  // the seed's default
-    std::vector<int> blocks;  // empty: all blocks
-    double dropout = 0.0;
-    double effective_alpha() const { return alpha > 0 ? alpha : static_cast<double>(rank); }
-};
-
-// One LoRA parameter tensor inside the flat buffers: PEFT name without the adapter, e.g.
-// "transformer_blocks.0.attn.to_q.lora_A.weight".
-struct LoraSlot {
-    std::string name;
-    int64_t offset = 0;
-    Shape shape;
-    int64_t numel() const { return shape_numel(shape); }
-};
+// LoRA settings (reference-training.md 4.1: rank, alpha = rank unless given, target module suffixes, optional
+// block restriction, dropout) and the slot table {PEFT name, offset, shape} of the flat buffers are nn/lora.h's.
+using LoraSettings = sd3::LoraTrainConfig;
+using LoraSlot = sd3::LoraSlot;
 
 // The frozen MMDiT with trainable LoRA adapters. Params and grads each live in ONE contiguous float32 buffer laid
 // out by slots(); backward accumulates (+=) into grads.

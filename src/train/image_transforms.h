@@ -24,7 +24,9 @@ void resized_size(int width, int height, int size, int* out_w, int* out_h);
 
 // PIL Image.resize((w, h), BILINEAR): separable resampling, horizontal pass then vertical, with the filter's
 // support widened by the downscale factor (antialiasing), 8-bit fixed-point coefficients (22 fractional bits)
-// and an 8-bit intermediate, as libImaging/Resample.c. A same-size resize is a copy, as in PIL.
+// and an 8-bit intermediate, as libImaging/Resample.c. A same-size resize is a copy, as in PIL. Pillow <= 12 (the
+// reference's era) always runs the horizontal pass first; Pillow 13 sometimes starts with the vertical one, which
+// changes the rounding of the intermediate by a level or two for those shapes.
 RgbImage resize_bilinear(const RgbImage& in, int out_w, int out_h);
 
 // Crop of `size` x `size` at (top, left); the window must lie inside the image.

@@ -67,8 +67,8 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
                                  const TrainCallbacks& cb) {
     SD3_TRY(validate_train_options(o));
     auto phase = [&](const std::string& m) {
-        log_info(m);
         if (cb.on_phase) cb.on_phase(m);
+        else log_info(m);
     };
     const uint64_t seed = o.run_seed();
     std::error_code ec;
@@ -150,7 +150,7 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
     if (!c.load_transformer) return make_error(ErrorCode::UNSUPPORTED, "this build has no trainable transformer");
     SD3_ASSIGN_OR_RETURN(std::unique_ptr<TrainableModel> model, c.load_transformer(o.lora, seed));
     std::vector<ParamSegment> segments;
-    for (const LoraSlot& s : model->slots()) segments.push_back({s.offset, s.numel()});
+    for (const LoraSlot& s : model->slots()) segments.push_back({s.offset, shape_numel(s.shape)});
     std::sort(segments.begin(), segments.end(), [](auto& a, auto& b) { return a.offset < b.offset; });
     std::unique_ptr<Optimizer> optimizer = make_optimizer(optimizer_config(o), segments);
     const int64_t P = model->lora_numel();
@@ -177,11 +177,7 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
             phase("no checkpoint to resume from in " + o.output_dir + "; starting a new run");
         } else {
             TrainerState loaded;
-            SD3_TRY(load_checkpoint(dir, model->slots(), model->lora_params(), *optimizer, &loaded));
-            if (loaded.settings_hash != st.settings_hash)
-                return make_error(ErrorCode::INVALID_ARGUMENT, "checkpoint ", dir,
-                                  " was written with other training settings (data, LoRA, batch, optimizer, schedule or "
-                                  "seed); resume with the same settings or start a new --output_dir");
+            SD3_TRY(load_checkpoint(dir, model->slots(), model->lora_params(), *optimizer, &loaded, st.settings_hash));
             st = loaded;
             result.resumed_from = st.global_step;
             phase(str_cat("resumed from ", dir, " at update ", st.global_step));
@@ -377,7 +373,7 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
 
     // 7. The LoRA file, then the final validation with it.
     const std::string out = (fs::path(o.output_dir) / kLoraWeightName).string();
-    SD3_TRY(write_lora_file(out, model->slots(), model->lora_params(), o.lora));
+    SD3_TRY(save_lora_params(out, model->slots(), model->lora_params(), o.lora));
     phase("wrote " + out);
     result.lora_path = out;
     result.global_step = st.global_step;

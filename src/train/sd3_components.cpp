@@ -1,0 +1,156 @@
+// Adapters from the model code to the trainer's interfaces (train/components.h).
+#include "train/sd3_components.h"
+
+#include <filesystem>
+#include <memory>
+
+#include "infer/prompt_encoding.h"
+#include "io/model_folder.h"
+#include "io/single_file.h"
+#include "models/mmdit.h"
+#include "models/vae.h"
+#include "text/clip_tokenizer.h"
+#include "text/t5_tokenizer.h"
+#include "train/cache.h"
+#include "train/train_rng.h"
+
+namespace sd3::train {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+Tensor ids_tensor(const std::vector<int32_t>& ids) {
+    Tensor t = Tensor::empty({1, static_cast<int64_t>(ids.size())}, DType::I32);  // [1, T]
+    std::copy(ids.begin(), ids.end(), t.data<int32_t>());
+    return t;
+}
+
+// The MMDiT with attached trainable LoRA; params/grads are LoraTrainable's flat buffers.
+class Sd3TrainableModel final : public TrainableModel {
+  public:
+    Sd3TrainableModel(MMDiT model, LoraTrainable lora, bool checkpoint_blocks)
+        : model_(std::move(model)), lora_(std::move(lora)), checkpoint_blocks_(checkpoint_blocks) {}
+    Status attach() { return model_.attach_trainable(lora_); }
+
+    const std::vector<LoraSlot>& slots() const override { return lora_.slots; }
+    int64_t lora_numel() const override { return lora_.numel; }
+    float* lora_params() override { return lora_.params.data<float>(); }
+    float* lora_grads() override { return lora_.grads.data<float>(); }
+
+    Result<Tensor> forward(const Tensor& x_t, const std::vector<float>& timesteps, const Tensor& prompt_embeds,
+                           const Tensor& pooled, uint64_t rng_seed) override {
+        saved_ = MMDiTActivations();
+        saved_.checkpoint_blocks = checkpoint_blocks_;
+        saved_.ctx = {true, rng_seed};
+        const Tensor t = Tensor::from_vector({static_cast<int64_t>(timesteps.size())}, timesteps);  // [B]
+        return model_.forward(x_t, t, prompt_embeds, pooled, &saved_);
+    }
+
+    Status backward(const Tensor& grad_pred) override {
+        model_.backward(grad_pred, saved_, lora_.grads, nullptr);
+        saved_ = MMDiTActivations();
+        return {};
+    }
+
+    MMDiT& mmdit() { return model_; }
+
+  private:
+    MMDiT model_;
+    LoraTrainable lora_;
+    bool checkpoint_blocks_;
+    MMDiTActivations saved_;
+};
+
+}  // namespace
+
+Result<TrainComponents> make_sd3_components(const ModelSpec& spec, const Sd3ComponentOptions& opt) {
+    SD3_ASSIGN_OR_RETURN(ModelFolder folder, open_model(spec));
+    auto shared = std::make_shared<ModelFolder>(std::move(folder));
+    TrainComponents c;
+    SD3_ASSIGN_OR_RETURN(const Component* vae_c, shared->require("vae"));
+    SD3_ASSIGN_OR_RETURN(VaeConfig vae_cfg, VaeConfig::from_json(vae_c->config, vae_c->config_path));
+    c.vae_scaling_factor = vae_cfg.scaling_factor;
+    c.vae_shift_factor = vae_cfg.shift_factor;
+    SD3_ASSIGN_OR_RETURN(const Component* sched_c, shared->require("scheduler"));
+    c.scheduler_shift = sched_c->config.value("shift", 1.0);
+    c.num_train_timesteps = sched_c->config.value("num_train_timesteps", 1000);
+    // identity for cache keys: every file given (or under the folders given), by path, size and modification time
+    Hasher id;
+    for (const std::string& path : {spec.model, spec.tokenizers, spec.clip_l, spec.clip_g, spec.t5, spec.vae}) {
+        if (path.empty()) continue;
+        std::error_code ec;
+        auto add_file = [&](const fs::path& p) {
+            const auto t = fs::last_write_time(p, ec).time_since_epoch().count();
+            const auto n = fs::file_size(p, ec);
+            id.add(fs::absolute(p).string()).add(&t, sizeof t).add(&n, sizeof n);
+        };
+        if (fs::is_directory(path)) {
+            for (const auto& e : fs::recursive_directory_iterator(path, ec))
+                if (e.is_regular_file()) add_file(e.path());
+        } else {
+            add_file(path);
+        }
+    }
+    c.model_identity = id.hex();
+
+    const int max_seq = opt.max_sequence_length;
+    c.encode_prompts = [shared, max_seq](const std::vector<std::string>& prompts) -> Result<std::vector<EncodedPrompt>> {
+        const ModelFolder& f = *shared;
+        SD3_ASSIGN_OR_RETURN(const Component* tl, f.require("tokenizer"));
+        SD3_ASSIGN_OR_RETURN(const Component* tg, f.require("tokenizer_2"));
+        SD3_ASSIGN_OR_RETURN(const Component* t5t, f.require("tokenizer_3"));
+        SD3_ASSIGN_OR_RETURN(ClipTokenizer tok_l, ClipTokenizer::load(tl->dir));
+        SD3_ASSIGN_OR_RETURN(ClipTokenizer tok_g, ClipTokenizer::load(tg->dir));
+        SD3_ASSIGN_OR_RETURN(T5Tokenizer tok_t5, T5Tokenizer::load(t5t->dir));
+        std::vector<PromptTokens> toks;
+        for (const std::string& p : prompts) {
+            PromptTokens t;
+            t.clip_l = ids_tensor(tok_l.encode(p).ids);
+            t.clip_g = ids_tensor(tok_g.encode(p).ids);
+            t.t5 = ids_tensor(tok_t5.encode(p, max_seq).ids);
+            toks.push_back(t);
+        }
+        SD3_ASSIGN_OR_RETURN(const Component* e1, f.require("text_encoder"));
+        SD3_ASSIGN_OR_RETURN(const Component* e2, f.require("text_encoder_2"));
+        SD3_ASSIGN_OR_RETURN(const Component* e3, f.require("text_encoder_3"));
+        TextEncoderOptions teo;
+        teo.max_sequence_length = max_seq;
+        SD3_ASSIGN_OR_RETURN(TextEncoders enc, TextEncoders::create(*e1, *e2, *e3, teo));
+        SD3_ASSIGN_OR_RETURN(std::vector<PromptEmbeds> out, enc.encode_tokens(toks));  // loads and frees each encoder
+        std::vector<EncodedPrompt> r;
+        for (const PromptEmbeds& e : out) {
+            EncodedPrompt p;
+            p.prompt_embeds = e.prompt_embeds.select(0, 0).clone();  // [T, D]
+            p.pooled = e.pooled.select(0, 0).clone();                // [P]
+            r.push_back(p);
+        }
+        return r;
+    };
+
+    c.load_vae_encoder = [shared, vae_cfg]() -> Result<std::function<Result<LatentDist>(const Tensor&)>> {
+        SD3_ASSIGN_OR_RETURN(const Component* vc, shared->require("vae"));
+        SD3_ASSIGN_OR_RETURN(Vae vae, Vae::load(vae_cfg, vc->weights, Vae::Part::ENCODER));
+        auto v = std::make_shared<Vae>(std::move(vae));
+        return std::function<Result<LatentDist>(const Tensor&)>([v](const Tensor& image) -> Result<LatentDist> {
+            SD3_ASSIGN_OR_RETURN(VaeLatentDist d, v->encode(image.unsqueeze(0)));  // [1, 3, R, R]
+            return LatentDist{d.mean.select(0, 0).clone(), d.logvar.select(0, 0).clone()};  // [16, h, w]
+        });
+    };
+
+    const bool ckpt = opt.gradient_checkpointing;
+    c.load_transformer = [shared, ckpt](const LoraSettings& lora,
+                                        uint64_t init_seed) -> Result<std::unique_ptr<TrainableModel>> {
+        SD3_ASSIGN_OR_RETURN(const Component* tc, shared->require("transformer"));
+        SD3_ASSIGN_OR_RETURN(MMDiT model, MMDiT::load(*tc));
+        SD3_ASSIGN_OR_RETURN(LoraTrainable trainable, model.make_trainable_lora(lora));
+        TrainRng rng = TrainRng::for_purpose(init_seed, "lora_init");
+        init_lora_gaussian(trainable, [&rng]() { return static_cast<float>(rng.normal()); });
+        auto m = std::make_unique<Sd3TrainableModel>(std::move(model), std::move(trainable), ckpt);
+        SD3_TRY(m->attach());
+        return std::unique_ptr<TrainableModel>(std::move(m));
+    };
+    return c;
+}
+
+}  // namespace sd3::train

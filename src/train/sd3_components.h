@@ -1,0 +1,22 @@
+// TrainComponents for a Stable Diffusion 3 model folder: the tokenizers and text encoders of
+// infer/prompt_encoding.h (one encoder in memory at a time), the VAE encoder of models/vae.h, the MMDiT with
+// trainable LoRA of models/mmdit.h. Text-to-image (validation, class images) is added when infer/pipeline.h exists.
+#pragma once
+
+#include <string>
+
+#include "core/status.h"
+#include "io/single_file.h"
+#include "train/components.h"
+
+namespace sd3::train {
+
+struct Sd3ComponentOptions {
+    int max_sequence_length = 77;     // T5 tokens in training (the reference's --max_sequence_length)
+    bool gradient_checkpointing = false;
+};
+
+// `spec`: a diffusers folder, a single-file checkpoint, plus separate encoder/VAE files (io/single_file.h).
+Result<TrainComponents> make_sd3_components(const ModelSpec& spec, const Sd3ComponentOptions& options);
+
+}  // namespace sd3::train
