@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "core/arena.h"
 #include "io/model_folder.h"
 #include "io/model_info.h"
 #include "io/safetensors.h"
@@ -39,18 +40,6 @@ Status info_safetensors(const InfoOptions& opt) {
     return {};
 }
 
-std::string human_bytes(double b) {
-    const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-    int u = 0;
-    while (b >= 1024 && u < 4) {
-        b /= 1024;
-        ++u;
-    }
-    char buf[32];
-    std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.1f %s", b, units[u]);
-    return buf;
-}
-
 std::string human_count(double n) {
     char buf[32];
     if (n >= 1e9) std::snprintf(buf, sizeof buf, "%.2f B", n / 1e9);
@@ -68,7 +57,7 @@ void print_model_table(const nlohmann::ordered_json& d) {
             std::string dtypes;
             for (auto it = c["dtypes"].begin(); it != c["dtypes"].end(); ++it) dtypes += (dtypes.empty() ? "" : "+") + it.key();
             line += "  " + human_count(c["parameters"].get<double>()) + " parameters, " + dtypes + ", " +
-                    human_bytes(c["bytes"].get<double>());
+                    format_bytes(c["bytes"].get<double>());
         }
         std::printf("  %s\n", line.c_str());
         std::string cfg;
