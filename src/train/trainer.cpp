@@ -71,6 +71,9 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
         else log_info(m);
     };
     const uint64_t seed = o.run_seed();
+    if (!o.validation_prompt.empty() && o.num_validation_images > 0 && !c.generate)
+        return make_error(ErrorCode::UNSUPPORTED, "--validation_prompt needs image generation, which this build lacks; "
+                          "drop --validation_prompt");
     std::error_code ec;
     fs::create_directories(o.output_dir, ec);
     if (ec) return make_error(ErrorCode::IO_ERROR, "cannot create --output_dir ", o.output_dir, ": ", ec.message());
@@ -96,7 +99,7 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
                 r.out_png = (fs::path(o.data.class_data_dir) / str_cat("class-", class_list.size() + i, ".png")).string();
                 reqs.push_back(r);
             }
-            SD3_TRY(c.generate(reqs, nullptr).with_context("generating class images"));
+            SD3_TRY(c.generate(reqs, nullptr, o.lora).with_context("generating class images"));
         }
         SD3_ASSIGN_OR_RETURN(class_list, list_class_images(o.data));
     }
@@ -218,7 +221,7 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
             r.out_png = (dir / str_cat(phase_name, "-step", step, "-", i, ".png")).string();
             reqs.push_back(r);
         }
-        SD3_TRY(c.generate(reqs, model.get()));
+        SD3_TRY(c.generate(reqs, model.get(), o.lora));
         for (size_t i = 0; i < reqs.size(); ++i) {
             if (tensorboard) {
                 auto png = read_bytes(reqs[i].out_png);
