@@ -32,6 +32,7 @@ struct GenerateCliOptions {
     std::string t5_format = "int8";
     int clip_skip = 0;
     bool vae_tiling = false;
+    bool fuse_lora = false;
 };
 
 // Pairs every --lora-scale with the --lora before it (CLI11 keeps the order options appeared in).
@@ -104,6 +105,7 @@ Status run_generate(const CLI::App* sub, GenerateCliOptions& o) {
     popt.text.clip_skip = o.clip_skip;
     popt.loras = loras;
     popt.vae_tiling = o.vae_tiling;
+    popt.fuse_loras = o.fuse_lora;
     SD3_ASSIGN_OR_RETURN(TextToImage pipe, TextToImage::open(model, popt));
     SD3_ASSIGN_OR_RETURN(GenerateRequest req, pipe.resolve(o.request));
     log_info("generating ", req.num_images, " image(s) of ", req.width, "x", req.height, ", ", req.steps,
@@ -152,6 +154,8 @@ std::pair<CLI::App*, CommandRunner> setup_generate(CLI::App& app) {
         ->expected(1)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)->check(CLI::ExistingFile);
     sub->add_option("--lora-scale", o->lora_scales, "scale of the --lora before it (default 1.0)")
         ->expected(1)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+    sub->add_flag("--fuse-lora", o->fuse_lora,
+                  "merge the LoRAs into the weights once (as pipe.fuse_lora) instead of applying them each step");
     sub->add_option("--steps", r.steps, "sampling steps")->capture_default_str()->check(CLI::Range(1, 10000));
     sub->add_option("--cfg,--guidance-scale", r.guidance_scale, "classifier-free guidance scale (<= 1: off)")
         ->capture_default_str();

@@ -13,41 +13,6 @@
 
 namespace sd3 {
 
-// ---- tokenization ---------------------------------------------------------------------------------------------
-
-Result<PromptTokenizer> PromptTokenizer::open(const ModelFolder& model) {
-    auto dir_of = [&](const char* name) -> Result<std::string> {
-        SD3_ASSIGN_OR_RETURN(const Component* c, model.require(name));
-        if (c->dir.empty()) return make_error(ErrorCode::NOT_FOUND, "the model's ", name, " has no folder");
-        return c->dir;
-    };
-    SD3_ASSIGN_OR_RETURN(std::string dl, dir_of("tokenizer"));
-    SD3_ASSIGN_OR_RETURN(std::string dg, dir_of("tokenizer_2"));
-    SD3_ASSIGN_OR_RETURN(std::string dt, dir_of("tokenizer_3"));
-    SD3_ASSIGN_OR_RETURN(ClipTokenizer l, ClipTokenizer::load(dl));
-    SD3_ASSIGN_OR_RETURN(ClipTokenizer g, ClipTokenizer::load(dg));
-    SD3_ASSIGN_OR_RETURN(T5Tokenizer t, T5Tokenizer::load(dt));
-    return PromptTokenizer(std::move(l), std::move(g), std::move(t));
-}
-
-namespace {
-Tensor ids_tensor(const std::vector<int32_t>& ids) {
-    Tensor t = Tensor::empty({1, static_cast<int64_t>(ids.size())}, DType::I32);  // [1, T]
-    std::copy(ids.begin(), ids.end(), t.data<int32_t>());
-    return t;
-}
-}  // namespace
-
-PromptTokens PromptTokenizer::tokenize(const std::string& prompt, int max_sequence_length) const {
-    PromptTokens p;
-    // _get_clip_prompt_embeds: padding="max_length", max_length=77, truncation=True (each tokenizer's pad token).
-    p.clip_l = ids_tensor(clip_l_.encode(prompt, true).ids);
-    p.clip_g = ids_tensor(clip_g_.encode(prompt, true).ids);
-    // _get_t5_prompt_embeds: padding="max_length", max_length=max_sequence_length, truncation=True.
-    p.t5 = ids_tensor(t5_.encode(prompt, max_sequence_length, true).ids);
-    return p;
-}
-
 // ---- opening --------------------------------------------------------------------------------------------------
 
 Result<TextToImage> TextToImage::open(const ModelFolder& model, const PipelineOptions& options) {
@@ -119,8 +84,11 @@ Status TextToImage::ensure_transformer(const StageFn& stage) {
     if (stage) stage("loading the transformer");
     SD3_ASSIGN_OR_RETURN(const Component* c, model_.require("transformer"));
     SD3_ASSIGN_OR_RETURN(MMDiT m, MMDiT::load(*c));
-    for (size_t i = 0; i < loras_.size(); ++i)
-        SD3_TRY(m.attach_lora(loras_[i].first, loras_[i].second).with_context(options_.loras[i].path));
+    for (size_t i = 0; i < loras_.size(); ++i) {
+        const Status s = options_.fuse_loras ? m.fuse_lora(loras_[i].first, loras_[i].second)
+                                             : m.attach_lora(loras_[i].first, loras_[i].second);
+        SD3_TRY(s.with_context(options_.loras[i].path));
+    }
     transformer_.emplace(std::move(m));
     return {};
 }

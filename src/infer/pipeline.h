@@ -19,24 +19,8 @@
 #include "io/model_folder.h"
 #include "models/mmdit.h"
 #include "models/vae.h"
-#include "text/clip_tokenizer.h"
-#include "text/t5_tokenizer.h"
 
 namespace sd3 {
-
-// The model's three tokenizers, turning a prompt into the ids each encoder takes (diffusers' encode_prompt
-// tokenization: CLIP padded to 77 with each tokenizer's pad token, T5 padded to max_sequence_length).
-class PromptTokenizer {
-  public:
-    static Result<PromptTokenizer> open(const ModelFolder& model);
-    PromptTokens tokenize(const std::string& prompt, int max_sequence_length) const;
-
-  private:
-    PromptTokenizer(ClipTokenizer l, ClipTokenizer g, T5Tokenizer t5)
-        : clip_l_(std::move(l)), clip_g_(std::move(g)), t5_(std::move(t5)) {}
-    ClipTokenizer clip_l_, clip_g_;
-    T5Tokenizer t5_;
-};
 
 // diffusers' defaults (§1.9): 28 steps, guidance 7.0, 1024x1024 (sample_size · vae_scale_factor), T5 length 256,
 // negative prompt "".
@@ -61,6 +45,8 @@ struct LoraRequest {
 struct PipelineOptions {
     TextEncoderOptions text;          // T5 weight format, clip_skip...; max_sequence_length comes from the request
     std::vector<LoraRequest> loras;   // attached unfused, each at its scale (exact to the reference's unfused LoRA)
+    bool fuse_loras = false;          // W += s·(alpha/r)·B·A once (pipe.fuse_lora, as the reference's run_trained.py)
+                                      // instead of the unfused low-rank path: faster, equal up to rounding
     bool vae_tiling = false;          // diffusers' vae.enable_tiling(): decode large images in blended tiles
 };
 

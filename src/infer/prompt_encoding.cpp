@@ -218,10 +218,15 @@ Result<PromptTokenizer> PromptTokenizer::load(const std::string& clip_l_dir, con
 }
 
 Result<PromptTokenizer> PromptTokenizer::open(const ModelFolder& model) {
-    SD3_ASSIGN_OR_RETURN(const Component* l, model.require("tokenizer"));
-    SD3_ASSIGN_OR_RETURN(const Component* g, model.require("tokenizer_2"));
-    SD3_ASSIGN_OR_RETURN(const Component* t5, model.require("tokenizer_3"));
-    return load(l->dir, g->dir, t5->dir);
+    auto dir_of = [&](const char* name) -> Result<std::string> {
+        SD3_ASSIGN_OR_RETURN(const Component* c, model.require(name));
+        if (c->dir.empty()) return make_error(ErrorCode::NOT_FOUND, "the model's ", name, " has no folder");
+        return c->dir;
+    };
+    SD3_ASSIGN_OR_RETURN(std::string dl, dir_of("tokenizer"));
+    SD3_ASSIGN_OR_RETURN(std::string dg, dir_of("tokenizer_2"));
+    SD3_ASSIGN_OR_RETURN(std::string dt, dir_of("tokenizer_3"));
+    return load(dl, dg, dt);
 }
 
 namespace {

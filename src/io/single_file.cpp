@@ -519,6 +519,18 @@ Result<ModelFolder> open_model(const ModelSpec& spec, ModelOrigin* origin_out) {
     return model;
 }
 
+namespace {
+// describe_model plus, for configs that were derived, the whole derived config (what a config.json would hold).
+nlohmann::ordered_json describe(const ModelFolder& m) {
+    nlohmann::ordered_json out = describe_model(m);
+    for (auto& j : out["components"]) {
+        const Component* c = m.find(j["name"].get<std::string>());
+        if (c && c->config_path.starts_with("derived")) j["derived_config"] = c->config;
+    }
+    return out;
+}
+}  // namespace
+
 Result<nlohmann::ordered_json> describe_model_file(const std::string& path) {
     SD3_ASSIGN_OR_RETURN(std::shared_ptr<TensorSource> file, SafetensorsSource::open(path));
     SD3_ASSIGN_OR_RETURN(DetectedLayout d, detect_layout(file->names()));
@@ -535,7 +547,7 @@ Result<nlohmann::ordered_json> describe_model_file(const std::string& path) {
         ModelFolder m;
         m.set_path(path);
         for (Component& c : comps) m.add_component(std::move(c));
-        nlohmann::ordered_json out = describe_model(m);
+        nlohmann::ordered_json out = describe(m);
         out["layout"] = std::string(model_layout_name(d.layout));
         out["summary"] = str_cat(d.summary, g ? " (width 1280: CLIP-G, use --clip-g)" : " (CLIP-L unless it is CLIP-G: use --clip-l or --clip-g)");
         out["notes"] = origin.notes;
@@ -544,7 +556,7 @@ Result<nlohmann::ordered_json> describe_model_file(const std::string& path) {
     spec.model = path;
     ModelOrigin origin;
     SD3_ASSIGN_OR_RETURN(ModelFolder m, open_model(spec, &origin));
-    nlohmann::ordered_json out = describe_model(m);
+    nlohmann::ordered_json out = describe(m);
     out["layout"] = std::string(model_layout_name(origin.layout));
     out["summary"] = origin.summary;
     out["notes"] = origin.notes;

@@ -169,7 +169,8 @@ class MMDiT {
     nn::Linear* find_linear(const std::string& module_path);
     // Builds the trainable layout for the config's targets (error when a target matches no module).
     Result<LoraTrainable> make_trainable_lora(const LoraTrainConfig& cfg) const;
-    // Adds trainable adapters viewing lora.params, with gradient offsets into the same layout.
+    // Adds trainable adapters viewing lora.params (shared storage: the optimizer's in-place updates are seen by the
+    // next forward; re-attach after replacing the buffer), with gradient offsets into the same layout.
     Status attach_trainable(const LoraTrainable& lora);
     // Unfused inference LoRA at multiplier m: adds m·(alpha/r)·B(A x). Error listing keys that match no module.
     Status attach_lora(const LoraSet& set, float multiplier);

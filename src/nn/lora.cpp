@@ -115,15 +115,22 @@ Result<LoraTrainable> make_lora_layout(const std::vector<std::pair<std::string, 
     return t;
 }
 
-void init_lora_gaussian(LoraTrainable& lora, const std::function<float()>& standard_normal) {
+void init_lora_gaussian_fill(LoraTrainable& lora, const std::function<void(float*, int64_t)>& fill_standard_normal) {
     const float std_a = 1.0f / static_cast<float>(lora.config.rank);  // peft init_lora_weights="gaussian"
     for (size_t m = 0; m < lora.modules.size(); ++m) {
         Tensor a = lora.param(2 * m);
         float* pa = a.data<float>();
-        for (int64_t i = 0; i < a.numel(); ++i) pa[i] = standard_normal() * std_a;
+        fill_standard_normal(pa, a.numel());
+        for (int64_t i = 0; i < a.numel(); ++i) pa[i] *= std_a;
         lora.param(2 * m + 1).fill(0.0);
     }
     lora.grads.fill(0.0);
+}
+
+void init_lora_gaussian(LoraTrainable& lora, const std::function<float()>& standard_normal) {
+    init_lora_gaussian_fill(lora, [&](float* dst, int64_t n) {
+        for (int64_t i = 0; i < n; ++i) dst[i] = standard_normal();
+    });
 }
 
 void init_lora_kaiming_uniform(LoraTrainable& lora, const std::function<float()>& uniform01) {

@@ -58,6 +58,9 @@ Result<LoraTrainable> make_lora_layout(const std::vector<std::pair<std::string, 
 // A ~ N(0, (1/r)²) drawn slot by slot in layout order from `standard_normal`, B = 0, grads = 0
 // (peft init_lora_weights="gaussian", what the reference trainer uses).
 void init_lora_gaussian(LoraTrainable& lora, const std::function<float()>& standard_normal);
+// The same with a filler that writes n standard normals at once (e.g. a torch-compatible generator, whose tensor
+// fills draw in blocks: torch.Tensor.normal_ on each lora_A weight, in layout order).
+void init_lora_gaussian_fill(LoraTrainable& lora, const std::function<void(float* dst, int64_t n)>& fill_standard_normal);
 // PEFT's default (init_lora_weights=True): A ~ U(-1/sqrt(in), 1/sqrt(in)) (kaiming_uniform_ with a = sqrt(5)),
 // from `uniform01` in [0, 1); B = 0, grads = 0.
 void init_lora_kaiming_uniform(LoraTrainable& lora, const std::function<float()>& uniform01);

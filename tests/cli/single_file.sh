@@ -24,6 +24,7 @@ grep -q "note: transformer: attention_head_dim=8 by convention" <<<"$out" || fai
 "$bin" info --json "$single" 2>/dev/null >"$tmp/info.json"
 grep -q '"layout": "Stability single file"' "$tmp/info.json" || fail "json layout"
 grep -q '"config_source": "derived from weight shapes in' "$tmp/info.json" || fail "json config source"
+grep -q '"relative_attention_num_buckets": 32' "$tmp/info.json" || fail "json derived config"
 
 # folder -> single -> folder -> single: the two single files are byte-identical, and the folder round trip
 # keeps every tensor (the gtest SingleFile.ConvertFolderToSingleFileAndBackIsLossless compares them bit by bit).

@@ -9,12 +9,22 @@
 
 #include <cmath>
 #include <functional>
+#include <omp.h>
 #include <random>
 #include <vector>
 
 #include "core/tensor.h"
 
 namespace sd3::testing {
+
+// Runs a test's many tiny forwards on one OpenMP thread: with 2 threads on a loaded machine the workers' spin
+// waits made the whole-model finite-difference test 30x slower (92 s vs 3 s); these sizes gain nothing from
+// threads. (OMP_WAIT_POLICY=passive fixes it too, but cannot be set from inside the process.)
+struct OneOmpThread {
+    int prev = omp_get_max_threads();
+    OneOmpThread() { omp_set_num_threads(1); }
+    ~OneOmpThread() { omp_set_num_threads(prev); }
+};
 
 inline Tensor random_tensor(const Shape& shape, std::mt19937& rng, float stddev = 1.0f) {
     std::normal_distribution<float> nd(0.0f, stddev);

@@ -242,6 +242,7 @@ void check_attention(bool has_context, bool pre_only, bool qk_norm, std::mt19937
 }
 
 TEST(MMDiTNn, JointAttentionBackward) {
+    testing::OneOmpThread one;
     std::mt19937 rng(8);
     for (bool qk : {false, true}) {
         SCOPED_TRACE(qk ? "qk-norm" : "no qk-norm");

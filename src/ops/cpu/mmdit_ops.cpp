@@ -8,9 +8,14 @@
 
 namespace sd3::cpu {
 
+namespace {
+// Below this many elements a loop runs on the calling thread: waking workers costs more than it saves.
+constexpr int64_t kParallelMin = 1 << 16;
+}  // namespace
+
 void modulate_fwd(float* y, const float* x, const float* shift, const float* scale, int64_t batch, int64_t tokens,
                   int64_t dim, int64_t mod_stride) {
-#pragma omp parallel for collapse(2)
+#pragma omp parallel for collapse(2) if (batch * tokens * dim >= kParallelMin)
     for (int64_t b = 0; b < batch; ++b) {
         for (int64_t t = 0; t < tokens; ++t) {
             const float* sh = shift + b * mod_stride;
@@ -24,7 +29,7 @@ void modulate_fwd(float* y, const float* x, const float* shift, const float* sca
 
 void modulate_bwd(float* dx, float* dshift, float* dscale, const float* dy, const float* x, const float* scale,
                   int64_t batch, int64_t tokens, int64_t dim, int64_t mod_stride) {
-#pragma omp parallel for
+#pragma omp parallel for if (batch * tokens * dim >= kParallelMin)
     for (int64_t b = 0; b < batch; ++b) {
         const float* sc = scale + b * mod_stride;
         std::vector<double> ssh(static_cast<size_t>(dim), 0.0), ssc(static_cast<size_t>(dim), 0.0);
@@ -46,7 +51,7 @@ void modulate_bwd(float* dx, float* dshift, float* dscale, const float* dy, cons
 
 void gated_add_fwd(float* x, const float* gate, const float* a, int64_t batch, int64_t tokens, int64_t dim,
                    int64_t gate_stride) {
-#pragma omp parallel for collapse(2)
+#pragma omp parallel for collapse(2) if (batch * tokens * dim >= kParallelMin)
     for (int64_t b = 0; b < batch; ++b) {
         for (int64_t t = 0; t < tokens; ++t) {
             const float* g = gate + b * gate_stride;
@@ -58,7 +63,7 @@ void gated_add_fwd(float* x, const float* gate, const float* a, int64_t batch, i
 
 void gated_add_bwd(float* da, float* dgate, const float* dx, const float* a, const float* gate, int64_t batch,
                    int64_t tokens, int64_t dim, int64_t gate_stride) {
-#pragma omp parallel for
+#pragma omp parallel for if (batch * tokens * dim >= kParallelMin)
     for (int64_t b = 0; b < batch; ++b) {
         const float* g = gate + b * gate_stride;
         std::vector<double> sg(static_cast<size_t>(dim), 0.0);
@@ -137,7 +142,7 @@ void add_pos_embed(float* x, const float* pos, int64_t batch, int64_t hp, int64_
 }
 
 void axpy(float* y, const float* x, float a, int64_t n) {
-#pragma omp parallel for
+#pragma omp parallel for if (n >= kParallelMin)
     for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
@@ -157,7 +162,7 @@ float dropout_uniform(uint64_t seed, uint64_t index) {
 
 void dropout_fwd(float* y, const float* x, int64_t n, float p, uint64_t seed) {
     const float keep_scale = 1.0f / (1.0f - p);
-#pragma omp parallel for
+#pragma omp parallel for if (n >= kParallelMin)
     for (int64_t i = 0; i < n; ++i) y[i] = dropout_uniform(seed, static_cast<uint64_t>(i)) >= p ? x[i] * keep_scale : 0.0f;
 }
 

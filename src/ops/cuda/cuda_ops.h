@@ -11,6 +11,7 @@
 
 #include "core/dtype.h"
 #include "ops/cpu/cpu_ops.h"
+#include "ops/cpu/quant_ops.h"
 
 // The same typedefs as cuda_runtime_api.h / cublasLt.h, so this header needs neither.
 typedef struct CUstream_st* cudaStream_t;
@@ -53,26 +54,15 @@ size_t linear_bwd_workspace(int64_t M, int64_t N);
 void linear_bwd(const Exec& ex, void* dx, void* dw, void* db, const void* dy, const void* x, const void* w, int64_t M,
                 int64_t K, int64_t N, DType dt, DType grad_dt);
 
-// --- frozen weights stored quantized (DESIGN.md "Numerics"), dequantized layer by layer for cuBLASLt -------
-enum class QuantFormat {
-    INT8_ROW,  // I8 [N, K], w = q * scale[n] (bitsandbytes LLM.int8: scale = SCB / 127)
-    FP8_E4M3,  // fp8 [N, K], w = q (a plain cast, SAI's t5xxl fp8 files) or q * scale[n] when scale is given
-    FP8_E5M2,
-    NF4,       // bitsandbytes NF4: codes packed two per byte, first element in the high nibble, of the row-major
-               // flattened [N, K]; w = code[nibble] * absmax[i / block] (research/gpu-components.md §4b)
-};
-struct QuantWeight {
-    QuantFormat format = QuantFormat::INT8_ROW;
-    const void* data = nullptr;
-    const float* scale = nullptr;  // per row [N], or NF4's absmax per block
-    int64_t block = 64;            // NF4 block size
-};
-// dst [N, K] in dtype dt (the weight bf16/f16/f32 again).
-void dequantize(const Exec& ex, void* dst, DType dt, const QuantWeight& w, int64_t N, int64_t K);
-// y = x · dequant(w)ᵀ + b: dequantizes into the scratch (N*K elements of dt), then linear_fwd.
-size_t linear_fwd_quantized_workspace(int64_t N, int64_t K, DType dt);
-void linear_fwd_quantized(const Exec& ex, void* y, const void* x, const QuantWeight& w, const void* b, int64_t M,
-                          int64_t K, int64_t N, DType dt);
+// --- frozen weights stored quantized (DESIGN.md "Numerics"; formats and spec: ops/cpu/quant_ops.h) --------
+// The view's data and scale point at device memory. Dequantized layer by layer for cuBLASLt.
+// dst [w.rows, w.cols] in dtype dt: the CPU spec's dequantize_rows, then one rounding to dt.
+void dequantize(const Exec& ex, void* dst, DType dt, const cpu::QuantWeightView& w);
+// y[M, w.rows] = x[M, w.cols] · dequant(w)ᵀ + b: dequantizes into the scratch (rows*cols elements of dt), then
+// linear_fwd (cpu::quant_linear_fwd's result, to the dtype's rounding).
+size_t linear_fwd_quantized_workspace(const cpu::QuantWeightView& w, DType dt);
+void linear_fwd_quantized(const Exec& ex, void* y, const void* x, const cpu::QuantWeightView& w, const void* b,
+                          int64_t M, DType dt);
 
 // --- norms ---------------------------------------------------------------------------------------------------
 // w, b have dtype dt; mean, rstd float32 (may be null). Parameter gradients dw, db accumulate in `grad_dt`.

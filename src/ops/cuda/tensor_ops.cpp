@@ -253,4 +253,32 @@ Tensor cat(const std::vector<Tensor>& parts, int dim) {
     return out;
 }
 
+namespace {
+bool on_device(const void* p) {
+    if (p == nullptr) return false;
+    cudaPointerAttributes attr{};
+    if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+    }
+    return attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged;
+}
+}  // namespace
+
+Tensor linear_quantized(const Tensor& x_in, const cpu::QuantWeightView& w, const Tensor& b_in) {
+    require(x_in, x_in, "linear_quantized input");
+    if (b_in.defined()) require(b_in, x_in, "linear_quantized bias");
+    SD3_ASSERT(on_device(w.data) && (w.scale == nullptr || on_device(w.scale)),
+               "linear_quantized: the ", cpu::quant_format_name(w.format),
+               " weight must be in GPU memory for an input on ", x_in.device().str());
+    const Tensor x = contiguous(x_in), b = contig_or_empty(b_in);
+    const int64_t K = x.size(-1);
+    SD3_ASSERT(w.cols == K, "linear_quantized: input ", x.describe(), " vs weight [", w.rows, ", ", w.cols, "]");
+    if (b.defined()) SD3_ASSERT(b.numel() == w.rows, "linear_quantized: bias ", b.describe(), " for ", w.rows);
+    Tensor y = Tensor::empty(with_last(x.shape(), w.rows), x.dtype(), x.device());
+    linear_fwd_quantized(ctx_of(x).exec(linear_fwd_quantized_workspace(w, x.dtype())), y.raw(), x.raw(), w,
+                         ptr_or_null(b), x.numel() / K, x.dtype());
+    return y;
+}
+
 }  // namespace sd3::cuda::tensor_ops

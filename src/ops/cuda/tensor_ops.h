@@ -9,6 +9,7 @@
 #include "core/status.h"
 #include "core/tensor.h"
 #include "ops/cpu/cpu_ops.h"
+#include "ops/cpu/quant_ops.h"
 
 namespace sd3::cuda::tensor_ops {
 
@@ -34,5 +35,7 @@ Tensor add(const Tensor& a, const Tensor& b);
 Tensor mul(const Tensor& a, const Tensor& b);
 Tensor scale(const Tensor& a, float s);
 Tensor cat(const std::vector<Tensor>& parts, int dim);
+// The weight view's data and scales must be in device memory (checked).
+Tensor linear_quantized(const Tensor& x, const cpu::QuantWeightView& w, const Tensor& b);
 
 }  // namespace sd3::cuda::tensor_ops
