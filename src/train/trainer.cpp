@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/log.h"
+#include "io/name_map.h"
 #include "train/cache.h"
 #include "train/checkpoint.h"
 #include "train/flow_matching.h"
@@ -375,9 +376,19 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
     }
 
     // 7. The LoRA file, then the final validation with it.
-    const std::string out = (fs::path(o.output_dir) / kLoraWeightName).string();
-    SD3_TRY(save_lora_params(out, model->slots(), model->lora_params(), o.lora));
-    phase("wrote " + out);
+    std::string out;
+    if (o.lora_format != "comfyui") {
+        out = (fs::path(o.output_dir) / kLoraWeightName).string();
+        SD3_TRY(save_lora_params(out, model->slots(), model->lora_params(), o.lora));
+        phase("wrote " + out);
+    }
+    if (o.lora_format != "diffusers") {  // ComfyUI's key dialect through io/name_map (fused qkv, Stability names)
+        const std::string comfy = (fs::path(o.output_dir) / kComfyLoraWeightName).string();
+        SD3_TRY(write_lora(comfy, lora_set_from_params(model->slots(), model->lora_params(), o.lora),
+                           LoraDialect::COMFYUI));
+        phase("wrote " + comfy);
+        if (out.empty()) out = comfy;
+    }
     result.lora_path = out;
     result.global_step = st.global_step;
     SD3_TRY(validate("test", st.global_step));

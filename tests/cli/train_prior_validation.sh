@@ -7,9 +7,13 @@ OUT=$(mktemp -d); trap 'rm -rf "$OUT"' EXIT
 "$BIN" train --model "$DATA/tiny-a/model" --data "$DATA/train/images" --prompt "a photo of sks dog" --out "$OUT/run" \
   --resolution 32 --batch 2 --steps 2 --seed 3 --with_prior_preservation --class_data_dir "$OUT/class" \
   --class_prompt "a photo of a dog" --num_class_images 3 --sample_batch_size 2 \
-  --validation_prompt "a photo of sks dog" --num_validation_images 1 --validation_steps 1 --quiet > "$OUT/log" 2>&1 \
+  --validation_prompt "a photo of sks dog" --num_validation_images 1 --validation_steps 1 --lora_format both \
+  --quiet > "$OUT/log" 2>&1 \
   || { cat "$OUT/log"; exit 1; }
 test "$(ls "$OUT/class"/*.png | wc -l)" -eq 3
+# --lora_format both: the ComfyUI dialect beside the diffusers file (fused qkv under diffusion_model.joint_blocks)
+"$BIN" info "$OUT/run/pytorch_lora_weights_comfyui.safetensors" | grep -q "diffusion_model.joint_blocks.0.x_block.attn.qkv"
+test -s "$OUT/run/pytorch_lora_weights.safetensors"
 ls "$OUT/run/validation/"validation-step1-0.png "$OUT/run/validation/"test-step2-0.png > /dev/null
 grep -q '"event":"validation"' "$OUT/run/logs/train_log.jsonl"
 # the class images are reused by a second run (no generation)
