@@ -16,6 +16,7 @@
 namespace sd3::train {
 
 inline constexpr const char* kLoraWeightName = "pytorch_lora_weights.safetensors";
+inline constexpr const char* kComfyLoraWeightName = "pytorch_lora_weights_comfyui.safetensors";  // --lora_format comfyui|both
 
 // "transformer_blocks.0.attn.to_q.lora_A.default.weight" -> "transformer.transformer_blocks.0.attn.to_q.lora_A.weight"
 std::string diffusers_lora_key(const std::string& slot_name);

@@ -73,9 +73,11 @@ struct TrainComponents {
     // Loads the transformer and attaches LoRA (A ~ N(0, 1/r), B = 0 from `init_seed`).
     std::function<Result<std::unique_ptr<TrainableModel>>(const LoraSettings& lora, uint64_t init_seed)>
         load_transformer;
-    // Renders images (validation with the LoRA, or class images with the base model). `model` is the live
-    // training model or null. Optional: without it validation and class-image generation are errors.
-    std::function<Status(const std::vector<GenerateRequest>& requests, TrainableModel* model)> generate;
+    // Renders images to their out_png (validation with the live LoRA of `model`, or class images with the base
+    // model when `model` is null / with_lora is false). Optional: without it validation and class-image generation
+    // are errors.
+    std::function<Status(const std::vector<GenerateRequest>& requests, TrainableModel* model, const LoraSettings& lora)>
+        generate;
     // A short identity of the model (path + component hashes) for cache keys.
     std::string model_identity;
 };

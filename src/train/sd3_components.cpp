@@ -4,7 +4,9 @@
 #include <filesystem>
 #include <memory>
 
+#include "infer/pipeline.h"
 #include "infer/prompt_encoding.h"
+#include "io/image.h"
 #include "io/model_folder.h"
 #include "io/single_file.h"
 #include "models/mmdit.h"
@@ -12,6 +14,7 @@
 #include "text/clip_tokenizer.h"
 #include "text/t5_tokenizer.h"
 #include "train/cache.h"
+#include "train/checkpoint.h"
 #include "train/train_rng.h"
 
 namespace sd3::train {
@@ -139,16 +142,45 @@ Result<TrainComponents> make_sd3_components(const ModelSpec& spec, const Sd3Comp
     };
 
     const bool ckpt = opt.gradient_checkpointing;
-    c.load_transformer = [shared, ckpt](const LoraSettings& lora,
+    const auto patch = opt.patch_transformer;
+    c.load_transformer = [shared, ckpt, patch](const LoraSettings& lora,
                                         uint64_t init_seed) -> Result<std::unique_ptr<TrainableModel>> {
         SD3_ASSIGN_OR_RETURN(const Component* tc, shared->require("transformer"));
         SD3_ASSIGN_OR_RETURN(MMDiT model, MMDiT::load(*tc));
+        if (patch) patch(model);
         SD3_ASSIGN_OR_RETURN(LoraTrainable trainable, model.make_trainable_lora(lora));
         TrainRng rng = TrainRng::for_purpose(init_seed, "lora_init");
         init_lora_gaussian(trainable, [&rng]() { return static_cast<float>(rng.normal()); });
         auto m = std::make_unique<Sd3TrainableModel>(std::move(model), std::move(trainable), ckpt);
         SD3_TRY(m->attach());
         return std::unique_ptr<TrainableModel>(std::move(m));
+    };
+    // Text-to-image through infer/pipeline.h. Validation writes the live LoRA to a file beside the first image and
+    // attaches it unfused at scale 1 (exactly the trained model); class images use the base model.
+    c.generate = [shared](const std::vector<GenerateRequest>& reqs, TrainableModel* model,
+                          const LoraSettings& lora) -> Status {
+        if (reqs.empty()) return {};
+        PipelineOptions po;
+        const bool with_lora = model && reqs[0].with_lora;
+        if (with_lora) {
+            const std::string lora_path =
+                (fs::path(reqs[0].out_png).parent_path() / "validation_lora.safetensors").string();
+            SD3_TRY(save_lora_params(lora_path, model->slots(), model->lora_params(), lora));
+            po.loras.push_back({lora_path, 1.0f});
+        }
+        SD3_ASSIGN_OR_RETURN(TextToImage pipe, TextToImage::open(*shared, po));
+        for (const GenerateRequest& r : reqs) {
+            sd3::GenerateRequest g;
+            g.prompt = r.prompt;
+            g.steps = r.steps;
+            g.guidance_scale = static_cast<float>(r.guidance_scale);
+            g.width = r.width;
+            g.height = r.height;
+            g.seed = r.seed;
+            SD3_ASSIGN_OR_RETURN(GenerateOutput out, pipe.generate(g));
+            SD3_TRY(write_png(r.out_png, out.images.at(0), generation_text(g, po.loras, 0, "")));
+        }
+        return {};
     };
     return c;
 }

@@ -7,6 +7,9 @@
 
 #include "core/status.h"
 #include "io/single_file.h"
+#include "models/mmdit.h"
+
+#include <functional>
 #include "train/components.h"
 
 namespace sd3::train {
@@ -14,6 +17,9 @@ namespace sd3::train {
 struct Sd3ComponentOptions {
     int max_sequence_length = 77;     // T5 tokens in training (the reference's --max_sequence_length)
     bool gradient_checkpointing = false;
+    // Applied to the transformer after loading (tests patch the stored fp16 pos_embed table with the float32 one
+    // the golden reference ran with).
+    std::function<void(MMDiT&)> patch_transformer;
 };
 
 // `spec`: a diffusers folder, a single-file checkpoint, plus separate encoder/VAE files (io/single_file.h).

@@ -36,10 +36,6 @@ Status validate_train_options(const TrainOptions& o) {
     if (o.max_grad_norm <= 0) return bad("--max_grad_norm must be positive");
     if (o.lora_format != "diffusers" && o.lora_format != "comfyui" && o.lora_format != "both")
         return bad("--lora_format must be diffusers, comfyui or both");
-    if (o.lora_format != "diffusers")
-        return make_error(ErrorCode::UNSUPPORTED, "--lora_format ", o.lora_format,
-                          " is not available yet (the ComfyUI LoRA key map is not in this build); use --lora_format "
-                          "diffusers: ComfyUI also loads diffusers-layout SD3 LoRAs");
     std::string opt = o.optimizer;
     std::transform(opt.begin(), opt.end(), opt.begin(), ::tolower);
     if (opt != "adamw" && opt != "prodigy") return bad("--optimizer must be AdamW or prodigy");

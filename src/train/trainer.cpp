@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/log.h"
+#include "io/name_map.h"
 #include "train/cache.h"
 #include "train/checkpoint.h"
 #include "train/flow_matching.h"
@@ -71,6 +72,9 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
         else log_info(m);
     };
     const uint64_t seed = o.run_seed();
+    if (!o.validation_prompt.empty() && o.num_validation_images > 0 && !c.generate)
+        return make_error(ErrorCode::UNSUPPORTED, "--validation_prompt needs image generation, which this build lacks; "
+                          "drop --validation_prompt");
     std::error_code ec;
     fs::create_directories(o.output_dir, ec);
     if (ec) return make_error(ErrorCode::IO_ERROR, "cannot create --output_dir ", o.output_dir, ": ", ec.message());
@@ -96,7 +100,7 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
                 r.out_png = (fs::path(o.data.class_data_dir) / str_cat("class-", class_list.size() + i, ".png")).string();
                 reqs.push_back(r);
             }
-            SD3_TRY(c.generate(reqs, nullptr).with_context("generating class images"));
+            SD3_TRY(c.generate(reqs, nullptr, o.lora).with_context("generating class images"));
         }
         SD3_ASSIGN_OR_RETURN(class_list, list_class_images(o.data));
     }
@@ -218,7 +222,7 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
             r.out_png = (dir / str_cat(phase_name, "-step", step, "-", i, ".png")).string();
             reqs.push_back(r);
         }
-        SD3_TRY(c.generate(reqs, model.get()));
+        SD3_TRY(c.generate(reqs, model.get(), o.lora));
         for (size_t i = 0; i < reqs.size(); ++i) {
             if (tensorboard) {
                 auto png = read_bytes(reqs[i].out_png);
@@ -372,9 +376,19 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
     }
 
     // 7. The LoRA file, then the final validation with it.
-    const std::string out = (fs::path(o.output_dir) / kLoraWeightName).string();
-    SD3_TRY(save_lora_params(out, model->slots(), model->lora_params(), o.lora));
-    phase("wrote " + out);
+    std::string out;
+    if (o.lora_format != "comfyui") {
+        out = (fs::path(o.output_dir) / kLoraWeightName).string();
+        SD3_TRY(save_lora_params(out, model->slots(), model->lora_params(), o.lora));
+        phase("wrote " + out);
+    }
+    if (o.lora_format != "diffusers") {  // ComfyUI's key dialect through io/name_map (fused qkv, Stability names)
+        const std::string comfy = (fs::path(o.output_dir) / kComfyLoraWeightName).string();
+        SD3_TRY(write_lora(comfy, lora_set_from_params(model->slots(), model->lora_params(), o.lora),
+                           LoraDialect::COMFYUI));
+        phase("wrote " + comfy);
+        if (out.empty()) out = comfy;
+    }
     result.lora_path = out;
     result.global_step = st.global_step;
     SD3_TRY(validate("test", st.global_step));
