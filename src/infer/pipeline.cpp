@@ -9,6 +9,7 @@
 #include "core/check.h"
 #include "core/log.h"
 #include "io/lora_file.h"
+#include "io/name_map.h"
 #include "ops/ops.h"
 
 namespace sd3 {
@@ -39,7 +40,8 @@ Result<TextToImage> TextToImage::open(const ModelFolder& model, const PipelineOp
     for (const LoraRequest& l : options.loras) {
         if (!std::isfinite(l.scale))
             return make_error(ErrorCode::INVALID_ARGUMENT, l.path, ": the LoRA scale must be a finite number");
-        SD3_ASSIGN_OR_RETURN(LoraSet set, read_lora_file(l.path));
+        // Any dialect (diffusers/PEFT, kohya, ComfyUI) through the one name map.
+        SD3_ASSIGN_OR_RETURN(LoraSet set, read_lora_any(l.path, static_cast<int>(p.mmdit_config_.num_layers)));
         p.loras_.emplace_back(std::move(set), l.scale);
     }
     return p;
