@@ -6,6 +6,7 @@
 #include "common/testing.h"
 #include "infer/pipeline.h"
 #include "io/model_folder.h"
+#include "io/single_file.h"
 
 using namespace sd3;
 using sd3::testing::all_close;
@@ -69,6 +70,33 @@ TEST(PipelineFullGolden, GivenLatentsReproduceLatentsAndImage) {
     EXPECT_TRUE(all_close(out->images_unit, sd3::testing::golden_tensor(f, "0.image"), 2e-5, 1e-4));
     ASSERT_EQ(out->images.size(), 1u);
     EXPECT_EQ(out->images[0].width, 64);
+}
+
+// The same case through Stability's single file as ComfyUI users have it (MMDiT, VAE and CLIPs from the file,
+// bit-identical to the folder's), with the folder's T5 given by --t5 (the file's own T5 is fp8, which the
+// reference run did not use) and the tokenizers by --tokenizers: the reference's latents and image again.
+TEST(PipelineFullGolden, SingleFileWithSeparateT5ReproducesTheReference) {
+    SafetensorsFile f = sd3::testing::open_golden("tiny-a/pipeline.safetensors");
+    ModelSpec spec;
+    spec.model = sd3::testing::tiny_path("single_file/sd3_tiny_incl_clips_t5fp8.safetensors");
+    spec.tokenizers = sd3::testing::tiny_path("model");
+    spec.t5 = sd3::testing::tiny_path("model/text_encoder_3/model.safetensors");
+    auto model = open_model(spec);
+    ASSERT_TRUE(model.ok()) << model.status().message();
+    PipelineOptions opt;
+    opt.text.t5.format = QuantFormat::F32;
+    auto p = TextToImage::open(*model, opt);
+    ASSERT_TRUE(p.ok()) << p.status().message();
+    auto transformer = p->transformer();
+    ASSERT_TRUE(transformer.ok()) << transformer.status().message();
+    (*transformer)->mutable_weights().pos_embed = sincos_pos_embed(16, 8, 32);  // as in the test above
+    GenerateRequest r = tiny_request("blurry");
+    r.initial_latents = sd3::testing::golden_tensor(f, "0.latents_in");
+    auto out = p->generate(r);
+    ASSERT_TRUE(out.ok()) << out.status().message();
+    // Same tolerance and reasoning as GivenLatentsReproduceLatentsAndImage.
+    EXPECT_TRUE(all_close(out->latents, sd3::testing::golden_tensor(f, "0.latents_out"), 2e-5, 1e-4));
+    EXPECT_TRUE(all_close(out->images_unit, sd3::testing::golden_tensor(f, "0.image"), 2e-5, 1e-4));
 }
 
 TEST(PipelineFullGolden, SeedsGiveTheReferenceLatents) {
