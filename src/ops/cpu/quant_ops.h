@@ -21,6 +21,13 @@ enum class QuantFormat : uint8_t {
 const char* quant_format_name(QuantFormat f);
 
 // bitsandbytes' NF4 code table (csrc/kernels.cu; research/gpu-components.md §4b), index -> value.
+// bitsandbytes' NF4 code book (research/gpu-components.md §4b), one list for the CPU table and the CUDA
+// __constant__ copy (device code cannot read a host array).
+#define SD3_NF4_CODE_VALUES                                                                                   \
+    -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f, -0.28444138169288635f,          \
+        -0.18477343022823334f, -0.09105003625154495f, 0.0f, 0.07958029955625534f, 0.16093020141124725f,      \
+        0.24611230194568634f, 0.33791524171829224f, 0.44070982933044434f, 0.5626170039176941f,               \
+        0.7229568362236023f, 1.0f
 extern const float kNF4Code[16];
 
 // A read-only view of a quantized weight. `data` layout per format above; `scale` is the INT8 row absmax
