@@ -2,10 +2,11 @@
 # Packs what the GPU machine needs to run sd3_gpu_tests into the git-ignored .gpu/ of a checkout (DEVICE.md):
 # the stripped test binary, the non-system shared libraries it links (gzipped: Debian's OpenBLAS alone is
 # 36 MB and the working tree that travels is capped at 64 MiB) and run_gpu.sh. Usage, from the repository root:
-#   cmake --build --preset dev --target sd3_gpu_tests sd3_gpu_bench && bash tests/gpu/pack_gpu.sh [dest-checkout]
-# The device tool sends the checkout its session started in (/work/main here), so dest-checkout names that one.
+#   cmake --build --preset dev --target sd3_gpu_tests sd3_gpu_bench && bash tests/gpu/pack_gpu.sh [dest-checkout [bundle]]
+# The device tool sends the checkout its session started in (/work/main here), so dest-checkout names that one;
+# `bundle` (default .gpu) lets several worktrees send their own (.gpu-<name>, all git-ignored).
 set -euo pipefail
-dest="${1:-.}/.gpu"
+dest="${1:-.}/${2:-.gpu}"
 bin=build/dev/tests/sd3_gpu_tests
 rm -rf "$dest" && mkdir -p "$dest/lib"
 strip -o "$dest/sd3_gpu_tests" "$bin"
