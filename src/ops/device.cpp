@@ -59,6 +59,23 @@ std::string device_description(Device device) {
 #endif
 }
 
+MemoryStats memory_stats(Device device) {
+    if (device.is_cpu()) return {};
+#ifdef SD3_HAVE_CUDA
+    return cuda::tensor_ops::memory_stats(device.index);
+#else
+    return {};
+#endif
+}
+
+void reset_peak_memory(Device device) {
+#ifdef SD3_HAVE_CUDA
+    if (!device.is_cpu()) cuda::tensor_ops::reset_peak_memory(device.index);
+#else
+    (void)device;
+#endif
+}
+
 Result<Tensor> to_device(const Tensor& t, Device device) {
     SD3_ASSERT(t.defined(), "to_device of an undefined tensor");
     if (t.device() == device && t.is_contiguous()) return t;

@@ -17,6 +17,8 @@ int device_count();
 int sm_version(int index);
 std::string describe(int index);
 void synchronize(int index);
+MemoryStats memory_stats(int index);
+void reset_peak_memory(int index);
 
 Result<Tensor> to_device(const Tensor& t, Device device);
 Tensor to_host(const Tensor& t);
