@@ -23,6 +23,8 @@ void reset_peak_memory(int index);
 Result<Tensor> to_device(const Tensor& t, Device device);
 Tensor to_host(const Tensor& t);
 Tensor contiguous(const Tensor& t);
+// dst (a CUDA tensor) = src (host or device), converting float dtypes.
+void copy(const Tensor& dst, const Tensor& src);
 Tensor convert(const Tensor& t, DType dtype);
 
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b);
