@@ -174,9 +174,9 @@ Result<GenerateOutput> TextToImage::generate_from_embeds(const GenerateRequest& 
         out.initial_latents = prepare_latents(generator, K, mmdit_config_.in_channels, r.height, r.width,
                                               vae_scale_factor());  // [K, 16, h, w]
     }
-    SD3_TRY(ensure_transformer(stage));
+    if (external_transformer_ == nullptr) SD3_TRY(ensure_transformer(stage));
     const FlowMatchSchedule schedule = scheduler_.inference_schedule(r.steps);
-    const MMDiT& model = *transformer_;
+    const MMDiT& model = external_transformer_ != nullptr ? *external_transformer_ : *transformer_;
     // The conditioning is the same tensor at every step: moved to the model's device once.
     std::pair<const void*, Tensor> ctx_placed, pooled_placed;
     auto on_model_device = [&model](std::pair<const void*, Tensor>& cache, const Tensor& t) -> const Tensor& {

@@ -90,6 +90,9 @@ class TextToImage {
     // The transformer, loaded (with the LoRAs attached) if it is not yet; for tools and tests that inspect or
     // patch it.
     Result<MMDiT*> transformer(const StageFn& stage = {});
+    // Samples with `model` (owned by the caller, on its own placement, with whatever LoRA it carries: the
+    // trainer's live model for validation) instead of loading the transformer.
+    void use_transformer(const MMDiT* model) { external_transformer_ = model; }
     void release_models();
     int64_t vae_scale_factor() const { return vae_config_.scale_factor(); }
     int64_t default_size() const { return mmdit_config_.sample_size * vae_scale_factor(); }
@@ -108,6 +111,7 @@ class TextToImage {
     VaeConfig vae_config_;
     std::vector<std::pair<LoraSet, float>> loras_;
     std::optional<MMDiT> transformer_;
+    const MMDiT* external_transformer_ = nullptr;
     std::optional<Vae> vae_;
 };
 

@@ -56,6 +56,8 @@ struct GenerateRequest {
     uint64_t seed = 0;
     std::string out_png;        // where to write the image
     bool with_lora = true;      // validation applies the current LoRA; class images use the base model
+    // Encoded in the cache phase (validation): when defined, no text encoder is loaded to render the image.
+    EncodedPrompt positive, negative;
 };
 
 struct TrainComponents {
@@ -73,8 +75,8 @@ struct TrainComponents {
     // Loads the transformer and attaches LoRA (A ~ N(0, 1/r), B = 0 from `init_seed`).
     std::function<Result<std::unique_ptr<TrainableModel>>(const LoraSettings& lora, uint64_t init_seed)>
         load_transformer;
-    // Renders images to their out_png (validation with the live LoRA of `model`, or class images with the base
-    // model when `model` is null / with_lora is false). Optional: without it validation and class-image generation
+    // Renders images to their out_png (validation with the live LoRA of `model`: the training transformer
+    // itself, or class images with the base model when `model` is null / with_lora is false). Optional: without it validation and class-image generation
     // are errors.
     std::function<Status(const std::vector<GenerateRequest>& requests, TrainableModel* model, const LoraSettings& lora)>
         generate;

@@ -63,10 +63,7 @@ class Sd3TrainableModel final : public TrainableModel {
         saved_.checkpoint_blocks = checkpoint_blocks_;
         saved_.ctx = {true, rng_seed};
         const Tensor t = Tensor::from_vector({static_cast<int64_t>(timesteps.size())}, timesteps);  // [B]
-        if (device_params_.defined() && params_changed_) {
-            copy_into(device_params_, lora_.params);
-            params_changed_ = false;
-        }
+        sync_params();
         return model_.forward(x_t, t, prompt_embeds, pooled, &saved_);
     }
 
@@ -86,6 +83,13 @@ class Sd3TrainableModel final : public TrainableModel {
     }
 
     MMDiT& mmdit() { return model_; }
+    // Brings the device copy of the LoRA up to date with the host params (before inference with the live model).
+    void sync_params() {
+        if (device_params_.defined() && params_changed_) {
+            copy_into(device_params_, lora_.params);
+            params_changed_ = false;
+        }
+    }
 
   private:
     MMDiT model_;
@@ -190,21 +194,22 @@ Result<TrainComponents> make_sd3_components(const ModelSpec& spec, const Sd3Comp
         SD3_TRY(m->attach());
         return std::unique_ptr<TrainableModel>(std::move(m));
     };
-    // Text-to-image through infer/pipeline.h. Validation writes the live LoRA to a file beside the first image and
-    // attaches it unfused at scale 1 (exactly the trained model); class images use the base model.
+    // Text-to-image through infer/pipeline.h: validation with the live model and the prompts encoded in the cache
+    // phase; class images with the base model (loaded for them, before training).
     c.generate = [shared, placement](const std::vector<GenerateRequest>& reqs, TrainableModel* model,
-                                     const LoraSettings& lora) -> Status {
+                                     const LoraSettings& /*lora*/) -> Status {
         if (reqs.empty()) return {};
         PipelineOptions po;
         po.placement = placement;
-        const bool with_lora = model && reqs[0].with_lora;
-        if (with_lora) {
-            const std::string lora_path =
-                (fs::path(reqs[0].out_png).parent_path() / "validation_lora.safetensors").string();
-            SD3_TRY(save_lora_params(lora_path, model->slots(), model->lora_params(), lora));
-            po.loras.push_back({lora_path, 1.0f});
-        }
         SD3_ASSIGN_OR_RETURN(TextToImage pipe, TextToImage::open(*shared, po));
+        if (model != nullptr && reqs[0].with_lora) {
+            // Validation samples with the training transformer itself (its LoRA unfused, at scale 1): exactly the
+            // trained model, and no second copy of the transformer in memory.
+            auto* live = dynamic_cast<Sd3TrainableModel*>(model);
+            SD3_ASSERT(live != nullptr, "validation needs the SD3 trainable model");
+            live->sync_params();
+            pipe.use_transformer(&live->mmdit());
+        }
         for (const GenerateRequest& r : reqs) {
             sd3::GenerateRequest g;
             g.prompt = r.prompt;
@@ -213,8 +218,15 @@ Result<TrainComponents> make_sd3_components(const ModelSpec& spec, const Sd3Comp
             g.width = r.width;
             g.height = r.height;
             g.seed = r.seed;
-            SD3_ASSIGN_OR_RETURN(GenerateOutput out, pipe.generate(g));
-            SD3_TRY(write_png(r.out_png, out.images.at(0), generation_text(g, po.loras, 0, "")));
+            GenerateOutput out;
+            if (r.positive.prompt_embeds.defined()) {
+                const PromptEmbeds pos{r.positive.prompt_embeds.unsqueeze(0), r.positive.pooled.view({1, -1})};
+                const PromptEmbeds neg{r.negative.prompt_embeds.unsqueeze(0), r.negative.pooled.view({1, -1})};
+                SD3_ASSIGN_OR_RETURN(out, pipe.generate_from_embeds(g, pos, neg));
+            } else {
+                SD3_ASSIGN_OR_RETURN(out, pipe.generate(g));
+            }
+            SD3_TRY(write_png(r.out_png, out.images.at(0), generation_text(g, {}, 0, "")));
         }
         return {};
     };

@@ -115,8 +115,21 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
     std::vector<std::string> prompt_list;
     for (const auto& p : data.instance) prompt_list.push_back(p.entry.caption);
     if (o.data.with_prior_preservation) prompt_list.push_back(o.data.class_prompt);
+    // The validation prompt and the empty negative prompt are encoded here too, so validation needs no encoder.
+    const bool validating = !o.validation_prompt.empty() && o.num_validation_images > 0;
+    if (validating) {
+        prompt_list.push_back(o.validation_prompt);
+        prompt_list.push_back("");
+    }
     phase(str_cat("encoding ", prompt_list.size(), " prompts (cached encodings are reused)"));
     SD3_ASSIGN_OR_RETURN(std::vector<EncodedPrompt> enc, cache.prompts(prompt_list, c.encode_prompts));
+    EncodedPrompt validation_positive, validation_negative;
+    if (validating) {
+        validation_negative = enc.back();
+        enc.pop_back();
+        validation_positive = enc.back();
+        enc.pop_back();
+    }
     std::vector<LatentDist> inst_lat, inst_lat_flip, class_lat;
     {
         bool need_vae = false;
@@ -221,6 +234,8 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
             r.steps = o.validation_inference_steps;
             r.guidance_scale = o.validation_guidance_scale;
             r.seed = seed + i;
+            r.positive = validation_positive;
+            r.negative = validation_negative;
             r.out_png = (dir / str_cat(phase_name, "-step", step, "-", i, ".png")).string();
             reqs.push_back(r);
         }
