@@ -106,6 +106,7 @@ Status run_generate(const CLI::App* sub, GenerateCliOptions& o) {
     SD3_ASSIGN_OR_RETURN(ModelFolder model, open_model(o.spec));
     PipelineOptions popt;
     popt.placement = placement;
+    popt.base_format = base_format(o.device);
     popt.text.t5.format = *t5_format;
     popt.text.clip_skip = o.clip_skip;
     popt.loras = loras;
@@ -179,6 +180,7 @@ std::pair<CLI::App*, CommandRunner> setup_generate(CLI::App& app) {
     CLI::App* sub = app.add_subcommand("generate", "Generate images from a text prompt (optionally with LoRAs)");
     add_model_options(sub, o->spec);
     add_device_options(sub, o->device);
+    add_base_dtype_option(sub, o->device);
     GenerateRequest& r = o->request;
     sub->add_option("--prompt,-p", r.prompt, "what to draw")->required();
     sub->add_option("--negative-prompt,-n", r.negative_prompt, "what to steer away from (default: empty)");

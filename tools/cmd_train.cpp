@@ -170,6 +170,11 @@ Status finish_options(TrainCli& c, CLI::App* sub) {
             return make_error(ErrorCode::INVALID_ARGUMENT, "--mixed_precision ", c.mixed_precision,
                               ": expected no, fp16 or bf16");
         c.device.precision = c.mixed_precision == "no" ? "f32" : c.mixed_precision;
+        const bool on_cpu = c.device.device == "cpu" || (c.device.device == "auto" && !cuda_available());
+        if (on_cpu && c.device.precision != "f32") {
+            notice("--mixed_precision " + c.mixed_precision + ": the CPU trains in float32 with float32 LoRA master weights");
+            c.device.precision = "f32";
+        }
     }
     if (given("--prior_generation_precision")) notice("--prior_generation_precision has no effect on the CPU");
     if (given("--local_rank")) notice("--local_rank ignored: one process");
@@ -319,6 +324,7 @@ std::pair<CLI::App*, CommandRunner> setup_train(CLI::App& app) {
     g->add_flag("--quiet", c->quiet, "no progress bar");
     // device and memory
     add_device_options(g, c->device, nullptr);
+    add_base_dtype_option(g, c->device);
     g->add_option("--t5-dtype", c->t5_dtype, "T5 weight format in the cache phase: int8, fp8, nf4, bf16, fp16, f32")
         ->check(CLI::IsMember({"int8", "fp8", "nf4", "bf16", "fp16", "f32"}))
         ->capture_default_str();
@@ -351,10 +357,11 @@ std::pair<CLI::App*, CommandRunner> setup_train(CLI::App& app) {
                 so.max_sequence_length = c->o.max_sequence_length;
                 so.gradient_checkpointing = c->o.gradient_checkpointing;
                 so.placement = placement;
+                so.base_format = base_format(c->device);
                 so.text.t5.format = *quant_format_from_name(c->t5_dtype);
                 so.text.t5_max_resident_bytes = static_cast<size_t>(c->max_vram_gib * double(size_t{1} << 30));
                 std::fprintf(stderr, "device: %s, compute dtype %s\n", device_description(placement.device).c_str(),
-                             dtype_name(placement.dtype));
+                             std::string(dtype_name(placement.dtype)).c_str());
                 SD3_ASSIGN_OR_RETURN(train::TrainComponents comp, train::make_sd3_components(c->spec, so));
                 train::ImageDecoder decode = [](const std::string& path) -> Result<train::RgbImage> {
                     SD3_ASSIGN_OR_RETURN(Image img, read_image(path));

@@ -4,10 +4,12 @@
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 
 #include "core/status.h"
 #include "io/json_file.h"
+#include "io/quant.h"
 #include "nn/placement.h"
 #include "ops/device.h"
 
@@ -17,6 +19,7 @@ struct DeviceCliOptions {
     std::string device = "auto";
     std::string precision = "auto";
     std::string metrics_json;
+    std::string base_dtype = "auto";
 };
 
 // `precision_flag`: the name of the precision option ("--precision"; train takes the reference's
@@ -29,6 +32,20 @@ inline void add_device_options(CLI::App* sub, DeviceCliOptions& d, const char* p
                         "compute dtype on the GPU: auto (bf16, or fp16 on cards without bf16), bf16, fp16, f32")
             ->capture_default_str();
     sub->add_option("--metrics-json", d.metrics_json, "write seconds and peak GPU memory of the run to this JSON file");
+}
+
+// --base-dtype: the transformer's block weights as stored in memory. "auto" keeps the compute dtype.
+inline void add_base_dtype_option(CLI::App* sub, DeviceCliOptions& d) {
+    sub->add_option("--base-dtype", d.base_dtype,
+                    "transformer block weights in memory: auto (the compute dtype), int8 (per-row scale), fp8 "
+                    "(e4m3) or nf4; dequantized one layer at a time")
+        ->check(CLI::IsMember({"auto", "int8", "fp8", "nf4"}))
+        ->capture_default_str();
+}
+
+inline std::optional<QuantFormat> base_format(const DeviceCliOptions& d) {
+    if (d.base_dtype == "auto") return std::nullopt;
+    return quant_format_from_name(d.base_dtype);
 }
 
 inline Result<nn::Placement> resolve_placement(const DeviceCliOptions& d) {

@@ -49,6 +49,7 @@ struct PipelineOptions {
                                       // instead of the unfused low-rank path: faster, equal up to rounding
     bool vae_tiling = false;          // diffusers' vae.enable_tiling(): decode large images in blended tiles
     nn::Placement placement;          // where every model runs (text.placement is set from it)
+    std::optional<QuantFormat> base_format;  // the transformer's block weights quantized (int8, fp8, nf4)
 };
 
 // What the pipeline reports as it goes: "encoding prompt", "loading transformer", "decoding", ...

@@ -294,7 +294,7 @@ nn::Linear* MMDiT::find_linear(const std::string& module_path) {
 
 Result<LoraTrainable> MMDiT::make_trainable_lora(const LoraTrainConfig& cfg) const {
     std::vector<std::pair<std::string, Shape>> mods;
-    for (const nn::Linear* l : linears()) mods.emplace_back(l->name, l->weight.shape());
+    for (const nn::Linear* l : linears()) mods.emplace_back(l->name, Shape{l->out_features(), l->in_features()});
     return make_lora_layout(mods, cfg);
 }
 
@@ -311,7 +311,7 @@ Status MMDiT::attach_trainable(const LoraTrainable& lora) {
         if (a.A.size(1) != l->in_features() || a.B.size(0) != l->out_features())
             return make_error(ErrorCode::INVALID_ARGUMENT, "trainable LoRA module \"", lora.modules[m], "\" has A ",
                               shape_str(a.A.shape()), " B ", shape_str(a.B.shape()), " for a weight ",
-                              shape_str(l->weight.shape()));
+                              "[", l->out_features(), ", ", l->in_features(), "]");
         a.scale = scale;
         a.dropout = lora.config.dropout;
         a.grad_offset_a = lora.slots[2 * m].offset;
@@ -332,7 +332,7 @@ Status MMDiT::check_lora_set(const LoraSet& set) const {
         } else if (mod.A.dim() != 2 || mod.B.dim() != 2 || mod.A.size(1) != hit->in_features() ||
                    mod.B.size(0) != hit->out_features() || mod.B.size(1) != mod.A.size(0)) {
             bad_shape.push_back(str_cat(name, " (A ", shape_str(mod.A.shape()), ", B ", shape_str(mod.B.shape()),
-                                        ", weight ", shape_str(hit->weight.shape()), ")"));
+                                        ", weight [", hit->out_features(), ", ", hit->in_features(), "])"));
         }
     }
     auto list = [](const std::vector<std::string>& v) {
@@ -351,10 +351,26 @@ Status MMDiT::check_lora_set(const LoraSet& set) const {
     return {};
 }
 
-Status MMDiT::to(const nn::Placement& placement) {
-    if (placement.on_cpu() && placement_.on_cpu()) return {};
+Status MMDiT::to(const nn::Placement& placement, std::optional<QuantFormat> base_format) {
+    if (placement.on_cpu() && placement_.on_cpu() && !base_format) return {};
+    if (base_format) {
+        if (!placement_.on_cpu())
+            return make_error(ErrorCode::INVALID_ARGUMENT, "quantize the transformer before moving it to the device");
+        std::vector<nn::Linear*> block_linears;
+        for (nn::Linear* l : linears())
+            if (l->name.rfind("transformer_blocks.", 0) == 0 && l->weight.defined()) block_linears.push_back(l);
+        // Layers are independent: quantized in parallel (SD3-Medium holds ~2 G block weights).
+#pragma omp parallel for schedule(dynamic)
+        for (size_t i = 0; i < block_linears.size(); ++i) {
+            nn::Linear* l = block_linears[i];
+            l->qweight = quantize_matrix(l->weight, *base_format);
+            l->weight = Tensor();
+        }
+    }
     nn::WeightPlacer placer;
     for (nn::Linear* l : linears()) {
+        placer.keep(l->qweight.data);
+        placer.keep(l->qweight.scale);
         placer.convert(l->weight);
         placer.convert(l->bias);
         for (nn::LoraAdapter& a : l->loras) {
@@ -397,6 +413,9 @@ Status MMDiT::fuse_lora(const LoraSet& set, float multiplier) {
     SD3_TRY(check_lora_set(set));
     for (const auto& [name, mod] : set.modules) {
         nn::Linear* l = find_linear(name);
+        if (l->qweight.defined())
+            return make_error(ErrorCode::INVALID_ARGUMENT, "cannot fuse a LoRA into the quantized weight of ", name,
+                              "; attach it unfused instead");
         // B·A in float32 on the CPU, added to a private copy of the weight (the loaded one may be a read-only view
         // of the file mapping, or a slot of the model's one allocation shared by nothing else but kept intact).
         const Tensor at = mod.A.to(DType::F32).transpose(0, 1).contiguous();  // [in, r]

@@ -16,6 +16,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
@@ -144,8 +145,10 @@ class MMDiT {
     static Result<MMDiT> create(const MMDiTConfig& config, std::shared_ptr<const TensorSource> weights);
 
     // Moves every weight into one allocation on the placement's device, float weights in its dtype (LoRAs attached
-    // afterwards follow the model there). The CPU in float32 is where load() leaves it.
-    Status to(const nn::Placement& placement);
+    // afterwards follow the model there). The CPU in float32 is where load() leaves it. With `base_format` (int8,
+    // fp8, nf4) the joint blocks' Linear weights are quantized first and kept in that format (dequantized one layer
+    // at a time for each matmul); the embedders and the output head stay in the compute dtype.
+    Status to(const nn::Placement& placement, std::optional<QuantFormat> base_format = std::nullopt);
     const nn::Placement& placement() const { return placement_; }
 
     const MMDiTConfig& config() const { return config_; }

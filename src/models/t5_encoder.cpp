@@ -125,6 +125,7 @@ Result<T5Encoder> T5Encoder::load(const T5Config& c, std::shared_ptr<const Tenso
     log_debug("T5 encoder: ", c.num_layers, " blocks, linear weights as ", cpu::quant_format_name(opt.format),
               ", wo as ", w.blocks.empty() ? "-" : cpu::quant_format_name(w.blocks[0].wo.format), ", ",
               m.weight_bytes() >> 20, " MiB");
+    m.resident_blocks_ = static_cast<int>(w.blocks.size());
     return m;
 }
 
@@ -210,7 +211,7 @@ Result<std::vector<Tensor>> T5Encoder::forward_batches(const std::vector<Tensor>
     for (size_t i = 0; i < weights_.blocks.size(); ++i) {
         const T5BlockWeights* w = &weights_.blocks[i];
         T5BlockWeights streamed;  // a non-resident block, uploaded for this pass and freed after it
-        if (!p.on_cpu() && static_cast<int>(i) >= resident_blocks_) {
+        if (static_cast<int>(i) >= resident_blocks_) {
             streamed = *w;
             nn::WeightPlacer placer;
             place_block(placer, streamed);
@@ -229,7 +230,7 @@ nn::Placement T5Encoder::placement_for(Device device, DType requested) {
 }
 
 Status T5Encoder::to(const nn::Placement& placement, size_t max_resident_bytes) {
-    if (placement.on_cpu() && placement_.on_cpu()) return {};
+    if (placement.on_cpu() && placement_.on_cpu() && max_resident_bytes == SIZE_MAX) return {};
     nn::WeightPlacer placer;
     placer.convert(weights_.final_norm);
     size_t used = 0;

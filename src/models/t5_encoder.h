@@ -77,7 +77,8 @@ class T5Encoder {
 
     // Moves the blocks to the placement's device (quantized data as stored, norms in its dtype), as many as fit
     // in `max_resident_bytes` in one allocation; the rest stay in host memory and are streamed in, one block at
-    // a time, by every forward. The embedding table stays on the CPU (the lookup checks ids there).
+    // a time, by every forward. The embedding table stays on the CPU (the lookup checks ids there). On the CPU a
+    // budget does the same between host allocations (the streaming path, testable without a GPU).
     Status to(const nn::Placement& placement, size_t max_resident_bytes = SIZE_MAX);
     // The placement T5 should use on `device` for a requested compute dtype: fp16 becomes float32 (T5-XXL's
     // feed-forward activations overflow fp16, which is why transformers keeps `wo` in float32).
@@ -107,7 +108,7 @@ class T5Encoder {
     T5LoadOptions options_;
     T5Weights weights_;
     nn::Placement placement_;
-    int resident_blocks_ = 0;  // blocks [0, resident_blocks_) are on the device; the rest stream in
+    int resident_blocks_ = 0;  // blocks [0, resident_blocks_) are in place; the rest stream in (load: all)
 };
 
 }  // namespace sd3

@@ -3,6 +3,7 @@
 
 #include "core/check.h"
 #include "ops/mmdit_ops.h"
+#include "ops/quant_linear.h"
 
 namespace sd3::nn {
 
@@ -23,7 +24,8 @@ Tensor grad_view(Tensor& grads, int64_t offset, const Shape& shape) {
 }  // namespace
 
 Tensor linear_forward(const Linear& layer, const Tensor& x, LinearSaved* saved, const RunContext& ctx) {
-    Tensor y = ops::linear(x, layer.weight, layer.bias);  // [..., out]
+    Tensor y = layer.qweight.defined() ? ops::linear_quantized(x, layer.qweight.view(), layer.bias)
+                                       : ops::linear(x, layer.weight, layer.bias);  // [..., out]
     if (saved != nullptr) {
         // A frozen layer's backward needs only W (dx = dy·W): its input is kept only for the adapters' dA.
         saved->x = layer.loras.empty() ? Tensor() : x;
@@ -50,7 +52,14 @@ Tensor linear_backward(const Linear& layer, const Tensor& dy, const LinearSaved&
     SD3_ASSERT(saved.valid && saved.h.size() == layer.loras.size(), "linear_backward of ", layer.name,
                " without its saved forward");
     // dx = dy·W (the base weight is frozen: no dW, db).
-    Tensor dx = need_dx ? ops::linear_backward(dy, Tensor(), layer.weight, nullptr, nullptr, true) : Tensor();
+    Tensor dx;
+    if (need_dx) {
+        // A quantized weight is dequantized for this one GEMM (layer by layer: one layer's weight at a time).
+        const Tensor w = layer.qweight.defined()
+                             ? ops::dequantize_weight(layer.qweight.view(), dy.dtype(), dy.device())
+                             : layer.weight;
+        dx = ops::linear_backward(dy, Tensor(), w, nullptr, nullptr, true);
+    }
     for (size_t i = 0; i < layer.loras.size(); ++i) {
         const LoraAdapter& a = layer.loras[i];
         if (!a.trainable() && !need_dx) continue;

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "io/quant.h"
 
 namespace sd3::nn {
 
@@ -28,11 +29,12 @@ struct LoraAdapter {
 struct Linear {
     std::string name;  // diffusers module path, "transformer_blocks.0.attn.to_q"
     uint64_t id = 0;   // stable per-layer number (hash of the name) that seeds this layer's dropout stream
-    Tensor weight;     // [out, in]
+    Tensor weight;     // [out, in]; undefined when the frozen weight is held quantized
+    QuantizedMatrix qweight;  // the frozen weight in a storage format (int8, fp8, nf4), or undefined
     Tensor bias;       // [out] or undefined
     std::vector<LoraAdapter> loras;
-    int64_t in_features() const { return weight.size(1); }
-    int64_t out_features() const { return weight.size(0); }
+    int64_t in_features() const { return weight.defined() ? weight.size(1) : qweight.cols; }
+    int64_t out_features() const { return weight.defined() ? weight.size(0) : qweight.rows; }
 };
 
 // How a forward runs: training enables LoRA dropout; `seed` picks the dropout masks of this step (a recomputed

@@ -29,4 +29,15 @@ Tensor linear_quantized(const Tensor& x_in, const cpu::QuantWeightView& w, const
     return y;
 }
 
+Tensor dequantize_weight(const cpu::QuantWeightView& w, DType dtype, Device device) {
+#ifdef SD3_HAVE_CUDA
+    if (device.type == DeviceType::CUDA) return cuda::tensor_ops::dequantize_weight(w, dtype, device);
+#endif
+    SD3_ASSERT(device.is_cpu() && dtype == DType::F32, "dequantize_weight: f32 on the CPU, got ", dtype_name(dtype),
+               " on ", device.str());
+    Tensor out = Tensor::empty({w.rows, w.cols}, DType::F32);
+    cpu::dequantize_rows(out.data<float>(), w, 0, w.rows);
+    return out;
+}
+
 }  // namespace sd3::ops

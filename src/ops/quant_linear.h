@@ -9,5 +9,7 @@
 namespace sd3::ops {
 
 Tensor linear_quantized(const Tensor& x, const cpu::QuantWeightView& w, const Tensor& b = {});
+// The whole weight [rows, cols] dequantized to `dtype` on `device` (where the view's memory is).
+Tensor dequantize_weight(const cpu::QuantWeightView& w, DType dtype, Device device);
 
 }  // namespace sd3::ops

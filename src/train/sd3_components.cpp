@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <memory>
 
+#include "core/check.h"
 #include "infer/pipeline.h"
 #include "infer/prompt_encoding.h"
 #include "io/image.h"
@@ -181,12 +182,13 @@ Result<TrainComponents> make_sd3_components(const ModelSpec& spec, const Sd3Comp
 
     const bool ckpt = opt.gradient_checkpointing;
     const auto patch = opt.patch_transformer;
-    c.load_transformer = [shared, ckpt, patch, placement](const LoraSettings& lora,
+    const std::optional<QuantFormat> base_format = opt.base_format;
+    c.load_transformer = [shared, ckpt, patch, placement, base_format](const LoraSettings& lora,
                                         uint64_t init_seed) -> Result<std::unique_ptr<TrainableModel>> {
         SD3_ASSIGN_OR_RETURN(const Component* tc, shared->require("transformer"));
         SD3_ASSIGN_OR_RETURN(MMDiT model, MMDiT::load(*tc));
         if (patch) patch(model);
-        SD3_TRY(model.to(placement));
+        SD3_TRY(model.to(placement, base_format));
         SD3_ASSIGN_OR_RETURN(LoraTrainable trainable, model.make_trainable_lora(lora));
         TrainRng rng = TrainRng::for_purpose(init_seed, "lora_init");
         init_lora_gaussian(trainable, [&rng]() { return static_cast<float>(rng.normal()); });

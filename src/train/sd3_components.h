@@ -3,6 +3,7 @@
 // trainable LoRA of models/mmdit.h. Text-to-image (validation, class images) is added when infer/pipeline.h exists.
 #pragma once
 
+#include <optional>
 #include <string>
 
 #include "core/status.h"
@@ -22,6 +23,7 @@ struct Sd3ComponentOptions {
     // Where the models run: the encoders in the cache phase, then the transformer (LoRA master weights, the loss and
     // the optimizer stay float32 on the CPU; the device holds a copy of the LoRA in the compute dtype).
     nn::Placement placement;
+    std::optional<QuantFormat> base_format;  // the transformer's block weights quantized (int8, fp8, nf4)
     TextEncoderOptions text;  // T5's weight format and memory budget (its placement comes from `placement`)
     // Applied to the transformer after loading (tests patch the stored fp16 pos_embed table with the float32 one
     // the golden reference ran with).

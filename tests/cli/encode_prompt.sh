@@ -55,4 +55,21 @@ set +e
 set -e
 [ $rc -ne 0 ] || fail "--max-sequence-length 0 accepted"
 [ ! -e "$tmp/x.safetensors" ] || fail "an output was written on error"
+# Several prompts from a file, stacked in file order; --metrics-json reports the time and the device.
+printf 'a photo of sks dog\n\na cat\r\nblurry, low quality\n' > "$tmp/prompts.txt"
+"$bin" encode-prompt --model "$model" --prompts-file "$tmp/prompts.txt" --max-sequence-length 77 --t5-dtype f32 \
+    --device cpu --output "$tmp/many.safetensors" --metrics-json "$tmp/m.json" >/dev/null
+"$bin" info "$tmp/many.safetensors" | grep -q "^  prompt_embeds  *F32 *\[3, 154, 64\]" || fail "stacked prompt_embeds"
+for key in '"prompts": 3' '"seconds"' '"load_seconds"' '"peak_gpu_bytes"' '"device": "cpu"'; do
+    grep -q "$key" "$tmp/m.json" || fail "metrics JSON lacks $key: $(cat "$tmp/m.json")"
+done
+set +e
+msg=$("$bin" encode-prompt --model "$model" --prompt x --prompts-file "$tmp/prompts.txt" --output "$tmp/y.safetensors" 2>&1); rc=$?
+set -e
+[ $rc -eq 1 ] && grep -q "either --prompt or --prompts-file" <<<"$msg" || fail "both prompt options: $rc $msg"
+set +e
+msg=$("$bin" encode-prompt --model "$model" --prompt x --device cuda:7 --output "$tmp/y.safetensors" 2>&1); rc=$?
+set -e
+[ $rc -eq 1 ] || fail "--device cuda:7 exit code $rc"
+grep -q -E "cuda:7|CUDA" <<<"$msg" || fail "--device cuda:7 message: $msg"
 echo "encode_prompt: ok"

@@ -12,7 +12,10 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 small=(--model "$model" --width 64 --height 64 --steps 2 --max-sequence-length 77)
 
 "$bin" generate "${small[@]}" --prompt "a photo of sks dog" --negative-prompt "blurry" --seed 7 \
-    --output "$tmp/dog.png" 2>"$tmp/log.txt" || { cat "$tmp/log.txt" >&2; fail "generate failed"; }
+    --output "$tmp/dog.png" --metrics-json "$tmp/m.json" 2>"$tmp/log.txt" || { cat "$tmp/log.txt" >&2; fail "generate failed"; }
+for key in '"seconds_per_image"' '"encode_seconds"' '"load_seconds"' '"peak_gpu_bytes"' '"device"'; do
+    grep -q "$key" "$tmp/m.json" || fail "metrics JSON lacks $key: $(cat "$tmp/m.json")"
+done
 [ -s "$tmp/dog.png" ] || fail "no PNG written"
 [ "$(head -c 8 "$tmp/dog.png" | od -An -tx1 | tr -d ' \n')" = "89504e470d0a1a0a" ] || fail "not a PNG signature"
 for chunk in prompt negative_prompt seed steps guidance_scale size parameters; do

@@ -302,4 +302,12 @@ Tensor linear_quantized(const Tensor& x_in, const cpu::QuantWeightView& w, const
     return y;
 }
 
+Tensor dequantize_weight(const cpu::QuantWeightView& w, DType dtype, Device device) {
+    SD3_ASSERT(on_device(w.data) && (w.scale == nullptr || on_device(w.scale)), "dequantize_weight: the ",
+               cpu::quant_format_name(w.format), " weight must be in GPU memory");
+    Tensor out = Tensor::empty({w.rows, w.cols}, dtype, device);
+    dequantize(Context::get(device.index).exec(), out.raw(), dtype, w);
+    return out;
+}
+
 }  // namespace sd3::cuda::tensor_ops

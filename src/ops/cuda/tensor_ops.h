@@ -41,5 +41,6 @@ Tensor scale(const Tensor& a, float s);
 Tensor cat(const std::vector<Tensor>& parts, int dim);
 // The weight view's data and scales must be in device memory (checked).
 Tensor linear_quantized(const Tensor& x, const cpu::QuantWeightView& w, const Tensor& b);
+Tensor dequantize_weight(const cpu::QuantWeightView& w, DType dtype, Device device);
 
 }  // namespace sd3::cuda::tensor_ops
