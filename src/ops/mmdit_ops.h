@@ -1,7 +1,8 @@
 // Tensor-level operations for training and the MMDiT: the backward passes of ops.h's linear, layer norm, RMS norm,
 // activations and attention (with the forward's saved statistics), and the MMDiT-specific ops of
 // ops/cpu/mmdit_ops.h. Same contract as ops.h: check shapes, allocate results on the input's device, dispatch to
-// the backend (CPU today). Gradient convention: `accumulate into` arguments (+=) are parameter-like gradients;
+// the backend (CPU: f32; CUDA: f32, bf16 or f16, all operands alike, except that accumulated parameter gradients
+// may be f32 beside 16-bit activations). Gradient convention: `accumulate into` arguments (+=) are parameter-like gradients;
 // returned tensors are fresh activation gradients (=).
 #pragma once
 
@@ -31,7 +32,7 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
                         const Tensor& lse, int64_t heads, float scale, Tensor* dq, Tensor* dk, Tensor* dv);
 
 // ---- allocation and copies on the tensor's device (model code never calls the CPU-only Tensor copies) ----
-Tensor zeros(const Shape& shape, Device device);
+Tensor zeros(const Shape& shape, Device device, DType dtype = DType::F32);
 // A contiguous copy of x on its device.
 Tensor copy(const Tensor& x);
 // A contiguous copy of x.slice(dim, start, end).
@@ -50,13 +51,15 @@ Tensor gated_add_backward(const Tensor& dx, const Tensor& a, const Tensor& gate,
 Tensor patchify(const Tensor& img, int64_t p, PatchLayout layout);
 // tokens [B, (H/p)(W/p), C p p] -> img [B, C, H, W].
 Tensor unpatchify(const Tensor& tokens, int64_t channels, int64_t h, int64_t w, int64_t p, PatchLayout layout);
-// t [B] -> [B, dim] (diffusers Timesteps).
+// t [B] float32 -> [B, dim] (diffusers Timesteps) in `dtype` (f32 on the CPU; any of f32/bf16/f16 on CUDA).
 Tensor timestep_embedding(const Tensor& t, int64_t dim, bool flip_sin_to_cos, float downscale_freq_shift,
-                          float max_period = 10000.0f);
+                          float max_period = 10000.0f, DType dtype = DType::F32);
 // In place: tokens [B, hp*wp, D] += the centre crop of pos [1, grid*grid, D] (diffusers PatchEmbed.cropped_pos_embed).
 void add_cropped_pos_embed_(Tensor& tokens, const Tensor& pos, int64_t hp, int64_t wp, int64_t grid);
 // In place: y += a * x (same shape).
 void add_(Tensor& y, const Tensor& x, float a = 1.0f);
+// In place: y [B, ...] += x broadcast over the first dimension (x.numel() * B == y.numel()), e.g. position rows.
+void add_rows_(Tensor& y, const Tensor& x);
 // Inverted dropout with a counter-based mask (ops/cpu/mmdit_ops.h); the backward draws the same mask.
 Tensor dropout(const Tensor& x, float p, uint64_t seed);
 Tensor dropout_backward(const Tensor& dy, float p, uint64_t seed);

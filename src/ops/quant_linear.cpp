@@ -2,17 +2,13 @@
 #include "ops/quant_linear.h"
 
 #include "core/check.h"
-#ifdef SD3_HAVE_CUDA
-#include "ops/cuda/tensor_ops.h"
-#endif
+#include "ops/dispatch.h"
 
 namespace sd3::ops {
 
 Tensor linear_quantized(const Tensor& x_in, const cpu::QuantWeightView& w, const Tensor& b) {
-#ifdef SD3_HAVE_CUDA
     // An input on a CUDA device runs there (f32, bf16 or f16); the view must then point at device memory.
-    if (x_in.defined() && x_in.device().type == DeviceType::CUDA) return cuda::tensor_ops::linear_quantized(x_in, w, b);
-#endif
+    SD3_ON_CUDA(x_in, linear_quantized(x_in, w, b));
     SD3_ASSERT(x_in.defined() && x_in.dtype() == DType::F32 && x_in.device().is_cpu(),
                "linear_quantized: input must be f32 on the CPU, got ", x_in.describe());
     const Tensor x = x_in.contiguous();

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "core/check.h"
+#include "ops/dispatch.h"
 #include "ops/ops.h"
 
 namespace sd3::cpu {
@@ -41,13 +42,20 @@ void pad_right_bottom_fwd(float* y, const float* x, int64_t planes, int64_t h, i
 namespace sd3::ops {
 
 namespace {
+void require_4d(const Tensor& x, const char* what) {
+    SD3_ASSERT(x.defined() && x.dim() == 4, what, " wants a [B, C, H, W] tensor, got ",
+               x.defined() ? x.describe() : "undefined");
+}
 void require_4d_f32(const Tensor& x, const char* what) {
-    SD3_ASSERT(x.defined() && x.dtype() == DType::F32 && x.device().is_cpu() && x.dim() == 4, what,
-               " wants a CPU f32 [B, C, H, W] tensor, got ", x.defined() ? x.describe() : "undefined");
+    require_4d(x, what);
+    SD3_ASSERT(x.dtype() == DType::F32 && x.device().is_cpu(), what,
+               ": the CPU backend takes f32 (CUDA tensors take f32, bf16 or f16), got ", x.describe());
 }
 }  // namespace
 
 Tensor upsample_nearest2x(const Tensor& x_in) {
+    require_4d(x_in, "upsample_nearest2x");
+    SD3_ON_CUDA(x_in, upsample_nearest2x(x_in));
     require_4d_f32(x_in, "upsample_nearest2x");
     const Tensor x = x_in.contiguous();
     Tensor y = Tensor::empty({x.size(0), x.size(1), 2 * x.size(2), 2 * x.size(3)}, DType::F32);
@@ -56,8 +64,10 @@ Tensor upsample_nearest2x(const Tensor& x_in) {
 }
 
 Tensor pad_right_bottom(const Tensor& x_in, int64_t right, int64_t bottom) {
-    require_4d_f32(x_in, "pad_right_bottom");
+    require_4d(x_in, "pad_right_bottom");
     SD3_ASSERT(right >= 0 && bottom >= 0, "negative padding");
+    SD3_ON_CUDA(x_in, pad_right_bottom(x_in, right, bottom));
+    require_4d_f32(x_in, "pad_right_bottom");
     const Tensor x = x_in.contiguous();
     Tensor y = Tensor::empty({x.size(0), x.size(1), x.size(2) + bottom, x.size(3) + right}, DType::F32);
     cpu::pad_right_bottom_fwd(y.data<float>(), x.data<float>(), x.size(0) * x.size(1), x.size(2), x.size(3), right,
@@ -67,6 +77,9 @@ Tensor pad_right_bottom(const Tensor& x_in, int64_t right, int64_t bottom) {
 
 Tensor conv2d_banded(const Tensor& x_in, const Tensor& w, const Tensor& b, int64_t stride, int64_t pad,
                      size_t max_buffer_bytes) {
+    require_4d(x_in, "conv2d_banded");
+    // CUDA's conv2d already bounds its im2col buffer (pixel chunks of a capped scratch): no bands needed there.
+    if (x_in.device().type == DeviceType::CUDA) return conv2d(x_in, w, b, stride, pad);
     require_4d_f32(x_in, "conv2d_banded");
     const int64_t B = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
     const int64_t kh = w.size(2), kw = w.size(3);

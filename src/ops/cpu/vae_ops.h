@@ -1,7 +1,8 @@
 // Operations the VAE needs beyond cpu_ops.h: nearest-neighbour 2x upsampling (diffusers Upsample2D's
 // F.interpolate(scale_factor=2, mode="nearest")), the right/bottom zero padding of Downsample2D, and a
 // convolution evaluated in horizontal bands so that a 1024x1024 decode never builds a multi-gigabyte im2col
-// buffer. Raw CPU loops in sd3::cpu, Tensor-level versions (f32, contiguous results) in sd3::ops.
+// buffer. Raw CPU loops in sd3::cpu, Tensor-level versions (contiguous results) in sd3::ops: f32 on the CPU;
+// CUDA tensors (f32, bf16, f16) go to ops/cuda/tensor_ops_model.
 #pragma once
 
 #include <cstdint>

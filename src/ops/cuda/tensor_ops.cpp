@@ -9,6 +9,7 @@
 #include "core/check.h"
 #include "ops/cuda/context.h"
 #include "ops/cuda/cuda_ops.h"
+#include "ops/cuda/tensor_ops_model.h"
 
 namespace sd3::cuda::tensor_ops {
 
@@ -223,9 +224,9 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, int
                    q.size(2) == k.size(2) && q.size(2) % heads == 0,
                "attention: q ", q.describe(), " k ", k.describe(), " v ", v.describe(), " heads ", heads);
     AttentionShape s{q.size(0), heads, q.size(1), k.size(1), q.size(2) / heads, scale_, causal};
-    SD3_ASSERT(attention_supported(s.head_dim), "CUDA attention: head dim ", s.head_dim,
-               " is not built (8, 16, 32, 64 are)");
     if (bias.defined()) SD3_ASSERT(bias.numel() == heads * s.q_len * s.kv_len, "attention bias ", bias.describe());
+    // Head dims without a flash kernel (the VAE's 512, 80, ...): chunked GEMM + softmax (tensor_ops_model.h).
+    if (!attention_supported(s.head_dim)) return attention_chunked(q, k, v, heads, scale_, causal, bias, nullptr);
     Tensor out = Tensor::empty(q.shape(), q.dtype(), q.device());
     attention_fwd(ctx_of(q).exec(), out.raw(), nullptr, q.raw(), k.raw(), v.raw(), ptr_or_null(bias), s, q.dtype());
     return out;

@@ -1,0 +1,19 @@
+// Device dispatch of the Tensor-level ops (ops.h, mmdit_ops.h, the VAE ops, quant_linear.h): a call whose first
+// tensor is on a CUDA device goes to the same-named function of ops/cuda (tensor_ops.h, tensor_ops_model.h; f32,
+// bf16 or f16 there), everything else continues to the CPU code below the macro. Included by ops/*.cpp only.
+#pragma once
+
+#include "core/tensor.h"
+
+#ifdef SD3_HAVE_CUDA
+#include "ops/cuda/tensor_ops.h"
+#include "ops/cuda/tensor_ops_model.h"
+#define SD3_ON_CUDA(t, call) \
+    if ((t).defined() && (t).device().type == ::sd3::DeviceType::CUDA) return ::sd3::cuda::tensor_ops::call
+// The same for ops that take a Device instead of a tensor (allocation).
+#define SD3_ON_CUDA_DEVICE(device, call) \
+    if ((device).type == ::sd3::DeviceType::CUDA) return ::sd3::cuda::tensor_ops::call
+#else
+#define SD3_ON_CUDA(t, call)
+#define SD3_ON_CUDA_DEVICE(device, call)
+#endif
