@@ -227,7 +227,8 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, int
                " is not built (8, 16, 32, 64 are)");
     if (bias.defined()) SD3_ASSERT(bias.numel() == heads * s.q_len * s.kv_len, "attention bias ", bias.describe());
     Tensor out = Tensor::empty(q.shape(), q.dtype(), q.device());
-    attention_fwd(ctx_of(q).exec(), out.raw(), nullptr, q.raw(), k.raw(), v.raw(), ptr_or_null(bias), s, q.dtype());
+    const Exec ex = ctx_of(q).exec(attention_fwd_workspace(s, q.dtype()));
+    attention_fwd(ex, out.raw(), nullptr, q.raw(), k.raw(), v.raw(), ptr_or_null(bias), s, q.dtype());
     return out;
 }
 
