@@ -325,7 +325,12 @@ bool run(const Exec& ex, bool backward, const Operands& p, const AttentionShape&
                 pack[kdV] = at(p.dv, b0, h0, s.kv_len, rows.v_row);
             }
             // A failure here is a broken installation or a bug, not a shape cuDNN declined: say so loudly.
-            auto status = entry->graph->execute(st.handle, pack, ex.scratch);
+            fe::error_t status;
+            try {
+                status = entry->graph->execute(st.handle, pack, ex.scratch);
+            } catch (const std::exception& e) {  // the dynamic-loading frontend throws for a missing symbol
+                status = fe::error_t{fe::error_code_t::GRAPH_EXECUTION_FAILED, e.what()};
+            }
             SD3_ASSERT(status.is_good(), "cuDNN attention ", backward ? "backward" : "forward", " failed: ",
                        status.get_message());
         }
