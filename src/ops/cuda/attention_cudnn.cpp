@@ -40,6 +40,7 @@ namespace {
 
 constexpr size_t kMiB = size_t{1} << 20;
 
+#if SD3_HAVE_CUDNN
 // cuDNN's SDPA: head dims that are multiples of 8 up to 128 (the backward's limit on Ampere; research §1.3).
 bool cudnn_shape_ok(const AttentionShape& s, DType dt) {
     return (dt == DType::BF16 || dt == DType::F16) && s.head_dim % 8 == 0 && s.head_dim <= 128 && s.q_len > 0 &&
@@ -47,6 +48,7 @@ bool cudnn_shape_ok(const AttentionShape& s, DType dt) {
 }
 
 int64_t ceil64(int64_t x) { return (x + 63) / 64 * 64; }
+#endif
 
 }  // namespace
 
