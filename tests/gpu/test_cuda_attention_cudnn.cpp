@@ -88,7 +88,7 @@ std::vector<float> unpack3(const std::vector<float>& f, int part, int64_t HD) {
 }
 
 // The device side of one case in one dtype: inputs in the case's layout, output and gradient buffers.
-struct Device {
+struct OnGpu {
     Tensor qkv, q, k, v, dout, out_in, bias, out, lse, lse_in, grad, dq, dk, dv;
     const void *pq, *pk, *pv;
     void *pdq, *pdk, *pdv;
@@ -96,7 +96,7 @@ struct Device {
     bool fused;
     int64_t HD;
 
-    Device(const Case& c, const Reference& r, DType dt) : fused(c.fused), HD(c.heads * kD) {
+    OnGpu(const Case& c, const Reference& r, DType dt) : fused(c.fused), HD(c.heads * kD) {
         const size_t es = dtype_size(dt);
         dout = upload(r.dout, dt);
         out_in = upload(r.out_r, dt);
@@ -159,12 +159,12 @@ class CudnnAttention : public ::testing::Test {
     static int64_t calls() { return cuda::detail::cudnn_attention_stats(cuda::Context::get(0).exec()).calls; }
 };
 
-void forward(const cuda::Exec& ex, Device& g, const Case& c, const cpu::AttentionShape& s, DType dt) {
+void forward(const cuda::Exec& ex, OnGpu& g, const Case& c, const cpu::AttentionShape& s, DType dt) {
     cuda::attention_fwd(ex, g.out.raw(), g.lse.data<float>(), g.pq, g.pk, g.pv, c.bias ? g.bias.raw() : nullptr, s, dt,
                         g.rows);
 }
 
-void backward(const cuda::Exec& ex, Device& g, const Case& c, const cpu::AttentionShape& s, DType dt) {
+void backward(const cuda::Exec& ex, OnGpu& g, const Case& c, const cpu::AttentionShape& s, DType dt) {
     cuda::attention_bwd(ex, g.pdq, g.pdk, g.pdv, g.dout.raw(), g.pq, g.pk, g.pv, g.out_in.raw(), g.lse_in.data<float>(),
                         c.bias ? g.bias.raw() : nullptr, s, dt, g.rows);
 }
@@ -178,7 +178,7 @@ TEST_F(CudnnAttention, MatchesCpuAndRerunsBitIdentical) {
             SCOPED_TRACE(::testing::Message() << dt_name(dt) << " B " << c.batch << " H " << c.heads << " Tq " << c.tq
                                               << " Tk " << c.tk << " causal " << c.causal << " bias " << c.bias
                                               << " fused " << c.fused);
-            Device g(c, r, dt);
+            OnGpu g(c, r, dt);
             const int64_t before = calls();
             forward(ctx.exec(cuda::attention_fwd_workspace(s, dt)), g, c, s, dt);
             const bool served_fwd = calls() > before;
@@ -220,10 +220,12 @@ TEST_F(CudnnAttention, ChunksWhenScratchIsSmall) {
     const cpu::AttentionShape s{c.batch, c.heads, c.tq, c.tk, kD, 0.125f, c.causal};
     const Reference r = reference(c, s);
     const DType dt = DType::BF16;
-    Device g(c, r, dt);
-    cuda::Exec bx = ctx.exec(cuda::attention_bwd_workspace(s, dt));
+    OnGpu g(c, r, dt);
+    cuda::Exec bx = ctx.exec(cuda::detail::cudnn_workspace_cap());  // surely enough for the whole problem
+    const int64_t before = calls();
     backward(bx, g, c, s, dt);
     const auto whole = cuda::detail::cudnn_attention_stats(bx);
+    ASSERT_EQ(whole.calls, before + 1) << "cuDNN declined: " << whole.declined;
     ASSERT_EQ(whole.chunk_batch, c.batch);
     if (whole.workspace == 0) GTEST_SKIP() << "this cuDNN's backward needs no workspace: nothing to chunk";
     bx.scratch_bytes = static_cast<size_t>(whole.workspace) / 5;  // about a fifth of the heads of one element
@@ -260,7 +262,7 @@ TEST_F(CudnnAttention, FlagAndEnvironmentSelectTheOwnKernels) {
     const DType dt = DType::BF16;
     for (int via_env = 0; via_env < 2; ++via_env) {
         SCOPED_TRACE(via_env ? "SD3_ATTENTION=own" : "Exec::cudnn_attention = false");
-        Device g(c, r, dt);
+        OnGpu g(c, r, dt);
         cuda::Exec fx = ctx.exec(cuda::attention_fwd_workspace(s, dt));
         cuda::Exec bx = ctx.exec(cuda::attention_bwd_workspace(s, dt));
         if (via_env)
@@ -279,7 +281,7 @@ TEST_F(CudnnAttention, FlagAndEnvironmentSelectTheOwnKernels) {
         EXPECT_TRUE(close(g.grad_part(2), r.dv, dt, 2.0)) << "dv";
     }
     // And cuDNN again once the switch is gone.
-    Device g(c, r, dt);
+    OnGpu g(c, r, dt);
     const int64_t before = calls();
     forward(ctx.exec(cuda::attention_fwd_workspace(s, dt)), g, c, s, dt);
     EXPECT_EQ(calls(), before + 1);
