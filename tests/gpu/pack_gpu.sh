@@ -12,7 +12,8 @@ rm -rf "$dest" && mkdir -p "$dest/lib"
 strip -o "$dest/sd3_gpu_tests" "$bin"
 [ -x build/dev/tests/sd3_gpu_bench ] && strip -o "$dest/sd3_gpu_bench" build/dev/tests/sd3_gpu_bench
 # Everything but glibc, libstdc++/libgcc (newer on the GPU machine) and the CUDA libraries (present there).
-for lib in $(ldd "$bin" | awk '/=>/ {print $3}' | grep -v -E '/(libc|libm|libstdc\+\+|libgcc_s|librt|libpthread|libdl)\.so|/cuda'); do
+# cuDNN is never linked (attention_cudnn.cpp dlopens the GPU machine's own libcudnn.so.9), so never bundled.
+for lib in $(ldd "$bin" | awk '/=>/ {print $3}' | grep -v -E '/(libc|libm|libstdc\+\+|libgcc_s|librt|libpthread|libdl)\.so|/cuda|libcudnn'); do
     gzip -9 -c "$lib" > "$dest/lib/$(basename "$lib").gz"
 done
 cp tests/gpu/run_gpu.sh "$dest/"

@@ -355,6 +355,7 @@ TEST_P(CudaOps, Attention) {
         for (bool tc : {false, true}) {
             cuda::Exec fx = exec();
             fx.tensor_core_attention = tc;
+            fx.cudnn_attention = false;  // the own kernels here; cuDNN's: test_cuda_attention_cudnn.cpp
             if (tc && (dt() == DType::F32 || c.d != 64)) continue;
             SCOPED_TRACE(tc ? "tensor cores" : "CUDA cores");
             const size_t n_out = (c.fused ? 3 : 1) * q.size();
@@ -368,7 +369,9 @@ TEST_P(CudaOps, Attention) {
         }
 
         Tensor clse = upload(lse, DType::F32);
-        cuda::attention_bwd(exec(cuda::attention_bwd_workspace(s)), pdq, pdk, pdv, pdo, pq, pk, pv, pout_in,
+        cuda::Exec bx = exec(cuda::attention_bwd_workspace(s, dt()));
+        bx.cudnn_attention = false;
+        cuda::attention_bwd(bx, pdq, pdk, pdv, pdo, pq, pk, pv, pout_in,
                             clse.data<float>(), c.bias ? gbias.raw() : nullptr, s, dt(), rows);
         const auto g = download(ggrad);
         std::vector<float> gdq, gdk, gdv;

@@ -3,9 +3,12 @@
 // through shared memory with an online softmax and saves the row log-sum-exp; the backward recomputes the
 // probabilities tile by tile from it, with dK/dV and dQ in separate kernels so that no gradient needs atomics.
 // One thread owns one query (forward, dQ) or one key (dK/dV), so any head dim up to 64 runs; this is the
-// portable path (sm_75 and up), not the tensor-core one.
+// portable path (sm_75 and up), not the tensor-core one. The launchers first offer the problem to cuDNN's fused
+// SDPA (attention_cudnn.cpp), which takes bf16/f16 on sm_80+ where it is present.
+#include <algorithm>
 #include <cfloat>
 
+#include "ops/cuda/attention_cudnn.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/internal.h"
@@ -274,15 +277,25 @@ bool attention_supported(int64_t head_dim) {
     return head_dim == 8 || head_dim == 16 || head_dim == 32 || head_dim == 64;
 }
 
+namespace {
+AttentionRows resolved(AttentionRows rows, const AttentionShape& s) {
+    const int64_t dense = s.heads * s.head_dim;
+    return AttentionRows{rows.q_row ? rows.q_row : dense, rows.k_row ? rows.k_row : dense,
+                         rows.v_row ? rows.v_row : dense, rows.o_row ? rows.o_row : dense};
+}
+}  // namespace
+
+size_t attention_fwd_workspace(const AttentionShape& s, DType dt) {
+    return detail::cudnn_attention_workspace(false, s, dt);
+}
+
 void attention_fwd(const Exec& ex, void* out, float* lse, const void* q, const void* k, const void* v,
                    const void* bias, const AttentionShape& s, DType dt, AttentionRows rows) {
     if (s.batch * s.heads * s.q_len == 0) return;
     SD3_ASSERT(s.kv_len > 0, "attention over zero keys");
+    if (detail::cudnn_attention_fwd(ex, out, lse, q, k, v, bias, s, dt, resolved(rows, s))) return;
     if (detail::attention_fwd_tc_supported(ex, s, dt)) {
-        const int64_t dense = s.heads * s.head_dim;
-        const AttentionRows r{rows.q_row ? rows.q_row : dense, rows.k_row ? rows.k_row : dense,
-                              rows.v_row ? rows.v_row : dense, rows.o_row ? rows.o_row : dense};
-        detail::attention_fwd_tc(ex, out, lse, q, k, v, bias, s, dt, r);
+        detail::attention_fwd_tc(ex, out, lse, q, k, v, bias, s, dt, resolved(rows, s));
         return;
     }
     const dim3 grid(static_cast<unsigned>(ceil_div(s.q_len, kFwdQueries)), static_cast<unsigned>(s.heads),
@@ -296,16 +309,18 @@ void attention_fwd(const Exec& ex, void* out, float* lse, const void* q, const v
     SD3_CUDA_LAUNCHED();
 }
 
-size_t attention_bwd_workspace(const AttentionShape& s) {
-    return static_cast<size_t>(s.batch * s.heads * s.q_len) * sizeof(float);
+size_t attention_bwd_workspace(const AttentionShape& s, DType dt) {
+    const size_t own = static_cast<size_t>(s.batch * s.heads * s.q_len) * sizeof(float);  // delta
+    return std::max(own, detail::cudnn_attention_workspace(true, s, dt));
 }
 
 void attention_bwd(const Exec& ex, void* dq, void* dk, void* dv, const void* dout, const void* q, const void* k,
                    const void* v, const void* out, const float* lse, const void* bias, const AttentionShape& s,
                    DType dt, AttentionRows rows) {
     if (s.batch * s.heads * s.q_len == 0) return;
-    SD3_ASSERT(ex.scratch_bytes >= attention_bwd_workspace(s), "attention_bwd: scratch of ", ex.scratch_bytes,
-               " bytes, needs ", attention_bwd_workspace(s));
+    if (detail::cudnn_attention_bwd(ex, dq, dk, dv, dout, q, k, v, out, lse, bias, s, dt, resolved(rows, s))) return;
+    const size_t own = static_cast<size_t>(s.batch * s.heads * s.q_len) * sizeof(float);
+    SD3_ASSERT(ex.scratch_bytes >= own, "attention_bwd: scratch of ", ex.scratch_bytes, " bytes, needs ", own);
     float* delta = static_cast<float*>(ex.scratch);
     const int64_t n = s.batch * s.heads * s.q_len;
     const dim3 grid_kv(static_cast<unsigned>(ceil_div(s.kv_len, kBwdKeys)), static_cast<unsigned>(s.heads),

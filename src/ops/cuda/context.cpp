@@ -10,6 +10,7 @@
 
 #include "core/check.h"
 #include "core/tensor.h"
+#include "ops/cuda/attention_cudnn.h"
 
 namespace sd3::cuda {
 
@@ -88,11 +89,13 @@ Context::Context(int index) : index_(index) {
     SD3_ASSERT(st == CUBLAS_STATUS_SUCCESS, "cublasLtCreate failed with status ", static_cast<int>(st));
     SD3_RT_CHECK(cudaMalloc(&blas_workspace_, kBlasWorkspaceBytes));
     blas_workspace_bytes_ = kBlasWorkspaceBytes;
+    dnn_ = detail::cudnn_state_create(index, sm_, stream_);
     register_device_allocator(DeviceType::CUDA, DeviceAllocator{device_alloc, device_free, device_stats});
 }
 
 Context::~Context() {
-    // Process exit: the driver may already be shutting down, so errors are ignored.
+    // Process exit: the driver may already be shutting down, so errors are ignored. cuDNN's state (dnn_) is left
+    // to the process's end: its graphs and handle would be destroyed through a dlopen'ed library mid-teardown.
     if (scratch_ != nullptr) cudaFreeAsync(scratch_, stream_);
     if (blas_workspace_ != nullptr) cudaFree(blas_workspace_);
     if (blas_ != nullptr) cublasLtDestroy(blas_);
@@ -123,6 +126,7 @@ Exec Context::exec(size_t scratch_bytes) {
     ex.scratch = scratch_;
     ex.scratch_bytes = scratch_bytes_;
     ex.sm = sm_;
+    ex.dnn = dnn_;
     return ex;
 }
 

@@ -1,5 +1,6 @@
-// The CUDA context of one device: its stream, cuBLASLt handle and workspaces, created on first use (which also
-// registers the device allocator with Tensor). Host code only; kernels see none of it (they get an Exec).
+// The CUDA context of one device: its stream, cuBLASLt handle and workspaces, cuDNN's attention state (handle on
+// the context's stream, made on first attention call), created on first use (which also registers the device
+// allocator with Tensor). Host code only; kernels see none of it (they get an Exec).
 // No CUDA header here, so the Tensor-level code can include it.
 #pragma once
 
@@ -51,6 +52,7 @@ class Context {
     size_t blas_workspace_bytes_ = 0;
     void* scratch_ = nullptr;
     size_t scratch_bytes_ = 0;
+    detail::CudnnState* dnn_ = nullptr;  // null: no cuDNN attention on this device
 };
 
 // Number of usable CUDA devices (0 without a driver or GPU).

@@ -19,6 +19,10 @@ typedef struct cublasLtContext* cublasLtHandle_t;
 
 namespace sd3::cuda {
 
+namespace detail {
+struct CudnnState;  // cuDNN's handle and attention graphs of one device (attention_cudnn.h)
+}
+
 using cpu::Activation;
 using cpu::AttentionShape;
 
@@ -35,6 +39,11 @@ struct Exec {
     // Attention forward at head dim 64 in bf16/f16 on sm_80+ on tensor cores (mma.sync); off: the f32
     // CUDA-core kernel everywhere (tests run both).
     bool tensor_core_attention = true;
+    // Attention forward and backward through cuDNN's fused SDPA where it applies (bf16/f16, sm_80+, head dims
+    // that are multiples of 8 up to 128, 16-byte aligned operands); off, or SD3_ATTENTION=own in the
+    // environment, or no cuDNN (`dnn` null, or libcudnn.so.9 missing at run time): the own kernels.
+    bool cudnn_attention = true;
+    detail::CudnnState* dnn = nullptr;  // the device's (Context's)
 };
 
 // --- GEMM (cuBLASLt; a plain tiled kernel where cuBLASLt offers no algorithm) --------------------------------
@@ -98,8 +107,12 @@ void copy_strided(const Exec& ex, void* dst, DType dst_dt, const int64_t* dst_st
                   const int64_t* src_strides, const int64_t* shape, int ndim);
 
 // --- attention (flash: online softmax, the [Tq, Tk] matrix never exists) ------------------------------------
-// Head dims 8, 16, 32 and 64. The forward at head dim 64 in bf16/f16 on sm_80+ runs on tensor cores (P is
-// rounded to the storage dtype before P·V, as FlashAttention does); the rest on CUDA cores in f32. Row strides (elements between consecutive tokens) let q, k, v live interleaved
+// Head dims 8, 16, 32 and 64. In bf16/f16 on sm_80+ both directions run through cuDNN's fused SDPA where it is
+// present (Exec::cudnn_attention; its backward with the deterministic algorithm); otherwise the own kernels:
+// the forward at head dim 64 in bf16/f16 on sm_80+ on tensor cores (P is rounded to the storage dtype before
+// P·V, as FlashAttention does), the rest on CUDA cores in f32. lse is the natural log-sum-exp of each query's
+// scaled (+bias) scores, cuDNN's "Stats" convention too, so either backward takes either forward's lse.
+// Row strides (elements between consecutive tokens) let q, k, v live interleaved
 // in one fused QKV buffer; gradients use the strides of their inputs (dq: q_row, dk: k_row, dv: v_row,
 // dout: o_row). Zero means dense (heads * head_dim). bias [H, Tq, Tk] has dtype dt; lse [B, H, Tq] float32.
 struct AttentionRows {
@@ -108,9 +121,17 @@ struct AttentionRows {
 bool attention_supported(int64_t head_dim);
 void attention_fwd(const Exec& ex, void* out, float* lse, const void* q, const void* k, const void* v,
                    const void* bias, const AttentionShape& s, DType dt, AttentionRows rows = {});
-size_t attention_bwd_workspace(const AttentionShape& s);
+// Scratch bytes attention_fwd / attention_bwd want in `Exec::scratch`: the own kernels' (the backward's one float
+// per query row) or, where cuDNN may run (16-bit dt), an estimate of its workspace capped at 512 MiB
+// (SD3_CUDNN_WORKSPACE_MB overrides). With less, cuDNN runs over chunks of batch and heads, or the own kernels do.
+size_t attention_fwd_workspace(const AttentionShape& s, DType dt = DType::BF16);
+size_t attention_bwd_workspace(const AttentionShape& s, DType dt = DType::BF16);
 void attention_bwd(const Exec& ex, void* dq, void* dk, void* dv, const void* dout, const void* q, const void* k,
                    const void* v, const void* out, const float* lse, const void* bias, const AttentionShape& s,
                    DType dt, AttentionRows rows = {});
+// Whether cuDNN's attention can run on this Exec's device (loads libcudnn.so.9 and makes the handle on first
+// call), and in words which cuDNN serves or why none does.
+bool cudnn_attention_available(const Exec& ex);
+const char* cudnn_attention_info(const Exec& ex);
 
 }  // namespace sd3::cuda

@@ -228,7 +228,8 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, int
     // Head dims without a flash kernel (the VAE's 512, 80, ...): chunked GEMM + softmax (tensor_ops_model.h).
     if (!attention_supported(s.head_dim)) return attention_chunked(q, k, v, heads, scale_, causal, bias, nullptr);
     Tensor out = Tensor::empty(q.shape(), q.dtype(), q.device());
-    attention_fwd(ctx_of(q).exec(), out.raw(), nullptr, q.raw(), k.raw(), v.raw(), ptr_or_null(bias), s, q.dtype());
+    const Exec ex = ctx_of(q).exec(attention_fwd_workspace(s, q.dtype()));
+    attention_fwd(ex, out.raw(), nullptr, q.raw(), k.raw(), v.raw(), ptr_or_null(bias), s, q.dtype());
     return out;
 }
 

@@ -9,6 +9,7 @@
 #include <random>
 #include <vector>
 
+#include "ops/cuda/attention_cudnn.h"
 #include "ops/cuda/context.h"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/device.h"
@@ -65,7 +66,9 @@ int main() {
                     (long)N, s * 1e3, 2.0 * M * N * K / s / 1e12);
     }
     // Attention: training at 512² (B 4, T 1178) and generation at 1024² (B 2 for CFG, T 4250); 24 heads of 64.
-    for (DType dt : {DType::BF16}) {  // the kernels compute in f32 whatever the storage: one dtype tells
+    // The own kernels (tensor-core and CUDA-core forward, CUDA-core backward) against cuDNN's fused SDPA.
+    std::printf("attention backends: %s\n", cuda::cudnn_attention_info(ctx.exec()));
+    for (DType dt : {DType::BF16}) {  // the own kernels compute in f32 whatever the storage: one dtype tells
         for (auto [B, T] : {std::pair<int64_t, int64_t>{4, 1178}, {2, 4250}}) {
             const int64_t H = 24, D = 64, n = B * T * H * D;
             const cuda::AttentionShape s{B, H, T, T, D, 0.125f, false};
@@ -73,24 +76,41 @@ int main() {
             Tensor o = random_on_gpu(n, dt, 8), dout = random_on_gpu(n, dt, 9), dq = random_on_gpu(n, dt, 10);
             Tensor dk = random_on_gpu(n, dt, 11), dv = random_on_gpu(n, dt, 12);
             Tensor lse = random_on_gpu(B * H * T, DType::F32, 13);
-            const cuda::Exec ex = ctx.exec(cuda::attention_bwd_workspace(s));
-            cuda::Exec ex_cc = ex;
+            const cuda::Exec ex =
+                ctx.exec(std::max(cuda::attention_bwd_workspace(s, dt), cuda::attention_fwd_workspace(s, dt)));
+            cuda::Exec ex_own = ex;
+            ex_own.cudnn_attention = false;
+            cuda::Exec ex_cc = ex_own;
             ex_cc.tensor_core_attention = false;
             const double flops = 4.0 * B * H * T * T * D;
-            const double tf = time_it([&] {
-                cuda::attention_fwd(ex, o.raw(), lse.data<float>(), q.raw(), k.raw(), v.raw(), nullptr, s, dt);
-            }, 2, 3);
-            const double tf_cc = time_it([&] {
-                cuda::attention_fwd(ex_cc, o.raw(), lse.data<float>(), q.raw(), k.raw(), v.raw(), nullptr, s, dt);
-            }, 1, 3);
-            const double tb = time_it([&] {
-                cuda::attention_bwd(ex, dq.raw(), dk.raw(), dv.raw(), dout.raw(), q.raw(), k.raw(), v.raw(), o.raw(),
+            auto fwd = [&](const cuda::Exec& e) {
+                cuda::attention_fwd(e, o.raw(), lse.data<float>(), q.raw(), k.raw(), v.raw(), nullptr, s, dt);
+            };
+            auto bwd = [&](const cuda::Exec& e) {
+                cuda::attention_bwd(e, dq.raw(), dk.raw(), dv.raw(), dout.raw(), q.raw(), k.raw(), v.raw(), o.raw(),
                                     lse.data<float>(), nullptr, s, dt);
-            }, 1, 3);
-            std::printf("attention %-4s B=%ld T=%ld H=24 D=64: fwd tensor cores %7.2f ms (%5.1f TFLOP/s), CUDA cores "
-                        "%7.2f ms (%5.1f); bwd (CUDA cores) %7.2f ms (%5.1f)\n",
+            };
+            // The own forward first: its lse is what the backwards read (cuDNN's forward writes the same).
+            const double tf = time_it([&] { fwd(ex_own); }, 2, 3);
+            const double tf_cc = time_it([&] { fwd(ex_cc); }, 1, 3);
+            const double tb = time_it([&] { bwd(ex_own); }, 1, 3);
+            std::printf("attention %-4s B=%ld T=%ld H=24 D=64, own: fwd tensor cores %7.2f ms (%5.1f TFLOP/s), CUDA "
+                        "cores %7.2f ms (%5.1f); bwd (CUDA cores) %7.2f ms (%5.1f)\n",
                         name(dt), (long)B, (long)T, tf * 1e3, flops / tf / 1e12, tf_cc * 1e3, flops / tf_cc / 1e12,
                         tb * 1e3, 2.5 * flops / tb / 1e12);
+            if (!cuda::cudnn_attention_available(ex)) continue;
+            const auto calls = cuda::detail::cudnn_attention_stats(ex).calls;
+            const double cf = time_it([&] { fwd(ex); }, 2, 3);  // the first call builds the graph: the warm-up
+            const auto st_f = cuda::detail::cudnn_attention_stats(ex);
+            const double cb = time_it([&] { bwd(ex); }, 2, 3);
+            const auto st_b = cuda::detail::cudnn_attention_stats(ex);
+            std::printf("attention %-4s B=%ld T=%ld H=24 D=64, cuDNN: fwd %7.2f ms (%5.1f TFLOP/s, workspace %.1f MiB); "
+                        "bwd deterministic %7.2f ms (%5.1f, workspace %.1f MiB per %ldx%ld chunk, scratch %.0f MiB); "
+                        "fwd+bwd %.2f ms vs own %.2f ms (%.1fx)%s\n",
+                        name(dt), (long)B, (long)T, cf * 1e3, flops / cf / 1e12, st_f.workspace / 1048576.0, cb * 1e3,
+                        2.5 * flops / cb / 1e12, st_b.workspace / 1048576.0, (long)st_b.chunk_batch,
+                        (long)st_b.chunk_heads, ex.scratch_bytes / 1048576.0, (cf + cb) * 1e3, (tf + tb) * 1e3,
+                        (tf + tb) / (cf + cb), st_b.calls > calls ? "" : " [cuDNN declined: own kernels timed]");
         }
     }
     // Memory-bound ops on [4*1178, 1536] bf16.

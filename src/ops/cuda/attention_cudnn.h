@@ -1,0 +1,41 @@
+// cuDNN's fused flash attention (SDPA) behind attention_fwd / attention_bwd: plain functions, so the heavy
+// cudnn-frontend headers stay inside attention_cudnn.cpp. Without cuDNN at build time (SD3_HAVE_CUDNN unset)
+// or at run time (libcudnn.so.9 not loadable) every function here declines and the own kernels run.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "ops/cuda/cuda_ops.h"
+
+namespace sd3::cuda::detail {
+
+// Per device: the cuDNN handle (made on first use, on the device's stream) and the built graphs. Null where
+// cuDNN cannot serve (not built in, or sm < 80). Never freed: it lives as long as its Context, i.e. the process.
+CudnnState* cudnn_state_create(int device, int sm, cudaStream_t stream);
+
+// Runs the forward (backward) through cuDNN and returns true, or returns false without touching anything when
+// cuDNN does not apply (Exec flag off, SD3_ATTENTION=own, dtype, sm, head dim, alignment, bias layout, graph not
+// supported, too little scratch for even one head). `rows` are resolved (non-zero).
+bool cudnn_attention_fwd(const Exec& ex, void* out, float* lse, const void* q, const void* k, const void* v,
+                         const void* bias, const AttentionShape& s, DType dt, AttentionRows rows);
+bool cudnn_attention_bwd(const Exec& ex, void* dq, void* dk, void* dv, const void* dout, const void* q,
+                         const void* k, const void* v, const void* out, const float* lse, const void* bias,
+                         const AttentionShape& s, DType dt, AttentionRows rows);
+
+// What cuDNN did on the Exec's device (tests and sd3_gpu_bench): calls it served, the last call's graph
+// workspace and chunk (batch elements, heads per graph execution), and why the last declined graph was.
+struct CudnnAttentionStats {
+    int64_t calls = 0, workspace = 0, chunk_batch = 0, chunk_heads = 0;
+    std::string declined;
+};
+CudnnAttentionStats cudnn_attention_stats(const Exec& ex);
+
+// Scratch worth reserving for cuDNN's workspace at this shape (0 where cuDNN cannot apply): an estimate of
+// the backward's deterministic dP workspace or the forward's statistics, capped (cudnn_workspace_cap()).
+size_t cudnn_attention_workspace(bool backward, const AttentionShape& s, DType dt);
+// 512 MiB, or SD3_CUDNN_WORKSPACE_MB.
+size_t cudnn_workspace_cap();
+
+}  // namespace sd3::cuda::detail
