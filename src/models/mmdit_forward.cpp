@@ -75,8 +75,8 @@ void MMDiT::block_backward(const JointBlock& b, Tensor& dx, Tensor& dc, Tensor& 
     const int64_t D = config_.inner_dim();
     const Tensor& E = s.E;
     const Tensor& Ec = s.Ec;
-    Tensor dE = ops::zeros(E.shape(), E.device());    // [B, 6D | 9D]
-    Tensor dEc = ops::zeros(Ec.shape(), Ec.device());  // [B, 6D | 2D]
+    Tensor dE = ops::zeros(E.shape(), E.device(), E.dtype());    // [B, 6D | 9D]
+    Tensor dEc = ops::zeros(Ec.shape(), Ec.device(), Ec.dtype());  // [B, 6D | 2D]
     Tensor dE_[9], dEc_[6];
     for (int64_t i = 0; i < E.size(1) / D; ++i) dE_[i] = chunk(dE, i, D);
     for (int64_t i = 0; i < Ec.size(1) / D; ++i) dEc_[i] = chunk(dEc, i, D);
@@ -186,7 +186,7 @@ Result<Tensor> MMDiT::forward(const Tensor& x_in, const Tensor& timestep_in, con
     ops::add_cropped_pos_embed_(hx, w_.pos_embed, hp, wp, c.pos_embed_max_size);
 
     // temb = MLP(sinusoid(t)) + MLP(pooled) (§2.2, §2.3).
-    const Tensor tsin = convert(ops::timestep_embedding(timestep, 256, true, 0.0f), pl.dtype);  // [B, 256]
+    const Tensor tsin = ops::timestep_embedding(timestep, 256, true, 0.0f, 10000.0f, pl.dtype);  // [B, 256]
     s.time_pre = nn::linear_forward(w_.time_linear_1, tsin, keep ? &s.time_1 : nullptr, rc);
     const Tensor tE = nn::linear_forward(w_.time_linear_2, ops::activation(s.time_pre, ops::Activation::SILU),
                                          keep ? &s.time_2 : nullptr, rc);
@@ -343,7 +343,7 @@ void MMDiT::backward(const Tensor& dout_in, MMDiTActivations& s, Tensor& grads, 
     // Output head.
     const Tensor dO = ops::patchify(dout, p, ops::PatchLayout::CHANNEL_LAST);  // [B, N, p*p*out]
     const Tensor dy = nn::linear_backward(w_.proj_out, dO, s.proj_out, rc, grads);
-    Tensor dEo = ops::zeros(s.E_out.shape(), s.E_out.device());  // [B, 2D] = (scale, shift)
+    Tensor dEo = ops::zeros(s.E_out.shape(), s.E_out.device(), s.E_out.dtype());  // [B, 2D] = (scale, shift)
     Tensor dscale = chunk(dEo, 0, D), dshift = chunk(dEo, 1, D);
     const Tensor dxhat = ops::modulate_backward(dy, s.ln_out.xhat, chunk(s.E_out, 0, D), &dshift, &dscale);
     Tensor dx = nn::layer_norm_backward(dxhat, s.ln_out);                       // [B, N, D]

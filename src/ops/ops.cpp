@@ -168,49 +168,4 @@ Tensor cat(const std::vector<Tensor>& parts, int dim) {
     return out;
 }
 
-namespace {
-// ids [B, T] (int32 or int64, CPU) as a contiguous int64 tensor, every id checked against the table's V rows.
-Tensor checked_ids(const Tensor& ids, int64_t rows) {
-    SD3_ASSERT(ids.defined() && ids.device().is_cpu() && ids.dim() == 2 &&
-                   (ids.dtype() == DType::I32 || ids.dtype() == DType::I64),
-               "embedding: ids must be an int32/int64 [B, T] CPU tensor, got ", ids.defined() ? ids.describe() : "none");
-    const Tensor c = ids.contiguous();
-    Tensor out = Tensor::empty(c.shape(), DType::I64);
-    int64_t* o = out.data<int64_t>();
-    for (int64_t i = 0; i < c.numel(); ++i) {
-        o[i] = c.dtype() == DType::I32 ? c.data<int32_t>()[i] : c.data<int64_t>()[i];
-        SD3_ASSERT(o[i] >= 0 && o[i] < rows, "embedding: token id ", o[i], " at flat position ", i,
-                   " is outside the table's ", rows, " rows");
-    }
-    return out;
-}
-}  // namespace
-
-Tensor embedding(const Tensor& table, const Tensor& ids_in) {
-    SD3_ASSERT(table.defined() && table.dim() == 2 && dtype_is_float(table.dtype()), "embedding table ",
-               table.defined() ? table.describe() : "undefined");
-    const Tensor ids = checked_ids(ids_in, table.size(0));
-    SD3_ON_CUDA(table, embedding(table, ids));
-    SD3_ASSERT(table.device().is_cpu(), "embedding table on ", table.device().str());
-    const Tensor t = table.contiguous();
-    const int64_t D = t.size(1), n = ids.numel();
-    Tensor out = Tensor::empty({ids.size(0), ids.size(1), D}, DType::F32);  // [B, T, D]
-    const size_t row_bytes = static_cast<size_t>(D) * dtype_size(t.dtype());
-    for (int64_t i = 0; i < n; ++i)
-        convert_elements(static_cast<const char*>(t.raw()) + ids.data<int64_t>()[i] * row_bytes, t.dtype(),
-                         out.data<float>() + i * D, DType::F32, D);
-    return out;
-}
-
-Tensor affine(const Tensor& x_in, float a, float b) {
-    SD3_ON_CUDA(x_in, affine(x_in, a, b));
-    require_f32_cpu(x_in, "affine input");
-    const Tensor x = x_in.contiguous();
-    Tensor y = Tensor::empty(x.shape(), DType::F32);
-    const float* px = x.data<float>();
-    float* py = y.data<float>();
-    for (int64_t i = 0; i < x.numel(); ++i) py[i] = px[i] * a + b;
-    return y;
-}
-
 }  // namespace sd3::ops

@@ -33,10 +33,4 @@ Tensor scale(const Tensor& a, float s);
 // Concatenation along dimension `dim`.
 Tensor cat(const std::vector<Tensor>& parts, int dim);
 
-// Row gather: table [V, D] (f32, bf16 or f16), ids [B, T] int32/int64 on the CPU, each in [0, V) (asserted) ->
-// [B, T, D] on the table's device; on CUDA in the table's dtype, on the CPU in f32.
-Tensor embedding(const Tensor& table, const Tensor& ids);
-// y = x * a + b element-wise (two f32 roundings, no fused multiply-add), e.g. the VAE's latent scaling and shift.
-Tensor affine(const Tensor& x, float a, float b);
-
 }  // namespace sd3::ops

@@ -1,7 +1,7 @@
 // Kernels behind model_ops.h (except attention): adaLN modulation and gated residuals with their ordered token
-// reductions, patchify/unpatchify, the timestep sinusoid, position embeddings, embedding gathers, axpy/affine,
-// the counter-based dropout and the VAE's upsample/pad. Formulas follow the CPU spec (ops/cpu/mmdit_ops.cpp,
-// ops/cpu/vae_ops.cpp) term by term, in float32.
+// reductions, patchify/unpatchify, the timestep sinusoid, position embeddings, axpy, the counter-based dropout
+// and the VAE's upsample/pad. Formulas follow the CPU spec (ops/cpu/mmdit_ops.cpp, ops/cpu/vae_ops.cpp) term by
+// term, in float32.
 #include <cmath>
 
 #include "ops/cuda/common.cuh"
@@ -157,11 +157,6 @@ __global__ void add_pos_embed_kernel(T* x, const T* pos, int64_t hp, int64_t wp,
     }
 }
 
-template <typename D, typename S>
-__global__ void embedding_kernel(D* out, const S* table, const int64_t* ids, int64_t dim, int64_t n) {
-    SD3_GRID_STRIDE(i, n) out[i] = from_f<D>(to_f(table[ids[i / dim] * dim + i % dim]));
-}
-
 template <typename T>
 __global__ void axpy_kernel(T* y, const T* x, float a, int64_t n) {
     SD3_GRID_STRIDE(i, n) y[i] = from_f<T>(__fadd_rn(to_f(y[i]), __fmul_rn(a, to_f(x[i]))));
@@ -170,11 +165,6 @@ __global__ void axpy_kernel(T* y, const T* x, float a, int64_t n) {
 template <typename T>
 __global__ void add_rows_kernel(T* y, const T* x, int64_t row, int64_t n) {
     SD3_GRID_STRIDE(i, n) y[i] = from_f<T>(to_f(y[i]) + to_f(x[i % row]));
-}
-
-template <typename T>
-__global__ void affine_kernel(T* y, const T* x, float a, float b, int64_t n) {
-    SD3_GRID_STRIDE(i, n) y[i] = from_f<T>(__fadd_rn(__fmul_rn(to_f(x[i]), a), b));
 }
 
 // cpu::dropout_uniform, bit for bit: splitmix64's finalizer of (seed, index), top 24 bits as a float in [0, 1).
@@ -346,17 +336,6 @@ void add_pos_embed(const Exec& ex, void* x, const void* pos, int64_t batch, int6
     SD3_CUDA_LAUNCHED();
 }
 
-void embedding(const Exec& ex, void* out, DType out_dt, const void* table, DType table_dt, const int64_t* ids,
-               int64_t count, int64_t dim) {
-    const int64_t n = count * dim;
-    if (n == 0) return;
-    SD3_DISPATCH_FLOAT(out_dt, D,
-                       SD3_DISPATCH_FLOAT(table_dt, S,
-                                          embedding_kernel<D, S><<<blocks(n), kThreads, 0, ex.stream>>>(
-                                              static_cast<D*>(out), static_cast<const S*>(table), ids, dim, n)));
-    SD3_CUDA_LAUNCHED();
-}
-
 void axpy(const Exec& ex, void* y, const void* x, float a, int64_t n, DType dt) {
     if (n == 0) return;
     SD3_DISPATCH_FLOAT(dt, T, axpy_kernel<T><<<blocks(n), kThreads, 0, ex.stream>>>(
@@ -368,13 +347,6 @@ void add_rows(const Exec& ex, void* y, const void* x, int64_t batch, int64_t n, 
     if (batch * n == 0) return;
     SD3_DISPATCH_FLOAT(dt, T, add_rows_kernel<T><<<blocks(batch * n), kThreads, 0, ex.stream>>>(
                                   static_cast<T*>(y), static_cast<const T*>(x), n, batch * n));
-    SD3_CUDA_LAUNCHED();
-}
-
-void affine(const Exec& ex, void* y, const void* x, float a, float b, int64_t n, DType dt) {
-    if (n == 0) return;
-    SD3_DISPATCH_FLOAT(dt, T, affine_kernel<T><<<blocks(n), kThreads, 0, ex.stream>>>(
-                                  static_cast<T*>(y), static_cast<const T*>(x), a, b, n));
     SD3_CUDA_LAUNCHED();
 }
 

@@ -1,5 +1,5 @@
 // CUDA launchers for the model-level ops beyond cuda_ops.h: the MMDiT ops of ops/cpu/mmdit_ops.h, the VAE ops of
-// ops/cpu/vae_ops.h, embedding gathers and affine maps, and attention at head dims the flash kernels do not build
+// ops/cpu/vae_ops.h, and attention at head dims the flash kernels do not build
 // (chunked: GEMM, f32 softmax, GEMM). Same contract as cuda_ops.h: raw device pointers, sizes, an Exec; they never
 // allocate. Storage dtype `dt` for every tensor operand unless a comment says otherwise, math in f32. Token
 // reductions (dshift, dscale, dgate) are ordered two-stage sums (no atomics: bit-identical reruns) that accumulate
@@ -46,18 +46,12 @@ void timestep_embedding(const Exec& ex, void* out, const float* t, int64_t batch
 // x[b, i*wp + j, :] += pos[(top + i) * grid + left + j, :].
 void add_pos_embed(const Exec& ex, void* x, const void* pos, int64_t batch, int64_t hp, int64_t wp, int64_t grid,
                    int64_t top, int64_t left, int64_t dim, DType dt);
-// out[n, :] = table[ids[n], :] for n < count, converting table_dt to out_dt; ids int64 in device memory, each in
-// [0, rows of the table) (the caller checks).
-void embedding(const Exec& ex, void* out, DType out_dt, const void* table, DType table_dt, const int64_t* ids,
-               int64_t count, int64_t dim);
 
 // --- element-wise ------------------------------------------------------------------------------------------------
 // y[i] += a * x[i].
 void axpy(const Exec& ex, void* y, const void* x, float a, int64_t n, DType dt);
 // y[b, :] += x[:] for b < batch.
 void add_rows(const Exec& ex, void* y, const void* x, int64_t batch, int64_t n, DType dt);
-// y = x * a + b, two f32 roundings like the CPU loop (no fused multiply-add).
-void affine(const Exec& ex, void* y, const void* x, float a, float b, int64_t n, DType dt);
 // Inverted dropout with cpu::dropout_uniform's counter-based hash: the same elements as the CPU are dropped.
 void dropout_fwd(const Exec& ex, void* y, const void* x, int64_t n, float p, uint64_t seed, DType dt);
 void dropout_bwd(const Exec& ex, void* dx, const void* dy, int64_t n, float p, uint64_t seed, DType dt);

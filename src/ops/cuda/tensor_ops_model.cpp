@@ -341,26 +341,4 @@ Tensor pad_right_bottom(const Tensor& x_in, int64_t right, int64_t bottom) {
     return y;
 }
 
-Tensor embedding(const Tensor& table_in, const Tensor& ids) {
-    SD3_ASSERT(table_in.defined() && table_in.device().type == DeviceType::CUDA && is_float16_or_32(table_in.dtype()),
-               "embedding table must be f32, bf16 or f16 on a CUDA device, got ", table_in.describe());
-    SD3_ASSERT(ids.device().is_cpu() && ids.dtype() == DType::I64 && ids.is_contiguous() && ids.dim() == 2,
-               "embedding: ids must reach the CUDA op as contiguous CPU int64 [B, T], got ", ids.describe());
-    const Tensor table = contiguous(table_in);
-    const int64_t D = table.size(1);
-    Tensor out = Tensor::empty({ids.size(0), ids.size(1), D}, table.dtype(), table.device());
-    const Tensor dids = to_device(ids, table.device()).value();  // a few hundred ids: an allocation is fine here
-    cuda::embedding(ctx_of(table).exec(), out.raw(), out.dtype(), table.raw(), table.dtype(), dids.data<int64_t>(),
-                    ids.numel(), D);
-    return out;
-}
-
-Tensor affine(const Tensor& x_in, float a, float b) {
-    require(x_in, x_in, "affine input");
-    const Tensor x = contiguous(x_in);
-    Tensor y = empty_like(x);
-    cuda::affine(ctx_of(x).exec(), y.raw(), x.raw(), a, b, x.numel(), x.dtype());
-    return y;
-}
-
 }  // namespace sd3::cuda::tensor_ops

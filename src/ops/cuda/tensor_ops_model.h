@@ -1,6 +1,6 @@
-// Tensor-level CUDA operations behind ops/mmdit_ops.h, the VAE ops of ops/cpu/vae_ops.h and ops::embedding /
-// ops::affine: dtype and device checks, device-side contiguous inputs, results allocated on the device, then the
-// launchers of cuda_ops.h and model_ops.h. Tensors are F32, BF16 or F16, all operands of a call alike; parameter-like
+// Tensor-level CUDA operations behind ops/mmdit_ops.h and the VAE ops of ops/cpu/vae_ops.h: dtype and device
+// checks, device-side contiguous inputs, results allocated on the device, then the launchers of cuda_ops.h and
+// model_ops.h. Tensors are F32, BF16 or F16, all operands of a call alike; parameter-like
 // gradients (dw, db, dshift, dscale, dgate) may instead be F32 (master gradients). Shape rules are the CPU's
 // (ops/mmdit_ops.cpp), which checks them before dispatching here. No CUDA header here.
 #pragma once
@@ -50,10 +50,5 @@ Tensor dropout_backward(const Tensor& dy, float p, uint64_t seed);
 // ---- VAE ----
 Tensor upsample_nearest2x(const Tensor& x);
 Tensor pad_right_bottom(const Tensor& x, int64_t right, int64_t bottom);
-
-// ---- generic ----
-// table [V, D] on the device; ids [B, T] I32/I64 on the CPU (checked against V here) -> [B, T, D] in table's dtype.
-Tensor embedding(const Tensor& table, const Tensor& ids);
-Tensor affine(const Tensor& x, float a, float b);
 
 }  // namespace sd3::cuda::tensor_ops
