@@ -32,12 +32,12 @@ def reset_peak(device):
 
 def peak_bytes(device):
     """Peak bytes held in live tensors since the last reset (torch.cuda.max_memory_allocated); the caching
-    allocator's reserved pool on top of it is reported separately as peak_reserved_bytes."""
-    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+    allocator's reserved pool on top of it is reported separately as peak_reserved_bytes. None off CUDA."""
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
 
 
 def peak_reserved_bytes(device):
-    return torch.cuda.max_memory_reserved(device) if device.type == "cuda" else 0
+    return torch.cuda.max_memory_reserved(device) if device.type == "cuda" else None
 
 
 def median(xs):

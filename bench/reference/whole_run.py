@@ -109,8 +109,8 @@ def main():
                      os.path.join(args.output_dir, "validation.png"))
         results["validation_seconds"], results["validation_peak_gpu_bytes"] = val.seconds, peak_bytes(device)
     results["wall_seconds"] = wall.seconds
-    results["peak_gpu_bytes"] = max(results["cache_peak_gpu_bytes"], results["train_peak_gpu_bytes"],
-                                    results["validation_peak_gpu_bytes"])
+    phases = [results[f"{k}_peak_gpu_bytes"] for k in ("cache", "train", "validation")]
+    results["peak_gpu_bytes"] = None if None in phases else max(phases)
     write_results(args.out, results, device)
 
 
