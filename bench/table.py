@@ -54,6 +54,9 @@ def rows(runs, env):
             sd3 = f"sd3_whole{res}_{base}"
             op = "max<=" if res == "1024" else "max<"
             label = f"whole run {res}², base {base}, T5 int8"
+            ref_t5 = get(runs, ref, "t5_dtype")
+            if base == "bf16" and ref_t5 not in (None, "int8"):
+                label += f" (reference: T5 {ref_t5})"
             out.append((label, "peak GPU memory", "GiB", gib(get(runs, ref, "peak_gpu_bytes")) if base == "bf16" else None,
                         gib(get(runs, sd3, "peak_gpu_bytes")), (op, limit)))
             out.append((label, "wall time per 100 steps", "s", per_100(runs, ref, get(runs, ref, "steps"))
