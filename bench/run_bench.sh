@@ -29,6 +29,8 @@ if [ "${BENCH_DRY_RUN:-0}" = 1 ]; then
 fi
 prompt="a photo of sks dog" val_prompt="a photo of sks dog in a bucket"
 json=$out/json logs=$out/logs
+# Outputs of an earlier run on the same machine go (the model folder stays: it takes a minute to write).
+rm -rf "$json" "$logs" "$work"/sd3_* "$work"/ref_* "$work"/cache* "$work/images"
 mkdir -p "$json" "$logs" "$work/lib"
 start=$SECONDS
 
@@ -55,11 +57,16 @@ for whl in "$bundle"/whl/*.whl; do
 done
 
 # 3. What this run is, for the table's header.
-gpu=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)
-"$py" - "$json/env.json" "${gpu:-none (CPU dry run)}" "$(cat "$bundle/COMMIT" 2>/dev/null || echo unknown)" \
+driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -1)
+"$py" - "$json/env.json" "${driver:-?}" "$(cat "$bundle/COMMIT" 2>/dev/null || echo unknown)" \
     "$whole_steps" "$base_q" "$captions" <<'PY'
 import json, sys, time
-env = {"gpu": sys.argv[2], "commit": sys.argv[3], "whole_steps": int(sys.argv[4]), "base_dtype": sys.argv[5],
+import torch
+gpu = "none (CPU dry run)"
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    gpu = f"{p.name}, {p.total_memory / 2**30:.0f} GiB, driver {sys.argv[2]}"
+env = {"gpu": gpu, "commit": sys.argv[3], "whole_steps": int(sys.argv[4]), "base_dtype": sys.argv[5],
        "captions": int(sys.argv[6]), "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 for mod in ("torch", "diffusers", "transformers", "peft", "bitsandbytes"):
     try:

@@ -20,11 +20,12 @@ def get(runs, run, path):
 
 
 def per_100(runs, run, steps):
-    """Wall seconds of the run with its training phase scaled from `steps` updates to 100."""
-    wall, train = get(runs, run, "wall_seconds"), get(runs, run, "train_seconds")
-    if wall is None or train is None or not steps:
+    """Wall seconds of the run had it made 100 updates instead of `steps`: the fixed costs (loading, caching,
+    validation, saving) once, each missing update at the run's median time per update."""
+    wall, update = get(runs, run, "wall_seconds"), get(runs, run, "seconds_per_update")
+    if wall is None or update is None or not steps:
         return None
-    return wall - train + train * 100.0 / steps
+    return wall + (100 - steps) * update
 
 
 def rows(runs, env):

@@ -1,8 +1,8 @@
-"""Workload 5 on the reference side: SD3 prompt encoding (CLIP-L, CLIP-G and T5-XXL, max_sequence_length 256, no
-negative prompt) of a captions file, per T5 dtype, as `sd3tune encode-prompt --prompts-file` does it. Per dtype:
-load time, encoding time of all captions (after one untimed caption), and the peak GPU memory of that dtype alone
-(the previous encoders are freed and the counter reset). int8 and nf4 need bitsandbytes; without it they are
-skipped with a note."""
+"""Workload 5 on the reference side: SD3 prompt encoding (CLIP-L, CLIP-G and T5-XXL, max_sequence_length 256,
+no negative prompt) of a captions file in batches, per T5 dtype, as `sd3tune encode-prompt --prompts-file` does
+it. Per dtype: load time, encoding time of all captions (after one untimed batch), and the peak GPU memory of that
+dtype alone (the previous encoders are freed and the counter reset). int8 and nf4 need bitsandbytes; without it
+they are skipped with a note."""
 import time
 
 import torch
@@ -16,7 +16,7 @@ def main():
     p.add_argument("--captions", required=True, help="text file, one caption a line")
     p.add_argument("--dtypes", default="int8,bf16,nf4")
     p.add_argument("--max-sequence-length", type=int, default=256)
-    p.add_argument("--batch", type=int, default=1, help="captions per encoder call")
+    p.add_argument("--batch", type=int, default=8, help="captions per encoder call (sd3tune's batch)")
     args = p.parse_args()
     device = torch.device(args.device)
     captions = [line.strip() for line in open(args.captions) if line.strip()]
@@ -36,7 +36,7 @@ def main():
                                                   do_classifier_free_guidance=False,
                                                   max_sequence_length=args.max_sequence_length)
         with torch.no_grad():
-            encode(captions[:1])
+            encode(captions[:args.batch])
             with Timer(device) as t:
                 for i in range(0, len(captions), args.batch):
                     encode(captions[i:i + args.batch])
