@@ -1,6 +1,7 @@
 // `sd3tune generate`: text to image with diffusers' defaults (28 steps, guidance 7, 1024x1024, T5 length 256),
 // optional LoRAs at a scale, seeded noise identical to torch's, PNGs carrying the prompt, seed and settings.
 // Parses options, prints progress and calls infer/pipeline.h; no model logic here.
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -13,6 +14,7 @@
 #include "io/safetensors.h"
 #include "io/single_file.h"
 #include "tools/commands.h"
+#include "tools/device_options.h"
 #include "tools/model_options.h"
 
 namespace sd3::tools {
@@ -33,6 +35,7 @@ struct GenerateCliOptions {
     int clip_skip = 0;
     bool vae_tiling = false;
     bool fuse_lora = false;
+    DeviceCliOptions device;
 };
 
 // Pairs every --lora-scale with the --lora before it (CLI11 keeps the order options appeared in).
@@ -99,8 +102,10 @@ Status run_generate(const CLI::App* sub, GenerateCliOptions& o) {
         SD3_ASSIGN_OR_RETURN(o.request.initial_latents, read_latents(o.init_latents));
     }
 
+    SD3_ASSIGN_OR_RETURN(const nn::Placement placement, resolve_placement(o.device));
     SD3_ASSIGN_OR_RETURN(ModelFolder model, open_model(o.spec));
     PipelineOptions popt;
+    popt.placement = placement;
     popt.text.t5.format = *t5_format;
     popt.text.clip_skip = o.clip_skip;
     popt.loras = loras;
@@ -121,8 +126,26 @@ Status run_generate(const CLI::App* sub, GenerateCliOptions& o) {
         std::fflush(stderr);
         return true;
     };
-    auto stage = [](const std::string& s) { log_info(s); };
+    // Seconds per stage, for --metrics-json: loading the transformer/VAE, encoding (with the encoders' loading),
+    // sampling and decoding.
+    std::map<std::string, double> stage_seconds;
+    std::string current_stage;
+    auto stage_start = std::chrono::steady_clock::now();
+    auto end_stage = [&]() {
+        const auto now = std::chrono::steady_clock::now();
+        if (!current_stage.empty())
+            stage_seconds[current_stage] += std::chrono::duration<double>(now - stage_start).count();
+        stage_start = now;
+    };
+    auto stage = [&](const std::string& s) {
+        end_stage();
+        current_stage = s;
+        log_info(s, " on ", device_description(placement.device));
+    };
+    reset_peak_memory(placement.device);
     SD3_ASSIGN_OR_RETURN(GenerateOutput out, pipe.generate(req, progress, stage));
+    synchronize(placement.device);
+    end_stage();
 
     const std::string model_name = o.spec.model;
     for (int64_t k = 0; k < static_cast<int64_t>(out.images.size()); ++k) {
@@ -140,13 +163,22 @@ Status run_generate(const CLI::App* sub, GenerateCliOptions& o) {
                                   meta));
         log_info("wrote ", o.save_latents);
     }
-    return {};
+    nlohmann::ordered_json m;
+    const double images = static_cast<double>(out.images.size());
+    m["seconds_per_image"] = (stage_seconds["sampling"] + stage_seconds["decoding"]) / images;
+    m["encode_seconds"] = stage_seconds["encoding the prompt"];
+    m["load_seconds"] = stage_seconds["loading the transformer"] + stage_seconds["loading the VAE decoder"];
+    m["steps"] = req.steps;
+    m["width"] = req.width;
+    m["height"] = req.height;
+    return write_metrics(o.device, placement, m);
 }
 
 std::pair<CLI::App*, CommandRunner> setup_generate(CLI::App& app) {
     auto o = std::make_shared<GenerateCliOptions>();
     CLI::App* sub = app.add_subcommand("generate", "Generate images from a text prompt (optionally with LoRAs)");
     add_model_options(sub, o->spec);
+    add_device_options(sub, o->device);
     GenerateRequest& r = o->request;
     sub->add_option("--prompt,-p", r.prompt, "what to draw")->required();
     sub->add_option("--negative-prompt,-n", r.negative_prompt, "what to steer away from (default: empty)");

@@ -17,7 +17,9 @@
 
 #include "core/log.h"
 #include "io/image.h"
+#include "io/quant.h"
 #include "tools/commands.h"
+#include "tools/device_options.h"
 #include "tools/model_options.h"
 #include "train/sd3_components.h"
 #include "train/trainer.h"
@@ -43,8 +45,9 @@ struct TrainCli {
     int64_t max_train_steps = 0, validation_steps = 0;
     int checkpoints_total_limit = 0;
     uint64_t seed = 0;
+    std::string mixed_precision;
     // accepted for compatibility, no effect (notices)
-    std::string revision, variant, dataset_config_name, hub_token, hub_model_id, mixed_precision,
+    std::string revision, variant, dataset_config_name, hub_token, hub_model_id,
         prior_generation_precision;
     bool push_to_hub = false, allow_tf32 = false, train_text_encoder = false, upcast_before_saving = false,
          cache_latents = false;
@@ -52,6 +55,9 @@ struct TrainCli {
     double text_encoder_lr = 5e-6, adam_weight_decay_text_encoder = 1e-3;
     bool quiet = false;
     std::string config;
+    DeviceCliOptions device;
+    std::string t5_dtype = "int8";
+    double max_vram_gib = 0;
 };
 
 std::vector<std::string> split_list(const std::string& s) {
@@ -159,8 +165,12 @@ Status finish_options(TrainCli& c, CLI::App* sub) {
         notice("--push_to_hub/--hub_token/--hub_model_id: uploading is not done here; the LoRA stays in --output_dir");
     if (given("--allow_tf32")) notice("--allow_tf32 has no effect: the CPU computes in float32; the GPU backend picks its own math");
     if (given("--dataloader_num_workers")) notice("--dataloader_num_workers has no effect: images are prepared and cached once");
-    if (given("--mixed_precision"))
-        notice("--mixed_precision " + c.mixed_precision + ": the CPU trains in float32 with float32 LoRA master weights");
+    if (given("--mixed_precision")) {
+        if (c.mixed_precision != "no" && c.mixed_precision != "fp16" && c.mixed_precision != "bf16")
+            return make_error(ErrorCode::INVALID_ARGUMENT, "--mixed_precision ", c.mixed_precision,
+                              ": expected no, fp16 or bf16");
+        c.device.precision = c.mixed_precision == "no" ? "f32" : c.mixed_precision;
+    }
     if (given("--prior_generation_precision")) notice("--prior_generation_precision has no effect on the CPU");
     if (given("--local_rank")) notice("--local_rank ignored: one process");
     if (given("--revision") || given("--variant")) notice("--revision/--variant ignored: the model is read from a local folder or file");
@@ -307,6 +317,13 @@ std::pair<CLI::App*, CommandRunner> setup_train(CLI::App& app) {
     g->add_option("--report_to", c->report_to, "tensorboard or none (wandb is accepted with a notice)")->capture_default_str();
     g->add_option("--logging_dir", o.logging_dir, "log folder under --output_dir")->capture_default_str();
     g->add_flag("--quiet", c->quiet, "no progress bar");
+    // device and memory
+    add_device_options(g, c->device, nullptr);
+    g->add_option("--t5-dtype", c->t5_dtype, "T5 weight format in the cache phase: int8, fp8, nf4, bf16, fp16, f32")
+        ->check(CLI::IsMember({"int8", "fp8", "nf4", "bf16", "fp16", "f32"}))
+        ->capture_default_str();
+    g->add_option("--max-vram", c->max_vram_gib,
+                  "GiB of GPU memory T5's blocks may hold in the cache phase; the rest stream from host memory");
     // reference flags without an effect here
     g->add_option("--revision", c->revision, "(ignored)");
     g->add_option("--variant", c->variant, "(ignored)");
@@ -316,7 +333,9 @@ std::pair<CLI::App*, CommandRunner> setup_train(CLI::App& app) {
     g->add_flag("--push_to_hub", c->push_to_hub, "(ignored)");
     g->add_flag("--allow_tf32", c->allow_tf32, "(ignored)");
     g->add_option("--dataloader_num_workers", c->dataloader_num_workers, "(ignored)");
-    g->add_option("--mixed_precision", c->mixed_precision, "(ignored on the CPU)");
+    g->add_option("--mixed_precision", c->mixed_precision,
+                  "GPU compute dtype: bf16, fp16 or no (float32); default bf16 (fp16 on cards without bf16); "
+                  "LoRA master weights and the optimizer stay float32. The CPU trains in float32");
     g->add_option("--prior_generation_precision", c->prior_generation_precision, "(ignored)");
     g->add_option("--local_rank", c->local_rank, "(ignored)");
     g->add_option("--text_encoder_lr", c->text_encoder_lr, "(ignored)");
@@ -327,9 +346,15 @@ std::pair<CLI::App*, CommandRunner> setup_train(CLI::App& app) {
 
     return {sub, [c, sub]() -> Status {
                 SD3_TRY(finish_options(*c, sub));
+                SD3_ASSIGN_OR_RETURN(const nn::Placement placement, resolve_placement(c->device));
                 train::Sd3ComponentOptions so;
                 so.max_sequence_length = c->o.max_sequence_length;
                 so.gradient_checkpointing = c->o.gradient_checkpointing;
+                so.placement = placement;
+                so.text.t5.format = *quant_format_from_name(c->t5_dtype);
+                so.text.t5_max_resident_bytes = static_cast<size_t>(c->max_vram_gib * double(size_t{1} << 30));
+                std::fprintf(stderr, "device: %s, compute dtype %s\n", device_description(placement.device).c_str(),
+                             dtype_name(placement.dtype));
                 SD3_ASSIGN_OR_RETURN(train::TrainComponents comp, train::make_sd3_components(c->spec, so));
                 train::ImageDecoder decode = [](const std::string& path) -> Result<train::RgbImage> {
                     SD3_ASSIGN_OR_RETURN(Image img, read_image(path));
@@ -342,7 +367,18 @@ std::pair<CLI::App*, CommandRunner> setup_train(CLI::App& app) {
                 cb.on_phase = [tty](const std::string& m) {
                     std::fprintf(stderr, "%s%s\n", tty ? "\r\033[K" : "", m.c_str());
                 };
+                // Measurements for --metrics-json: the cache phase, then the updates (median: steady state).
+                double cache_seconds = 0;
+                size_t cache_peak = 0;
+                std::vector<double> update_seconds;
+                cb.on_cache_done = [&]() {
+                    synchronize(placement.device);
+                    cache_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+                    cache_peak = memory_stats(placement.device).peak;
+                    reset_peak_memory(placement.device);
+                };
                 cb.on_step = [&, tty](const train::StepReport& r) {
+                    update_seconds.push_back(r.seconds);
                     if (c->quiet) return;
                     if (first_step < 0) first_step = r.step - 1;
                     const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -358,11 +394,30 @@ std::pair<CLI::App*, CommandRunner> setup_train(CLI::App& app) {
                                  tty && r.step < r.max_steps ? "" : "\n");
                     std::fflush(stderr);
                 };
+                reset_peak_memory(placement.device);
                 SD3_ASSIGN_OR_RETURN(train::TrainResult res, train::run_training(c->o, comp, decode, cb));
                 if (!c->quiet) std::fprintf(stderr, "\n");
                 std::printf("trained %lld updates; LoRA written to %s\n", static_cast<long long>(res.global_step),
                             res.lora_path.c_str());
-                return {};
+                const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+                const size_t train_peak = memory_stats(placement.device).peak;
+                nlohmann::ordered_json m;
+                m["wall_seconds"] = wall;
+                m["cache_seconds"] = cache_seconds;
+                m["train_seconds"] = wall - cache_seconds;
+                m["updates"] = update_seconds.size();
+                // The median over updates after the first two (warm-up: cuBLASLt/cuDNN plans, pool growth).
+                std::vector<double> steady(update_seconds.begin() + std::min<size_t>(2, update_seconds.size() / 2),
+                                           update_seconds.end());
+                std::sort(steady.begin(), steady.end());
+                const double median = steady.empty() ? 0.0 : steady[steady.size() / 2];
+                m["seconds_per_update"] = median;
+                const double images = static_cast<double>(c->o.train_batch_size * c->o.gradient_accumulation_steps);
+                m["images_per_second"] = median > 0 ? images / median : 0.0;
+                m["cache_peak_gpu_bytes"] = cache_peak;
+                m["train_peak_gpu_bytes"] = train_peak;
+                m["peak_gpu_bytes"] = std::max(cache_peak, train_peak);
+                return write_metrics(c->device, placement, m);
             }};
 }
 

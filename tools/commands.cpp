@@ -5,6 +5,7 @@
 #include <map>
 
 #include "core/log.h"
+#include "core/tensor.h"
 
 namespace sd3::tools {
 
@@ -31,7 +32,15 @@ void register_commands(CLI::App& app) {
 int run_selected(CLI::App& app) {
     for (auto& [sub, run] : runners()) {
         if (!sub->parsed()) continue;
-        const Status s = run();
+        Status s;
+        try {
+            s = run();
+        } catch (const OutOfMemoryError& e) {
+            // Whatever was being built is unwound; files already written stay as they are.
+            s = make_error(ErrorCode::OUT_OF_MEMORY, e.what(),
+                           ". Lower what the GPU holds: --train_batch_size or --resolution, --gradient_checkpointing, "
+                           "--base-dtype fp8|int8|nf4, --t5-dtype nf4, or --max-vram to stream weights");
+        }
         if (s.ok()) return 0;
         log_error(s.message());
         return 1;

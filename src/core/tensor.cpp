@@ -80,10 +80,21 @@ std::shared_ptr<Storage> Storage::allocate(size_t bytes, Device device) {
     return std::make_shared<Storage>(p, bytes, device, [free_fn, index](void* q) { free_fn(q, index); });
 }
 
+OutOfMemoryError::OutOfMemoryError(const std::string& device, size_t asked, size_t free, size_t total,
+                                   const std::string& what)
+    : std::runtime_error("out of memory on " + device + ": " + what + " needs " + std::to_string(asked >> 20) +
+                         " MiB, " + std::to_string(free >> 20) + " MiB of " + std::to_string(total >> 20) +
+                         " MiB are free") {}
+
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
     for (int64_t s : shape) SD3_ASSERT(s >= 0, "negative dimension in ", shape_str(shape));
     auto storage = Storage::allocate(static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype), device);
-    SD3_ASSERT(storage != nullptr, "out of memory on ", device.str(), " for ", shape_str(shape));
+    if (storage == nullptr) {
+        const DeviceAllocator& a = g_allocators[static_cast<int>(device.type)];
+        const MemoryStats m = a.stats != nullptr ? a.stats(device.index) : MemoryStats{};
+        throw OutOfMemoryError(device.str(), static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype), m.free,
+                               m.total, "a " + std::string(dtype_name(dtype)) + shape_str(shape) + " tensor");
+    }
     return view_of(std::move(storage), 0, shape, dtype);
 }
 

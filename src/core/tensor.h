@@ -7,6 +7,7 @@
 #include <functional>
 #include <initializer_list>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -54,12 +55,26 @@ class Storage {
     Deleter deleter_;
 };
 
+// Bytes of a device's memory pool (ops/device.h memory_stats): in use now, the most in use since the last reset,
+// reserved by the pool, and free/total as the driver reports them.
+struct MemoryStats {
+    size_t in_use = 0, peak = 0, reserved = 0, free = 0, total = 0;
+};
+
 // Device allocators other than the CPU's are registered by their backend (ops/cuda) at start-up.
 struct DeviceAllocator {
     void* (*alloc)(size_t bytes, int device_index);  // returns nullptr when out of memory
     void (*free)(void* ptr, int device_index);
+    MemoryStats (*stats)(int device_index);
 };
 void register_device_allocator(DeviceType type, DeviceAllocator allocator);
+
+// Thrown when a device allocation fails (a GPU out of memory): unwinds whatever was being built, and the command
+// line turns it into a message saying what was asked, what was free and which options lower the need.
+class OutOfMemoryError : public std::runtime_error {
+  public:
+    OutOfMemoryError(const std::string& device, size_t asked, size_t free, size_t total, const std::string& what);
+};
 
 class Tensor {
   public:

@@ -10,6 +10,7 @@
 #include "core/log.h"
 #include "io/lora_file.h"
 #include "io/name_map.h"
+#include "ops/device.h"
 #include "ops/ops.h"
 
 namespace sd3 {
@@ -20,6 +21,7 @@ Result<TextToImage> TextToImage::open(const ModelFolder& model, const PipelineOp
     TextToImage p;
     p.model_ = model;
     p.options_ = options;
+    p.options_.text.placement = options.placement;
     for (const char* part : {"transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer",
                              "tokenizer_2", "tokenizer_3", "scheduler"})
         SD3_TRY(model.require(part).status());
@@ -86,6 +88,7 @@ Status TextToImage::ensure_transformer(const StageFn& stage) {
     if (stage) stage("loading the transformer");
     SD3_ASSIGN_OR_RETURN(const Component* c, model_.require("transformer"));
     SD3_ASSIGN_OR_RETURN(MMDiT m, MMDiT::load(*c));
+    SD3_TRY(m.to(options_.placement));
     for (size_t i = 0; i < loras_.size(); ++i) {
         const Status s = options_.fuse_loras ? m.fuse_lora(loras_[i].first, loras_[i].second)
                                              : m.attach_lora(loras_[i].first, loras_[i].second);
@@ -100,6 +103,7 @@ Status TextToImage::ensure_vae(const StageFn& stage) {
     if (stage) stage("loading the VAE decoder");
     SD3_ASSIGN_OR_RETURN(const Component* c, model_.require("vae"));
     SD3_ASSIGN_OR_RETURN(Vae v, Vae::load_component(*c, Vae::Part::DECODER));
+    SD3_TRY(v.to(Vae::placement_for(options_.placement.device, options_.placement.dtype)));
     vae_.emplace(std::move(v));
     return {};
 }
@@ -173,8 +177,17 @@ Result<GenerateOutput> TextToImage::generate_from_embeds(const GenerateRequest& 
     SD3_TRY(ensure_transformer(stage));
     const FlowMatchSchedule schedule = scheduler_.inference_schedule(r.steps);
     const MMDiT& model = *transformer_;
-    VelocityFn velocity = [&model](const Tensor& x, const Tensor& t, const Tensor& ctx, const Tensor& pooled) {
-        return model.forward(x, t, ctx, pooled, nullptr);
+    // The conditioning is the same tensor at every step: moved to the model's device once.
+    std::pair<const void*, Tensor> ctx_placed, pooled_placed;
+    auto on_model_device = [&model](std::pair<const void*, Tensor>& cache, const Tensor& t) -> const Tensor& {
+        if (cache.first != t.raw()) {
+            const nn::Placement& pl = model.placement();
+            cache = {t.raw(), pl.on_cpu() ? t : convert(to_device(t, pl.device).value(), pl.dtype)};
+        }
+        return cache.second;
+    };
+    VelocityFn velocity = [&](const Tensor& x, const Tensor& t, const Tensor& ctx, const Tensor& pooled) {
+        return model.forward(x, t, on_model_device(ctx_placed, ctx), on_model_device(pooled_placed, pooled), nullptr);
     };
     if (stage) stage("sampling");
     SD3_ASSIGN_OR_RETURN(out.latents, sample_flow_match(velocity, out.initial_latents, schedule, cond, r.guidance_scale,

@@ -48,6 +48,7 @@ struct PipelineOptions {
     bool fuse_loras = false;          // W += s·(alpha/r)·B·A once (pipe.fuse_lora, as the reference's run_trained.py)
                                       // instead of the unfused low-rank path: faster, equal up to rounding
     bool vae_tiling = false;          // diffusers' vae.enable_tiling(): decode large images in blended tiles
+    nn::Placement placement;          // where every model runs (text.placement is set from it)
 };
 
 // What the pipeline reports as it goes: "encoding prompt", "loading transformer", "decoding", ...

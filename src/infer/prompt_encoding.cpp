@@ -3,10 +3,12 @@
 #include "infer/prompt_encoding.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 
 #include "core/check.h"
 #include "core/log.h"
+#include "ops/device.h"
 #include "ops/ops.h"
 
 namespace sd3 {
@@ -71,14 +73,29 @@ Result<TextEncoders> TextEncoders::open(const ModelFolder& model, const TextEnco
     return create(*l, *g, *t5, options);
 }
 
+namespace {
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+}  // namespace
+
 Status TextEncoders::load(TextEncoderId id) {
     if (is_loaded(id)) return {};
+    const auto t0 = std::chrono::steady_clock::now();
+    SD3_TRY(load_now(id));
+    synchronize(options_.placement.device);
+    timings_.load_seconds += seconds_since(t0);
+    return {};
+}
+
+Status TextEncoders::load_now(TextEncoderId id) {
     const Component& c = comp_[static_cast<int>(id)];
     switch (id) {
         case TextEncoderId::CLIP_L: {
             auto m = ClipTextModel::load(cfg_l_, c.weights);
             if (!m.ok()) return m.status().with_context(str_cat("loading ", text_encoder_name(id)));
             clip_l_.emplace(std::move(m).value());
+            SD3_TRY(clip_l_->to(options_.placement));
             log_info("loaded ", text_encoder_name(id), ": ", clip_l_->weight_bytes() >> 20, " MiB");
             break;
         }
@@ -86,6 +103,7 @@ Status TextEncoders::load(TextEncoderId id) {
             auto m = ClipTextModel::load(cfg_g_, c.weights);
             if (!m.ok()) return m.status().with_context(str_cat("loading ", text_encoder_name(id)));
             clip_g_.emplace(std::move(m).value());
+            SD3_TRY(clip_g_->to(options_.placement));
             log_info("loaded ", text_encoder_name(id), ": ", clip_g_->weight_bytes() >> 20, " MiB");
             break;
         }
@@ -93,8 +111,18 @@ Status TextEncoders::load(TextEncoderId id) {
             auto m = T5Encoder::load(cfg_t5_, c.weights, options_.t5);
             if (!m.ok()) return m.status().with_context(str_cat("loading ", text_encoder_name(id)));
             t5_.emplace(std::move(m).value());
+            const nn::Placement& p = options_.placement;
+            size_t budget = options_.t5_max_resident_bytes;
+            if (!p.on_cpu() && budget == 0) {
+                const size_t free = memory_stats(p.device).free, reserve = size_t{1} << 30;
+                budget = free > reserve ? free - reserve : 0;
+            }
+            SD3_TRY(t5_->to(T5Encoder::placement_for(p.device, p.dtype), budget));
             log_info("loaded ", text_encoder_name(id), " with ", cpu::quant_format_name(options_.t5.format),
-                     " weights: ", t5_->weight_bytes() >> 20, " MiB");
+                     " weights: ", t5_->weight_bytes() >> 20, " MiB",
+                     p.on_cpu() ? std::string()
+                                : str_cat(", ", t5_->resident_blocks(), " of ", cfg_t5_.num_layers,
+                                          " blocks resident on ", p.device.str()));
             break;
         }
     }
@@ -147,6 +175,31 @@ Tensor stack_ids(const std::vector<PromptTokens>& prompts, size_t i0, size_t i1,
 
 }  // namespace
 
+Status TextEncoders::run_t5_all(const std::vector<PromptTokens>& prompts, size_t chunk, std::vector<Tensor>& out) const {
+    if (!t5_) return make_error(ErrorCode::INVALID_ARGUMENT, text_encoder_name(TextEncoderId::T5), " is not loaded (call load first)");
+    // Batches of `chunk` prompts (one prompt per batch where lengths differ), all through one pass over the blocks.
+    std::vector<Tensor> batches;
+    std::vector<std::pair<size_t, size_t>> spans;
+    for (size_t i0 = 0; i0 < prompts.size(); i0 += chunk) {
+        const size_t i1 = std::min(prompts.size(), i0 + chunk);
+        const Tensor ids = stack_ids(prompts, i0, i1, &PromptTokens::t5);
+        if (ids.defined() && ids.size(0) == static_cast<int64_t>(i1 - i0)) {
+            batches.push_back(ids);
+            spans.emplace_back(i0, i1);
+        } else {
+            for (size_t i = i0; i < i1; ++i) {
+                batches.push_back(prompts[i].t5);
+                spans.emplace_back(i, i + 1);
+            }
+        }
+    }
+    SD3_ASSIGN_OR_RETURN(std::vector<Tensor> hs, t5_->forward_batches(batches));  // each [b, L, D_t5]
+    for (size_t k = 0; k < batches.size(); ++k)
+        for (size_t i = spans[k].first; i < spans[k].second; ++i)
+            out[i] = hs[k].slice(0, static_cast<int64_t>(i - spans[k].first), static_cast<int64_t>(i - spans[k].first + 1));
+    return {};
+}
+
 Result<std::vector<PromptEmbeds>> TextEncoders::encode_tokens(const std::vector<PromptTokens>& prompts,
                                                               bool with_clip_skip) {
     const size_t n = prompts.size();
@@ -165,16 +218,11 @@ Result<std::vector<PromptEmbeds>> TextEncoders::encode_tokens(const std::vector<
                       .size(0);
         }
         rows.push_back(at);
-        if (id == TextEncoderId::T5) {
-            SD3_ASSIGN_OR_RETURN(Tensor h, encode_t5(ids));  // [b, L, D_t5]
-            for (size_t i = i0; i < i1; ++i) t[i] = h.slice(0, rows[i - i0], rows[i - i0 + 1]);
-        } else {
-            SD3_ASSIGN_OR_RETURN(ClipEmbeds e, encode_clip(id, ids, skip));
-            for (size_t i = i0; i < i1; ++i) {
-                ClipEmbeds& dst = id == TextEncoderId::CLIP_L ? l[i] : g[i];
-                dst.hidden = e.hidden.slice(0, rows[i - i0], rows[i - i0 + 1]);
-                dst.pooled = e.pooled.slice(0, rows[i - i0], rows[i - i0 + 1]);
-            }
+        SD3_ASSIGN_OR_RETURN(ClipEmbeds e, encode_clip(id, ids, skip));
+        for (size_t i = i0; i < i1; ++i) {
+            ClipEmbeds& dst = id == TextEncoderId::CLIP_L ? l[i] : g[i];
+            dst.hidden = e.hidden.slice(0, rows[i - i0], rows[i - i0 + 1]);
+            dst.pooled = e.pooled.slice(0, rows[i - i0], rows[i - i0 + 1]);
         }
         return {};
     };
@@ -185,15 +233,21 @@ Result<std::vector<PromptEmbeds>> TextEncoders::encode_tokens(const std::vector<
                                                                     : &PromptTokens::t5;
         const bool was_loaded = is_loaded(id);
         SD3_TRY(load(id));
-        for (size_t i0 = 0; i0 < n; i0 += chunk) {
-            const size_t i1 = std::min(n, i0 + chunk);
-            const Tensor ids = stack_ids(prompts, i0, i1, which);
-            if (ids.defined()) {
-                SD3_TRY(run(id, i0, i1, ids));
-            } else {  // lengths differ: one prompt at a time
-                for (size_t i = i0; i < i1; ++i) SD3_TRY(run(id, i, i + 1, prompts[i].*which));
+        const auto t0 = std::chrono::steady_clock::now();
+        if (id == TextEncoderId::T5) {
+            SD3_TRY(run_t5_all(prompts, chunk, t));
+        } else {
+            for (size_t i0 = 0; i0 < n; i0 += chunk) {
+                const size_t i1 = std::min(n, i0 + chunk);
+                const Tensor ids = stack_ids(prompts, i0, i1, which);
+                if (ids.defined()) {
+                    SD3_TRY(run(id, i0, i1, ids));
+                } else {  // lengths differ: one prompt at a time
+                    for (size_t i = i0; i < i1; ++i) SD3_TRY(run(id, i, i + 1, prompts[i].*which));
+                }
             }
         }
+        timings_.run_seconds += seconds_since(t0);  // outputs are on the CPU: the device is done
         if (!was_loaded) release(id);
     }
     std::vector<PromptEmbeds> out;

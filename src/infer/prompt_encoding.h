@@ -14,6 +14,7 @@
 #include "io/model_folder.h"
 #include "models/clip_text.h"
 #include "models/t5_encoder.h"
+#include "nn/placement.h"
 #include "text/clip_tokenizer.h"
 #include "text/t5_tokenizer.h"
 
@@ -27,6 +28,10 @@ struct TextEncoderOptions {
     int max_sequence_length = 256;    // T5 tokens: 256 for generation (diffusers' default), 77 in the reference training
     int clip_skip = 0;                // 0 = hidden_states[-2], SD3's default; applied to the prompt, not the negative
     int batch_size = 8;               // prompts per encoder forward in encode_tokens (rows are independent)
+    nn::Placement placement;          // where the encoders run (T5 and fp16: see T5Encoder::placement_for)
+    // Device memory T5's blocks may hold; the blocks beyond it stream from host memory (0: what is free now,
+    // less 1 GiB for activations).
+    size_t t5_max_resident_bytes = 0;
 };
 
 // One encoder's output for a batch of B prompts.
@@ -92,17 +97,28 @@ class TextEncoders {
                                                      const std::vector<std::string>& prompts,
                                                      bool with_clip_skip = true);
 
+    // Seconds spent loading encoders (reading, quantizing, moving to the device) and running them, since creation.
+    struct Timings {
+        double load_seconds = 0, run_seconds = 0;
+    };
+    const Timings& timings() const { return timings_; }
+
     const TextEncoderOptions& options() const { return options_; }
     const ClipTextConfig& clip_config(TextEncoderId id) const { return id == TextEncoderId::CLIP_L ? cfg_l_ : cfg_g_; }
     const T5Config& t5_config() const { return cfg_t5_; }
 
   private:
+    Status load_now(TextEncoderId id);
+    // T5 on every prompt in batches of `chunk`, one pass over its blocks; out[i] = prompt i's rows [1, L, D_t5].
+    Status run_t5_all(const std::vector<PromptTokens>& prompts, size_t chunk, std::vector<Tensor>& out) const;
+
     Component comp_[3];
     TextEncoderOptions options_;
     ClipTextConfig cfg_l_, cfg_g_;
     T5Config cfg_t5_;
     std::optional<ClipTextModel> clip_l_, clip_g_;
     std::optional<T5Encoder> t5_;
+    Timings timings_;
 };
 
 }  // namespace sd3

@@ -1,4 +1,4 @@
-// Reading JSON files (configs, indexes, tokenizer files) with errors that name the file.
+// Reading JSON files (and writing small text files atomically) (configs, indexes, tokenizer files) with errors that name the file.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -9,6 +9,9 @@
 namespace sd3 {
 
 Result<nlohmann::json> read_json_file(const std::string& path);
+// Writes `text` to path.tmp and renames it over `path`, so a reader never sees a half-written file (a full disk
+// leaves the old file intact).
+Status write_text_atomic(const std::string& path, const std::string& text);
 
 // Typed field access for configs: a missing or mistyped field is an error naming the file and the key.
 template <typename T>

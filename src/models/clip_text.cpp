@@ -7,6 +7,8 @@
 
 #include "core/check.h"
 #include "io/json_file.h"
+#include "ops/device.h"
+#include "ops/mmdit_ops.h"
 #include "ops/ops.h"
 
 namespace sd3 {
@@ -159,10 +161,12 @@ Result<ClipTextOutput> ClipTextModel::forward(const Tensor& ids, int clip_skip) 
             for (int64_t i = 0; i < T * D; ++i) px[b * T * D + i] += pp[i];
     }
 
+    if (!placement_.on_cpu()) x = convert(to_device(x, placement_.device).value(), placement_.dtype);
+
     // hidden_states = [embeddings, out_0, ..., out_{N-1}]; SD3 keeps hidden_states[-(clip_skip + 2)].
     const int64_t keep_index = c.num_layers + 1 - (clip_skip + 2);
     ClipTextOutput out;
-    if (keep_index == 0) out.penultimate = x.clone();
+    if (keep_index == 0) out.penultimate = ops::copy(x);
     const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim()));
     for (int64_t l = 0; l < c.num_layers; ++l) {
         const ClipLayerWeights& lw = w.layers[l];
@@ -177,7 +181,8 @@ Result<ClipTextOutput> ClipTextModel::forward(const Tensor& ids, int clip_skip) 
         x = ops::add(x, ops::linear(f, lw.fc2_w, lw.fc2_b));                                  // [B, T, D]
         if (l + 1 == keep_index) out.penultimate = x;
     }
-    out.last_hidden = ops::layer_norm(x, w.final_ln_w, w.final_ln_b, c.layer_norm_eps);  // [B, T, D]
+    out.last_hidden = host_f32(ops::layer_norm(x, w.final_ln_w, w.final_ln_b, c.layer_norm_eps));  // [B, T, D]
+    out.penultimate = host_f32(out.penultimate);
 
     // Pooled: the final-normed state at the EOS position, through text_projection (no bias).
     const std::vector<int64_t> pos = clip_pool_positions(ids, c.eos_token_id);
@@ -185,6 +190,20 @@ Result<ClipTextOutput> ClipTextModel::forward(const Tensor& ids, int clip_skip) 
     for (int64_t b = 0; b < B; ++b) pooled_raw.select(0, b).copy_from(out.last_hidden.select(0, b).select(0, pos[b]));
     out.pooled = ops::linear(pooled_raw, w.text_projection);  // [B, proj]
     return out;
+}
+
+Status ClipTextModel::to(const nn::Placement& placement) {
+    if (placement.on_cpu() && placement_.on_cpu()) return {};
+    nn::WeightPlacer placer;
+    for (ClipLayerWeights& l : weights_.layers)
+        for (Tensor* t : {&l.ln1_w, &l.ln1_b, &l.q_w, &l.k_w, &l.v_w, &l.out_w, &l.q_b, &l.k_b, &l.v_b, &l.out_b,
+                          &l.ln2_w, &l.ln2_b, &l.fc1_w, &l.fc1_b, &l.fc2_w, &l.fc2_b})
+            placer.convert(*t);
+    placer.convert(weights_.final_ln_w);
+    placer.convert(weights_.final_ln_b);
+    SD3_TRY(placer.place(placement, "CLIP text encoder").status());
+    placement_ = placement;
+    return {};
 }
 
 }  // namespace sd3

@@ -11,6 +11,7 @@
 
 #include "core/status.h"
 #include "core/tensor.h"
+#include "nn/placement.h"
 #include "io/tensor_source.h"
 #include "ops/cpu/cpu_ops.h"
 
@@ -67,6 +68,11 @@ class ClipTextModel {
     // mask applies). clip_skip 0 is SD3's default (hidden_states[-2]).
     Result<ClipTextOutput> forward(const Tensor& ids, int clip_skip = 0) const;
 
+    // Moves the transformer layers into one allocation on the placement's device (float weights in its dtype).
+    // The token/position embeddings and the projection stay on the CPU in float32: the lookup checks every id
+    // there, and the pooled rows are few. forward() returns float32 tensors on the CPU either way.
+    Status to(const nn::Placement& placement);
+
     const ClipTextConfig& config() const { return config_; }
     const ClipTextWeights& weights() const { return weights_; }
     size_t weight_bytes() const;
@@ -74,6 +80,7 @@ class ClipTextModel {
   private:
     ClipTextConfig config_;
     ClipTextWeights weights_;
+    nn::Placement placement_;
 };
 
 // Position of the pooled token in each row of ids [B, T] (§5.3): argmax(ids) when eos_token_id == 2, else the

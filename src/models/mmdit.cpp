@@ -9,6 +9,7 @@
 #include "core/check.h"
 #include "io/json_file.h"
 #include "io/model_folder.h"
+#include "ops/device.h"
 #include "ops/mmdit_ops.h"
 
 namespace sd3 {
@@ -350,12 +351,42 @@ Status MMDiT::check_lora_set(const LoraSet& set) const {
     return {};
 }
 
+Status MMDiT::to(const nn::Placement& placement) {
+    if (placement.on_cpu() && placement_.on_cpu()) return {};
+    nn::WeightPlacer placer;
+    for (nn::Linear* l : linears()) {
+        placer.convert(l->weight);
+        placer.convert(l->bias);
+        for (nn::LoraAdapter& a : l->loras) {
+            placer.convert(a.A);
+            placer.convert(a.B);
+        }
+    }
+    placer.convert(w_.pos_embed);
+    for (JointBlock& b : w_.blocks)
+        for (nn::JointAttention* a : {&b.attn, &b.attn2})
+            for (Tensor* t : {&a->norm_q, &a->norm_k, &a->norm_added_q, &a->norm_added_k}) placer.convert(*t);
+    SD3_TRY(placer.place(placement, "transformer").status());
+    placement_ = placement;
+    return {};
+}
+
+namespace {
+// A LoRA factor of a file (CPU, any float dtype) on the model's device in its dtype.
+Result<Tensor> placed_factor(const Tensor& t, const nn::Placement& p) {
+    const Tensor f32 = t.to(DType::F32).contiguous();
+    if (p.on_cpu()) return f32;
+    SD3_ASSIGN_OR_RETURN(Tensor d, to_device(f32, p.device));
+    return convert(d, p.dtype);
+}
+}  // namespace
+
 Status MMDiT::attach_lora(const LoraSet& set, float multiplier) {
     SD3_TRY(check_lora_set(set));
     for (const auto& [name, mod] : set.modules) {
         nn::LoraAdapter a;
-        a.A = mod.A.to(DType::F32).contiguous();
-        a.B = mod.B.to(DType::F32).contiguous();
+        SD3_ASSIGN_OR_RETURN(a.A, placed_factor(mod.A, placement_));
+        SD3_ASSIGN_OR_RETURN(a.B, placed_factor(mod.B, placement_));
         a.scale = multiplier * mod.alpha / static_cast<float>(mod.rank());
         find_linear(name)->loras.push_back(a);
     }
@@ -366,12 +397,21 @@ Status MMDiT::fuse_lora(const LoraSet& set, float multiplier) {
     SD3_TRY(check_lora_set(set));
     for (const auto& [name, mod] : set.modules) {
         nn::Linear* l = find_linear(name);
-        // A private copy: the loaded weight may be a read-only view of the file mapping, or shared with another model.
-        Tensor w = l->weight.clone();                                   // [out, in]
+        // B·A in float32 on the CPU, added to a private copy of the weight (the loaded one may be a read-only view
+        // of the file mapping, or a slot of the model's one allocation shared by nothing else but kept intact).
         const Tensor at = mod.A.to(DType::F32).transpose(0, 1).contiguous();  // [in, r]
         const Tensor delta = ops::linear(mod.B.to(DType::F32), at);    // [out, in] = B·A
-        ops::add_(w, delta, multiplier * mod.alpha / static_cast<float>(mod.rank()));
-        l->weight = w;
+        const float s = multiplier * mod.alpha / static_cast<float>(mod.rank());
+        if (placement_.on_cpu()) {
+            Tensor w = l->weight.clone();  // [out, in]
+            ops::add_(w, delta, s);
+            l->weight = w;
+        } else {
+            Tensor w = ops::copy(convert(l->weight, DType::F32));  // fused in float32, rounded once
+            SD3_ASSIGN_OR_RETURN(const Tensor delta_dev, to_device(delta, placement_.device));
+            ops::add_(w, delta_dev, s);
+            l->weight = convert(w, placement_.dtype);
+        }
     }
     return {};
 }

@@ -26,6 +26,7 @@
 #include "io/tensor_source.h"
 #include "nn/blocks.h"
 #include "nn/lora.h"
+#include "nn/placement.h"
 
 namespace sd3 {
 
@@ -142,19 +143,26 @@ class MMDiT {
     static Result<MMDiT> load_dir(const std::string& dir);
     static Result<MMDiT> create(const MMDiTConfig& config, std::shared_ptr<const TensorSource> weights);
 
+    // Moves every weight into one allocation on the placement's device, float weights in its dtype (LoRAs attached
+    // afterwards follow the model there). The CPU in float32 is where load() leaves it.
+    Status to(const nn::Placement& placement);
+    const nn::Placement& placement() const { return placement_; }
+
     const MMDiTConfig& config() const { return config_; }
     const MMDiTWeights& weights() const { return w_; }
     MMDiTWeights& mutable_weights() { return w_; }  // for tests and tools that patch weights
 
     // hidden_states [B, in_channels, H, W] (H, W multiples of patch_size, H/p and W/p <= pos_embed_max_size),
     // timestep [B] (float, 0..1000), encoder_hidden_states [B, M, joint_attention_dim], pooled [B, pooled_dim].
-    // Returns [B, out_channels, H, W]. `saved` (may be null) receives what backward() needs. `skip_layers` lists
+    // Inputs may live on any device in any float dtype (they are moved to the placement; the timestep stays
+    // float32). Returns [B, out_channels, H, W] float32 on the CPU. `saved` (may be null) receives what backward() needs. `skip_layers` lists
     // blocks to skip (SD3.5 skip-layer guidance, diffusers `skip_layers`; inference only).
     Result<Tensor> forward(const Tensor& hidden_states, const Tensor& timestep, const Tensor& encoder_hidden_states,
                            const Tensor& pooled_projections, MMDiTActivations* saved = nullptr,
                            const std::vector<int64_t>& skip_layers = {}) const;
-    // dout [B, out_channels, H, W]. Accumulates trainable LoRA gradients into `lora_grads` (flat, the layout of the
-    // attached LoraTrainable); fills `inputs` when given. Frozen weights get no gradients.
+    // dout [B, out_channels, H, W] (any device and float dtype). Accumulates trainable LoRA gradients into
+    // `lora_grads` (flat float32 on the placement's device, the layout of the attached LoraTrainable); fills
+    // `inputs` (float32, CPU) when given. Frozen weights get no gradients.
     void backward(const Tensor& dout, MMDiTActivations& saved, Tensor& lora_grads, InputGrads* inputs = nullptr) const;
 
     // Saved-activation bytes of forward(x [batch, C, height, width], ctx [batch, context_len, ·], &saved) with the
@@ -187,6 +195,7 @@ class MMDiT {
 
     MMDiTConfig config_;
     MMDiTWeights w_;
+    nn::Placement placement_;
 };
 
 }  // namespace sd3

@@ -6,6 +6,7 @@
 
 #include "core/check.h"
 #include "models/mmdit.h"
+#include "ops/device.h"
 #include "ops/mmdit_ops.h"
 
 namespace sd3 {
@@ -128,13 +129,26 @@ void MMDiT::block_backward(const JointBlock& b, Tensor& dx, Tensor& dc, Tensor& 
     dc = dc_in;
 }
 
-Result<Tensor> MMDiT::forward(const Tensor& x, const Tensor& timestep, const Tensor& ctx_in, const Tensor& pooled,
-                              MMDiTActivations* saved, const std::vector<int64_t>& skip_layers) const {
+namespace {
+// An input on the model's device in its compute dtype (the CPU's float32 inputs pass through untouched).
+Tensor placed(const Tensor& t, const nn::Placement& p) {
+    if (p.on_cpu() && t.device().is_cpu()) return t.dtype() == DType::F32 ? t : t.to(DType::F32);
+    return convert(to_device(t, p.device).value(), p.dtype);
+}
+}  // namespace
+
+Result<Tensor> MMDiT::forward(const Tensor& x_in, const Tensor& timestep_in, const Tensor& ctx_arg,
+                              const Tensor& pooled_in, MMDiTActivations* saved,
+                              const std::vector<int64_t>& skip_layers) const {
     const MMDiTConfig& c = config_;
     const int64_t p = c.patch_size, D = c.inner_dim();
     auto bad = [](const auto&... what) { return make_error(ErrorCode::INVALID_ARGUMENT, "MMDiT forward: ", what...); };
-    for (const Tensor* t : {&x, &timestep, &ctx_in, &pooled})
-        if (!t->defined() || t->dtype() != DType::F32) return bad("inputs must be defined float32 tensors");
+    for (const Tensor* t : {&x_in, &timestep_in, &ctx_arg, &pooled_in})
+        if (!t->defined() || !dtype_is_float(t->dtype())) return bad("inputs must be defined float tensors");
+    const nn::Placement& pl = placement_;
+    const Tensor x = placed(x_in, pl), ctx_in = placed(ctx_arg, pl), pooled = placed(pooled_in, pl);
+    // The sinusoid is computed in float32 and rounded to the compute dtype afterwards, as diffusers' Timesteps.
+    const Tensor timestep = placed(timestep_in, nn::Placement{pl.device, DType::F32});
     if (x.dim() != 4 || x.size(1) != c.in_channels)
         return bad("hidden_states must be [B, ", c.in_channels, ", H, W], got ", shape_str(x.shape()));
     const int64_t B = x.size(0), H = x.size(2), W = x.size(3);
@@ -172,7 +186,7 @@ Result<Tensor> MMDiT::forward(const Tensor& x, const Tensor& timestep, const Ten
     ops::add_cropped_pos_embed_(hx, w_.pos_embed, hp, wp, c.pos_embed_max_size);
 
     // temb = MLP(sinusoid(t)) + MLP(pooled) (§2.2, §2.3).
-    const Tensor tsin = ops::timestep_embedding(timestep, 256, true, 0.0f);  // [B, 256]
+    const Tensor tsin = convert(ops::timestep_embedding(timestep, 256, true, 0.0f), pl.dtype);  // [B, 256]
     s.time_pre = nn::linear_forward(w_.time_linear_1, tsin, keep ? &s.time_1 : nullptr, rc);
     const Tensor tE = nn::linear_forward(w_.time_linear_2, ops::activation(s.time_pre, ops::Activation::SILU),
                                          keep ? &s.time_2 : nullptr, rc);
@@ -204,7 +218,7 @@ Result<Tensor> MMDiT::forward(const Tensor& x, const Tensor& timestep, const Ten
     const Tensor y = ops::modulate(xhat, chunk(s.E_out, 1, D), chunk(s.E_out, 0, D));
     const Tensor o = nn::linear_forward(w_.proj_out, y, keep ? &s.proj_out : nullptr, rc);  // [B, N, p*p*out]
     if (!keep) s.blocks.clear();
-    return ops::unpatchify(o, c.out_channels, H, W, p, ops::PatchLayout::CHANNEL_LAST);
+    return host_f32(ops::unpatchify(o, c.out_channels, H, W, p, ops::PatchLayout::CHANNEL_LAST));
 }
 
 size_t MMDiTActivations::bytes() const {
@@ -315,7 +329,8 @@ ActivationPlan MMDiT::plan_activations(int64_t B, int64_t H, int64_t W, int64_t 
     return plan;
 }
 
-void MMDiT::backward(const Tensor& dout, MMDiTActivations& s, Tensor& grads, InputGrads* inputs) const {
+void MMDiT::backward(const Tensor& dout_in, MMDiTActivations& s, Tensor& grads, InputGrads* inputs) const {
+    const Tensor dout = placed(dout_in, placement_);
     const MMDiTConfig& c = config_;
     const int64_t p = c.patch_size, D = c.inner_dim();
     SD3_ASSERT(dout.dim() == 4 && dout.size(0) == s.batch && dout.size(1) == c.out_channels &&
@@ -360,8 +375,9 @@ void MMDiT::backward(const Tensor& dout, MMDiTActivations& s, Tensor& grads, Inp
     if (!want_inputs) return;
     inputs->hidden_states = ops::unpatchify(dpatches, c.in_channels, s.height, s.width, p,
                                             ops::PatchLayout::CHANNEL_FIRST);
-    inputs->encoder_hidden_states = dctx;
-    inputs->pooled_projections = dpooled;
+    inputs->hidden_states = host_f32(inputs->hidden_states);
+    inputs->encoder_hidden_states = host_f32(dctx);
+    inputs->pooled_projections = host_f32(dpooled);
 }
 
 }  // namespace sd3

@@ -10,6 +10,7 @@
 #include "io/json_file.h"
 #include "models/clip_text.h"  // embedding_lookup
 #include "ops/ops.h"
+#include "ops/device.h"
 #include "ops/quant_linear.h"
 
 namespace sd3 {
@@ -180,10 +181,69 @@ Tensor T5Encoder::final_norm(const Tensor& x) const {
 }
 
 Result<Tensor> T5Encoder::forward(const Tensor& ids) const {
-    SD3_ASSIGN_OR_RETURN(Tensor x, embed(ids));  // [B, L, D]
-    const Tensor bias = position_bias(ids.size(1));  // [H, L, L], computed once (T5Stack passes block 0's on)
-    for (const T5BlockWeights& b : weights_.blocks) x = block_forward(config_, b, x, bias);
-    return final_norm(x);
+    SD3_ASSIGN_OR_RETURN(std::vector<Tensor> out, forward_batches({ids}));
+    return out[0];
+}
+
+namespace {
+void place_block(nn::WeightPlacer& placer, T5BlockWeights& b) {
+    placer.convert(b.attn_norm);
+    placer.convert(b.ff_norm);
+    for (QuantizedMatrix* m : {&b.q, &b.k, &b.v, &b.o, &b.wi_0, &b.wi_1, &b.wo}) {
+        placer.keep(m->data);
+        placer.keep(m->scale);
+    }
+}
+}  // namespace
+
+Result<std::vector<Tensor>> T5Encoder::forward_batches(const std::vector<Tensor>& ids) const {
+    const nn::Placement& p = placement_;
+    auto on_device = [&](const Tensor& t) {
+        return p.on_cpu() ? t : convert(to_device(t, p.device).value(), p.dtype);
+    };
+    std::vector<Tensor> xs, biases;
+    for (const Tensor& batch : ids) {
+        SD3_ASSIGN_OR_RETURN(Tensor x, embed(batch));                 // [B, L, D]
+        xs.push_back(on_device(x));
+        biases.push_back(on_device(position_bias(batch.size(1))));  // [H, L, L], once (T5Stack passes block 0's on)
+    }
+    for (size_t i = 0; i < weights_.blocks.size(); ++i) {
+        const T5BlockWeights* w = &weights_.blocks[i];
+        T5BlockWeights streamed;  // a non-resident block, uploaded for this pass and freed after it
+        if (!p.on_cpu() && static_cast<int>(i) >= resident_blocks_) {
+            streamed = *w;
+            nn::WeightPlacer placer;
+            place_block(placer, streamed);
+            SD3_TRY(placer.place(p, "T5 block (streamed)").status());
+            w = &streamed;
+        }
+        for (size_t b = 0; b < xs.size(); ++b) xs[b] = block_forward(config_, *w, xs[b], biases[b]);
+    }
+    std::vector<Tensor> out;
+    for (const Tensor& x : xs) out.push_back(host_f32(final_norm(x)));
+    return out;
+}
+
+nn::Placement T5Encoder::placement_for(Device device, DType requested) {
+    return nn::Placement{device, requested == DType::F16 ? DType::F32 : requested};
+}
+
+Status T5Encoder::to(const nn::Placement& placement, size_t max_resident_bytes) {
+    if (placement.on_cpu() && placement_.on_cpu()) return {};
+    nn::WeightPlacer placer;
+    placer.convert(weights_.final_norm);
+    size_t used = 0;
+    int resident = 0;
+    for (T5BlockWeights& b : weights_.blocks) {
+        if (used + b.bytes() > max_resident_bytes) break;
+        used += b.bytes();
+        place_block(placer, b);
+        ++resident;
+    }
+    SD3_TRY(placer.place(placement, "T5 encoder").status());
+    placement_ = placement;
+    resident_blocks_ = resident;
+    return {};
 }
 
 }  // namespace sd3

@@ -4,6 +4,7 @@
 // load (io/quant.h, docs/quantization.md); the forward is one block at a time so a weight streamer can slot in.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <nlohmann/json_fwd.hpp>
 #include <string>
@@ -13,6 +14,7 @@
 #include "core/tensor.h"
 #include "io/quant.h"
 #include "io/tensor_source.h"
+#include "nn/placement.h"
 
 namespace sd3 {
 
@@ -73,8 +75,21 @@ class T5Encoder {
     static Result<T5Encoder> load(const T5Config& config, std::shared_ptr<const TensorSource> source,
                                   const T5LoadOptions& options = {});
 
-    // ids [B, L] (int32/int64) -> last_hidden_state [B, L, d_model], no attention mask (SD3 passes none).
+    // Moves the blocks to the placement's device (quantized data as stored, norms in its dtype), as many as fit
+    // in `max_resident_bytes` in one allocation; the rest stay in host memory and are streamed in, one block at
+    // a time, by every forward. The embedding table stays on the CPU (the lookup checks ids there).
+    Status to(const nn::Placement& placement, size_t max_resident_bytes = SIZE_MAX);
+    // The placement T5 should use on `device` for a requested compute dtype: fp16 becomes float32 (T5-XXL's
+    // feed-forward activations overflow fp16, which is why transformers keeps `wo` in float32).
+    static nn::Placement placement_for(Device device, DType requested);
+    int resident_blocks() const { return resident_blocks_; }
+
+    // ids [B, L] (int32/int64) -> last_hidden_state [B, L, d_model] float32 on the CPU, no attention mask (SD3
+    // passes none).
     Result<Tensor> forward(const Tensor& ids) const;
+    // The same for several batches with one pass over the weights (block outer, batches inner), so streamed
+    // blocks are uploaded once for all of them.
+    Result<std::vector<Tensor>> forward_batches(const std::vector<Tensor>& ids) const;
 
     // The forward's pieces, in order, for a caller that streams blocks' weights in and out:
     Result<Tensor> embed(const Tensor& ids) const;   // [B, L, d_model]
@@ -91,6 +106,8 @@ class T5Encoder {
     T5Config config_;
     T5LoadOptions options_;
     T5Weights weights_;
+    nn::Placement placement_;
+    int resident_blocks_ = 0;  // blocks [0, resident_blocks_) are on the device; the rest stream in
 };
 
 }  // namespace sd3

@@ -11,6 +11,7 @@
 #include "core/check.h"
 #include "io/json_file.h"
 #include "ops/cpu/vae_ops.h"
+#include "ops/device.h"
 #include "ops/ops.h"
 
 namespace sd3 {
@@ -251,10 +252,15 @@ Tensor mid_attention(const Tensor& x, const VaeAttentionWeights& a, int64_t grou
     const Tensor k = ops::linear(tokens, a.k_w, a.k_b);                                  // [B, T, C]
     const Tensor v = ops::linear(tokens, a.v_w, a.v_b);                                  // [B, T, C]
     const float scale = 1.0f / std::sqrt(static_cast<float>(C));
-    Tensor attn = Tensor::empty({B, T, C}, DType::F32);                                  // [B, T, C]
-    for (int64_t t0 = 0; t0 < T; t0 += kAttentionQueryChunk) {
-        const int64_t t1 = std::min(T, t0 + kAttentionQueryChunk);
-        attn.slice(1, t0, t1).copy_from(ops::attention(q.slice(1, t0, t1), k, v, 1, scale));
+    Tensor attn;                                                                         // [B, T, C]
+    if (!x.device().is_cpu()) {
+        attn = ops::attention(q, k, v, 1, scale);  // the CUDA backend chunks queries itself
+    } else {
+        attn = Tensor::empty({B, T, C}, DType::F32);
+        for (int64_t t0 = 0; t0 < T; t0 += kAttentionQueryChunk) {
+            const int64_t t1 = std::min(T, t0 + kAttentionQueryChunk);
+            attn.slice(1, t0, t1).copy_from(ops::attention(q.slice(1, t0, t1), k, v, 1, scale));
+        }
     }
     const Tensor out = ops::linear(attn, a.out_w, a.out_b);                              // [B, T, C]
     return ops::add(out.transpose(1, 2).contiguous().view({B, C, H, W}), x);
@@ -283,7 +289,7 @@ Result<VaeLatentDist> Vae::encode(const Tensor& image) const {
         return make_error(ErrorCode::INVALID_ARGUMENT, "VAE encode wants images [B, ", config_.in_channels,
                           ", H, W], got ", image.describe());
     const int64_t G = config_.norm_num_groups;
-    Tensor h = conv3(image.to(DType::F32), enc_.conv_in_w, enc_.conv_in_b);  // [B, C0, H, W]
+    Tensor h = conv3(placed(image), enc_.conv_in_w, enc_.conv_in_b);  // [B, C0, H, W]
     for (const VaeBlockWeights& blk : enc_.down) {
         for (const VaeResnetWeights& r : blk.resnets) h = resnet(h, r, G);
         if (blk.sample_w.defined())  // Downsample2D with padding 0: pad right and bottom by one, stride-2 conv
@@ -294,6 +300,7 @@ Result<VaeLatentDist> Vae::encode(const Tensor& image) const {
     if (enc_.quant_w.defined()) h = ops::conv2d(h, enc_.quant_w, enc_.quant_b, 1, 0);
     const int64_t Lc = config_.latent_channels;
     VaeLatentDist d;
+    h = host_f32(h);
     d.mean = h.slice(1, 0, Lc).contiguous();          // [B, L, h, w]
     d.logvar = h.slice(1, Lc, 2 * Lc).contiguous();   // [B, L, h, w]
     float* lv = d.logvar.data<float>();
@@ -307,7 +314,7 @@ Result<Tensor> Vae::decode(const Tensor& latents) const {
         return make_error(ErrorCode::INVALID_ARGUMENT, "VAE decode wants latents [B, ", config_.latent_channels,
                           ", h, w], got ", latents.describe());
     const int64_t G = config_.norm_num_groups;
-    Tensor h = latents.to(DType::F32);
+    Tensor h = placed(latents);
     if (dec_.post_quant_w.defined()) h = ops::conv2d(h, dec_.post_quant_w, dec_.post_quant_b, 1, 0);
     h = conv3(h, dec_.conv_in_w, dec_.conv_in_b);  // [B, Clast, h, w]
     h = mid_block(h, dec_.mid, G);
@@ -315,7 +322,52 @@ Result<Tensor> Vae::decode(const Tensor& latents) const {
         for (const VaeResnetWeights& r : blk.resnets) h = resnet(h, r, G);
         if (blk.sample_w.defined()) h = conv3(ops::upsample_nearest2x(h), blk.sample_w, blk.sample_b);
     }
-    return conv3(norm_silu(h, dec_.norm_out_w, dec_.norm_out_b, G), dec_.conv_out_w, dec_.conv_out_b);
+    return host_f32(conv3(norm_silu(h, dec_.norm_out_w, dec_.norm_out_b, G), dec_.conv_out_w, dec_.conv_out_b));
+}
+
+Tensor Vae::placed(const Tensor& x) const {
+    if (placement_.on_cpu() && x.device().is_cpu()) return x.to(DType::F32);
+    return convert(to_device(x, placement_.device).value(), placement_.dtype);
+}
+
+nn::Placement Vae::placement_for(Device device, DType requested) {
+    return nn::Placement{device, requested == DType::F16 ? DType::F32 : requested};
+}
+
+Status Vae::to(const nn::Placement& placement) {
+    if (placement.on_cpu() && placement_.on_cpu()) return {};
+    nn::WeightPlacer placer;
+    auto resnet_w = [&](VaeResnetWeights& r) {
+        for (Tensor* t : {&r.norm1_w, &r.norm1_b, &r.conv1_w, &r.conv1_b, &r.norm2_w, &r.norm2_b, &r.conv2_w,
+                          &r.conv2_b, &r.shortcut_w, &r.shortcut_b})
+            placer.convert(*t);
+    };
+    auto mid_w = [&](VaeMidWeights& m) {
+        resnet_w(m.resnet0);
+        resnet_w(m.resnet1);
+        VaeAttentionWeights& a = m.attention;
+        for (Tensor* t : {&a.norm_w, &a.norm_b, &a.q_w, &a.k_w, &a.v_w, &a.out_w, &a.q_b, &a.k_b, &a.v_b, &a.out_b})
+            placer.convert(*t);
+    };
+    auto blocks_w = [&](std::vector<VaeBlockWeights>& blocks) {
+        for (VaeBlockWeights& b : blocks) {
+            for (VaeResnetWeights& r : b.resnets) resnet_w(r);
+            placer.convert(b.sample_w);
+            placer.convert(b.sample_b);
+        }
+    };
+    for (Tensor* t : {&enc_.conv_in_w, &enc_.conv_in_b, &enc_.norm_out_w, &enc_.norm_out_b, &enc_.conv_out_w,
+                      &enc_.conv_out_b, &enc_.quant_w, &enc_.quant_b, &dec_.post_quant_w, &dec_.post_quant_b,
+                      &dec_.conv_in_w, &dec_.conv_in_b, &dec_.norm_out_w, &dec_.norm_out_b, &dec_.conv_out_w,
+                      &dec_.conv_out_b})
+        placer.convert(*t);
+    blocks_w(enc_.down);
+    blocks_w(dec_.up);
+    mid_w(enc_.mid);
+    mid_w(dec_.mid);
+    SD3_TRY(placer.place(placement, "VAE").status());
+    placement_ = placement;
+    return {};
 }
 
 namespace {

@@ -59,6 +59,42 @@ std::string device_description(Device device) {
 #endif
 }
 
+void copy_into(const Tensor& dst, const Tensor& src) {
+    SD3_ASSERT(dst.shape() == src.shape(), "copy_into: ", src.describe(), " into ", dst.describe());
+    if (dst.device().is_cpu() && src.device().is_cpu()) {
+        Tensor d = dst;
+        d.copy_from(src);
+        return;
+    }
+#ifdef SD3_HAVE_CUDA
+    cuda::tensor_ops::copy(dst, src);
+#else
+    SD3_ASSERT(false, "a CUDA tensor in a build without CUDA");
+#endif
+}
+
+Tensor host_f32(const Tensor& t) {
+    if (t.device().is_cpu()) return t.dtype() == DType::F32 ? t.contiguous() : t.to(DType::F32);
+    return to_host(convert(t, DType::F32));
+}
+
+MemoryStats memory_stats(Device device) {
+    if (device.is_cpu()) return {};
+#ifdef SD3_HAVE_CUDA
+    return cuda::tensor_ops::memory_stats(device.index);
+#else
+    return {};
+#endif
+}
+
+void reset_peak_memory(Device device) {
+#ifdef SD3_HAVE_CUDA
+    if (!device.is_cpu()) cuda::tensor_ops::reset_peak_memory(device.index);
+#else
+    (void)device;
+#endif
+}
+
 Result<Tensor> to_device(const Tensor& t, Device device) {
     SD3_ASSERT(t.defined(), "to_device of an undefined tensor");
     if (t.device() == device && t.is_contiguous()) return t;

@@ -20,12 +20,20 @@ std::string device_description(Device device);
 // A contiguous copy of `t` on `device` (same dtype), or `t` itself when it is already there and contiguous.
 // Running out of device memory is an OUT_OF_MEMORY error saying what was asked and what was free.
 Result<Tensor> to_device(const Tensor& t, Device device);
+// Copies src's elements (same shape; any device, strides and dtype) into dst's memory, converting float dtypes
+// (quantized dtypes are copied only as themselves). Waits until a host source may be freed.
+void copy_into(const Tensor& dst, const Tensor& src);
 // A contiguous CPU copy (waits for the device's queued work); `t` itself when already on the CPU.
 Tensor to_host(const Tensor& t);
 // `t` converted to `dtype` on its own device (float dtypes on CUDA); `t` itself when the dtype matches.
 Tensor convert(const Tensor& t, DType dtype);
+// A contiguous float32 copy on the CPU (`t` itself when it already is one): what models hand back to callers.
+Tensor host_f32(const Tensor& t);
 // Waits until the work queued on `device` is done (no-op on the CPU).
 void synchronize(Device device);
+// The device's memory pool (all zero on the CPU): bytes in use, the peak since reset_peak_memory(), free/total.
+MemoryStats memory_stats(Device device);
+void reset_peak_memory(Device device);
 // The 16-bit storage dtype of a device: BF16 where the card has bf16 tensor cores (sm_80 and up), else F16
 // (sm_75, T4); F16 everywhere when the environment sets SD3_FORCE_FP16=1 (to exercise that path on big cards).
 DType half_dtype(Device device);

@@ -8,6 +8,7 @@
 #include <set>
 
 #include "core/check.h"
+#include "io/json_file.h"
 #include "io/lora_file.h"
 
 #include "core/log.h"
@@ -109,19 +110,6 @@ std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string&
 
 namespace {
 
-Status write_text_atomic(const fs::path& path, const std::string& text) {
-    const fs::path tmp = path.string() + ".tmp";
-    {
-        std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-        if (!f) return make_error(ErrorCode::IO_ERROR, "cannot write ", tmp.string());
-        f << text;
-        if (!f.flush()) return make_error(ErrorCode::IO_ERROR, "cannot write ", tmp.string());
-    }
-    std::error_code ec;
-    fs::rename(tmp, path, ec);
-    if (ec) return make_error(ErrorCode::IO_ERROR, "cannot rename ", tmp.string(), ": ", ec.message());
-    return {};
-}
 
 void sync_dir(const fs::path& dir) {
     FILE* f = std::fopen(dir.c_str(), "r");
@@ -164,7 +152,7 @@ Result<std::string> save_checkpoint(const std::string& output_dir, const Trainer
     j["settings_hash"] = state.settings_hash;
     j["last_loss"] = state.last_loss;
     j["rng"] = "streams keyed by (seed, micro step): nothing else to restore";
-    SD3_TRY(write_text_atomic(tmp_dir / "trainer_state.json", j.dump(2)));  // the completion marker, written last
+    SD3_TRY(write_text_atomic((tmp_dir / "trainer_state.json").string(), j.dump(2)));  // the completion marker, written last
     sync_dir(tmp_dir);
     if (fs::exists(final_dir)) {  // re-saving the same step (a resumed run): replace
         const fs::path old = fs::path(output_dir) / str_cat(".checkpoint-", state.global_step, ".old");

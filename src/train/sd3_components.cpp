@@ -11,6 +11,8 @@
 #include "io/single_file.h"
 #include "models/mmdit.h"
 #include "models/vae.h"
+#include "ops/device.h"
+#include "ops/mmdit_ops.h"
 #include "text/clip_tokenizer.h"
 #include "text/t5_tokenizer.h"
 #include "train/cache.h"
@@ -29,16 +31,30 @@ Tensor ids_tensor(const std::vector<int32_t>& ids) {
     return t;
 }
 
-// The MMDiT with attached trainable LoRA; params/grads are LoraTrainable's flat buffers.
+// The MMDiT with attached trainable LoRA; params/grads are LoraTrainable's flat float32 host buffers, which the
+// trainer's optimizer updates. On a GPU the adapters view a device copy of the params in the compute dtype
+// (refreshed before a forward when the host params may have changed) and backward accumulates into a float32
+// device buffer that is added to the host gradients.
 class Sd3TrainableModel final : public TrainableModel {
   public:
     Sd3TrainableModel(MMDiT model, LoraTrainable lora, bool checkpoint_blocks)
         : model_(std::move(model)), lora_(std::move(lora)), checkpoint_blocks_(checkpoint_blocks) {}
-    Status attach() { return model_.attach_trainable(lora_); }
+    Status attach() {
+        const nn::Placement& p = model_.placement();
+        if (p.on_cpu()) return model_.attach_trainable(lora_);
+        LoraTrainable on_device = lora_;
+        on_device.params = Tensor::empty({lora_.numel}, p.dtype, p.device);
+        on_device.grads = Tensor();
+        device_params_ = on_device.params;
+        return model_.attach_trainable(on_device);
+    }
 
     const std::vector<LoraSlot>& slots() const override { return lora_.slots; }
     int64_t lora_numel() const override { return lora_.numel; }
-    float* lora_params() override { return lora_.params.data<float>(); }
+    float* lora_params() override {
+        params_changed_ = true;  // the caller may write them (optimizer step, resume)
+        return lora_.params.data<float>();
+    }
     float* lora_grads() override { return lora_.grads.data<float>(); }
 
     Result<Tensor> forward(const Tensor& x_t, const std::vector<float>& timesteps, const Tensor& prompt_embeds,
@@ -47,11 +63,24 @@ class Sd3TrainableModel final : public TrainableModel {
         saved_.checkpoint_blocks = checkpoint_blocks_;
         saved_.ctx = {true, rng_seed};
         const Tensor t = Tensor::from_vector({static_cast<int64_t>(timesteps.size())}, timesteps);  // [B]
+        if (device_params_.defined() && params_changed_) {
+            copy_into(device_params_, lora_.params);
+            params_changed_ = false;
+        }
         return model_.forward(x_t, t, prompt_embeds, pooled, &saved_);
     }
 
     Status backward(const Tensor& grad_pred) override {
-        model_.backward(grad_pred, saved_, lora_.grads, nullptr);
+        if (!device_params_.defined()) {
+            model_.backward(grad_pred, saved_, lora_.grads, nullptr);
+        } else {
+            Tensor grads = ops::zeros({lora_.numel}, device_params_.device());  // f32
+            model_.backward(grad_pred, saved_, grads, nullptr);
+            const Tensor host = to_host(grads);
+            float* g = lora_.grads.data<float>();
+            const float* d = host.data<float>();
+            for (int64_t i = 0; i < lora_.numel; ++i) g[i] += d[i];
+        }
         saved_ = MMDiTActivations();
         return {};
     }
@@ -63,6 +92,8 @@ class Sd3TrainableModel final : public TrainableModel {
     LoraTrainable lora_;
     bool checkpoint_blocks_;
     MMDiTActivations saved_;
+    Tensor device_params_;       // the LoRA params in the compute dtype on the GPU (undefined on the CPU)
+    bool params_changed_ = true;
 };
 
 }  // namespace
@@ -98,7 +129,10 @@ Result<TrainComponents> make_sd3_components(const ModelSpec& spec, const Sd3Comp
     c.model_identity = id.hex();
 
     const int max_seq = opt.max_sequence_length;
-    c.encode_prompts = [shared, max_seq](const std::vector<std::string>& prompts) -> Result<std::vector<EncodedPrompt>> {
+    TextEncoderOptions text_opt = opt.text;
+    text_opt.placement = opt.placement;
+    text_opt.max_sequence_length = max_seq;
+    c.encode_prompts = [shared, max_seq, text_opt](const std::vector<std::string>& prompts) -> Result<std::vector<EncodedPrompt>> {
         const ModelFolder& f = *shared;
         SD3_ASSIGN_OR_RETURN(const Component* tl, f.require("tokenizer"));
         SD3_ASSIGN_OR_RETURN(const Component* tg, f.require("tokenizer_2"));
@@ -117,9 +151,7 @@ Result<TrainComponents> make_sd3_components(const ModelSpec& spec, const Sd3Comp
         SD3_ASSIGN_OR_RETURN(const Component* e1, f.require("text_encoder"));
         SD3_ASSIGN_OR_RETURN(const Component* e2, f.require("text_encoder_2"));
         SD3_ASSIGN_OR_RETURN(const Component* e3, f.require("text_encoder_3"));
-        TextEncoderOptions teo;
-        teo.max_sequence_length = max_seq;
-        SD3_ASSIGN_OR_RETURN(TextEncoders enc, TextEncoders::create(*e1, *e2, *e3, teo));
+        SD3_ASSIGN_OR_RETURN(TextEncoders enc, TextEncoders::create(*e1, *e2, *e3, text_opt));
         SD3_ASSIGN_OR_RETURN(std::vector<PromptEmbeds> out, enc.encode_tokens(toks));  // loads and frees each encoder
         std::vector<EncodedPrompt> r;
         for (const PromptEmbeds& e : out) {
@@ -131,9 +163,11 @@ Result<TrainComponents> make_sd3_components(const ModelSpec& spec, const Sd3Comp
         return r;
     };
 
-    c.load_vae_encoder = [shared, vae_cfg]() -> Result<std::function<Result<LatentDist>(const Tensor&)>> {
+    const nn::Placement placement = opt.placement;
+    c.load_vae_encoder = [shared, vae_cfg, placement]() -> Result<std::function<Result<LatentDist>(const Tensor&)>> {
         SD3_ASSIGN_OR_RETURN(const Component* vc, shared->require("vae"));
         SD3_ASSIGN_OR_RETURN(Vae vae, Vae::load(vae_cfg, vc->weights, Vae::Part::ENCODER));
+        SD3_TRY(vae.to(Vae::placement_for(placement.device, placement.dtype)));
         auto v = std::make_shared<Vae>(std::move(vae));
         return std::function<Result<LatentDist>(const Tensor&)>([v](const Tensor& image) -> Result<LatentDist> {
             SD3_ASSIGN_OR_RETURN(VaeLatentDist d, v->encode(image.unsqueeze(0)));  // [1, 3, R, R]
@@ -143,11 +177,12 @@ Result<TrainComponents> make_sd3_components(const ModelSpec& spec, const Sd3Comp
 
     const bool ckpt = opt.gradient_checkpointing;
     const auto patch = opt.patch_transformer;
-    c.load_transformer = [shared, ckpt, patch](const LoraSettings& lora,
+    c.load_transformer = [shared, ckpt, patch, placement](const LoraSettings& lora,
                                         uint64_t init_seed) -> Result<std::unique_ptr<TrainableModel>> {
         SD3_ASSIGN_OR_RETURN(const Component* tc, shared->require("transformer"));
         SD3_ASSIGN_OR_RETURN(MMDiT model, MMDiT::load(*tc));
         if (patch) patch(model);
+        SD3_TRY(model.to(placement));
         SD3_ASSIGN_OR_RETURN(LoraTrainable trainable, model.make_trainable_lora(lora));
         TrainRng rng = TrainRng::for_purpose(init_seed, "lora_init");
         init_lora_gaussian(trainable, [&rng]() { return static_cast<float>(rng.normal()); });
@@ -157,10 +192,11 @@ Result<TrainComponents> make_sd3_components(const ModelSpec& spec, const Sd3Comp
     };
     // Text-to-image through infer/pipeline.h. Validation writes the live LoRA to a file beside the first image and
     // attaches it unfused at scale 1 (exactly the trained model); class images use the base model.
-    c.generate = [shared](const std::vector<GenerateRequest>& reqs, TrainableModel* model,
-                          const LoraSettings& lora) -> Status {
+    c.generate = [shared, placement](const std::vector<GenerateRequest>& reqs, TrainableModel* model,
+                                     const LoraSettings& lora) -> Status {
         if (reqs.empty()) return {};
         PipelineOptions po;
+        po.placement = placement;
         const bool with_lora = model && reqs[0].with_lora;
         if (with_lora) {
             const std::string lora_path =

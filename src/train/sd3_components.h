@@ -7,7 +7,9 @@
 
 #include "core/status.h"
 #include "io/single_file.h"
+#include "infer/prompt_encoding.h"
 #include "models/mmdit.h"
+#include "nn/placement.h"
 
 #include <functional>
 #include "train/components.h"
@@ -17,6 +19,10 @@ namespace sd3::train {
 struct Sd3ComponentOptions {
     int max_sequence_length = 77;     // T5 tokens in training (the reference's --max_sequence_length)
     bool gradient_checkpointing = false;
+    // Where the models run: the encoders in the cache phase, then the transformer (LoRA master weights, the loss and
+    // the optimizer stay float32 on the CPU; the device holds a copy of the LoRA in the compute dtype).
+    nn::Placement placement;
+    TextEncoderOptions text;  // T5's weight format and memory budget (its placement comes from `placement`)
     // Applied to the transformer after loading (tests patch the stored fp16 pos_embed table with the float32 one
     // the golden reference ran with).
     std::function<void(MMDiT&)> patch_transformer;

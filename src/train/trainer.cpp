@@ -150,6 +150,8 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
     phase(str_cat("cache: ", cs.prompts_hit, " prompt encodings and ", cs.latents_hit, " latents reused, ",
                   cs.prompts_encoded, " and ", cs.latents_encoded, " computed"));
 
+    if (cb.on_cache_done) cb.on_cache_done();
+
     // 4. The transformer with LoRA, the optimizer, the schedule.
     if (!c.load_transformer) return make_error(ErrorCode::UNSUPPORTED, "this build has no trainable transformer");
     SD3_ASSIGN_OR_RETURN(std::unique_ptr<TrainableModel> model, c.load_transformer(o.lora, seed));

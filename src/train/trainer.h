@@ -29,6 +29,8 @@ struct StepReport {
 struct TrainCallbacks {
     std::function<void(const std::string& message)> on_phase;  // "caching latents 3/12", ...
     std::function<void(const StepReport&)> on_step;
+    // After the cache phase (encoders and VAE released), before the transformer is loaded.
+    std::function<void()> on_cache_done;
     // Return true to stop right after this update (simulates an interruption; no final save).
     std::function<bool(int64_t global_step)> stop_after;
 };

@@ -28,13 +28,14 @@ constexpr int kMaxDevices = 16;
 std::mutex g_mutex;
 std::unique_ptr<Context> g_contexts[kMaxDevices];
 
+// Tensors come from the device's stream-ordered pool (cudaMallocAsync on the context's stream): freeing does not
+// wait for the device (cudaFree would synchronize after every temporary), and freed blocks are reused by later
+// allocations in stream order. The pool keeps what it has reserved (release threshold: unlimited), like
+// PyTorch's caching allocator.
 void* device_alloc(size_t bytes, int index) {
-    int prev = 0;
-    cudaGetDevice(&prev);
-    cudaSetDevice(index);
+    Context& ctx = Context::get(index);
     void* p = nullptr;
-    const cudaError_t err = cudaMalloc(&p, bytes);
-    cudaSetDevice(prev);
+    const cudaError_t err = cudaMallocAsync(&p, bytes, ctx.stream());
     if (err != cudaSuccess) {
         cudaGetLastError();  // clear the out-of-memory error so later launches do not report it
         return nullptr;
@@ -43,12 +44,11 @@ void* device_alloc(size_t bytes, int index) {
 }
 
 void device_free(void* p, int index) {
-    int prev = 0;
-    cudaGetDevice(&prev);
-    cudaSetDevice(index);
-    cudaFree(p);
-    cudaSetDevice(prev);
+    Context& ctx = Context::get(index);
+    cudaFreeAsync(p, ctx.stream());
 }
+
+MemoryStats device_stats(int index) { return Context::get(index).memory_stats(); }
 
 }  // namespace
 
@@ -81,16 +81,19 @@ Context::Context(int index) : index_(index) {
     name_ = prop.name;
     total_memory_ = prop.totalGlobalMem;
     SD3_RT_CHECK(cudaStreamCreate(&stream_));
+    SD3_RT_CHECK(cudaDeviceGetDefaultMemPool(&pool_, index));
+    uint64_t keep_all = UINT64_MAX;
+    SD3_RT_CHECK(cudaMemPoolSetAttribute(pool_, cudaMemPoolAttrReleaseThreshold, &keep_all));
     const cublasStatus_t st = cublasLtCreate(&blas_);
     SD3_ASSERT(st == CUBLAS_STATUS_SUCCESS, "cublasLtCreate failed with status ", static_cast<int>(st));
     SD3_RT_CHECK(cudaMalloc(&blas_workspace_, kBlasWorkspaceBytes));
     blas_workspace_bytes_ = kBlasWorkspaceBytes;
-    register_device_allocator(DeviceType::CUDA, DeviceAllocator{device_alloc, device_free});
+    register_device_allocator(DeviceType::CUDA, DeviceAllocator{device_alloc, device_free, device_stats});
 }
 
 Context::~Context() {
     // Process exit: the driver may already be shutting down, so errors are ignored.
-    if (scratch_ != nullptr) cudaFree(scratch_);
+    if (scratch_ != nullptr) cudaFreeAsync(scratch_, stream_);
     if (blas_workspace_ != nullptr) cudaFree(blas_workspace_);
     if (blas_ != nullptr) cublasLtDestroy(blas_);
     if (stream_ != nullptr) cudaStreamDestroy(stream_);
@@ -99,10 +102,17 @@ Context::~Context() {
 Exec Context::exec(size_t scratch_bytes) {
     SD3_RT_CHECK(cudaSetDevice(index_));
     if (scratch_bytes > scratch_bytes_) {
-        if (scratch_ != nullptr) SD3_RT_CHECK(cudaFree(scratch_));  // waits for kernels still using it
+        // Stream-ordered: the old scratch is released after the kernels queued on it.
+        if (scratch_ != nullptr) SD3_RT_CHECK(cudaFreeAsync(scratch_, stream_));
         scratch_ = nullptr;
         const size_t bytes = scratch_bytes + scratch_bytes / 4;  // headroom: fewer regrowths
-        SD3_RT_CHECK(cudaMalloc(&scratch_, bytes));
+        const cudaError_t err = cudaMallocAsync(&scratch_, bytes, stream_);
+        if (err != cudaSuccess) {
+            cudaGetLastError();
+            size_t free_b = 0, total_b = 0;
+            cudaMemGetInfo(&free_b, &total_b);
+            throw OutOfMemoryError(Device{DeviceType::CUDA, index_}.str(), bytes, free_b, total_b, "a kernel's workspace");
+        }
         scratch_bytes_ = bytes;
     }
     Exec ex;
@@ -117,5 +127,25 @@ Exec Context::exec(size_t scratch_bytes) {
 }
 
 void Context::synchronize() { SD3_RT_CHECK(cudaStreamSynchronize(stream_)); }
+
+MemoryStats Context::memory_stats() {
+    MemoryStats m;
+    uint64_t v = 0;
+    SD3_RT_CHECK(cudaMemPoolGetAttribute(pool_, cudaMemPoolAttrUsedMemCurrent, &v));
+    m.in_use = v;
+    SD3_RT_CHECK(cudaMemPoolGetAttribute(pool_, cudaMemPoolAttrUsedMemHigh, &v));
+    m.peak = v;
+    SD3_RT_CHECK(cudaMemPoolGetAttribute(pool_, cudaMemPoolAttrReservedMemCurrent, &v));
+    m.reserved = v;
+    SD3_RT_CHECK(cudaSetDevice(index_));
+    SD3_RT_CHECK(cudaMemGetInfo(&m.free, &m.total));
+    return m;
+}
+
+void Context::reset_peak_memory() {
+    synchronize();  // frees still queued count until they run
+    uint64_t zero = 0;
+    SD3_RT_CHECK(cudaMemPoolSetAttribute(pool_, cudaMemPoolAttrUsedMemHigh, &zero));
+}
 
 }  // namespace sd3::cuda

@@ -6,7 +6,10 @@
 #include <cstddef>
 #include <string>
 
+#include "core/tensor.h"
 #include "ops/cuda/cuda_ops.h"
+
+typedef struct CUmemPoolHandle_st* cudaMemPool_t;
 
 namespace sd3::cuda {
 
@@ -25,6 +28,10 @@ class Context {
     // allocate, the launchers never do).
     Exec exec(size_t scratch_bytes = 0);
     void synchronize();
+    // The stream-ordered pool the device's tensors come from: bytes in use now, the most in use since the last
+    // reset_peak_memory(), reserved by the pool; free/total as the driver reports them.
+    MemoryStats memory_stats();
+    void reset_peak_memory();
 
     Context(const Context&) = delete;
     Context& operator=(const Context&) = delete;
@@ -38,6 +45,7 @@ class Context {
     std::string name_;
     size_t total_memory_ = 0;
     cudaStream_t stream_ = nullptr;
+    cudaMemPool_t pool_ = nullptr;
     cublasLtHandle_t blas_ = nullptr;
     void* blas_workspace_ = nullptr;
     size_t blas_workspace_bytes_ = 0;

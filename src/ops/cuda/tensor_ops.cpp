@@ -58,6 +58,8 @@ std::string describe(int index) {
 }
 
 void synchronize(int index) { Context::get(index).synchronize(); }
+MemoryStats memory_stats(int index) { return Context::get(index).memory_stats(); }
+void reset_peak_memory(int index) { Context::get(index).reset_peak_memory(); }
 
 Result<Tensor> to_device(const Tensor& t_in, Device device) {
     SD3_ASSERT(device.type == DeviceType::CUDA, "to_device: ", device.str());
@@ -96,6 +98,25 @@ Tensor to_host(const Tensor& t_in) {
     }
     ctx.synchronize();
     return h;
+}
+
+void copy(const Tensor& dst, const Tensor& src_in) {
+    SD3_ASSERT(is_cuda(dst), "cuda copy into ", dst.describe());
+    SD3_ASSERT(dst.shape() == src_in.shape(), "copy: ", src_in.describe(), " into ", dst.describe());
+    Context& ctx = ctx_of(dst);
+    const bool src_on_host = src_in.device().is_cpu();
+    const Tensor src = src_on_host ? src_in.contiguous() : src_in;
+    if (src.dtype() == dst.dtype() && src.is_contiguous() && dst.is_contiguous()) {
+        const cudaError_t err = cudaMemcpyAsync(dst.raw(), src.raw(), src.nbytes(),
+                                                src_on_host ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToDevice,
+                                                ctx.stream());
+        SD3_ASSERT(err == cudaSuccess, "copy to the device failed: ", cudaGetErrorString(err));
+        if (src_on_host) ctx.synchronize();  // the host buffer may be freed as soon as we return
+        return;
+    }
+    // Another dtype or layout: the source goes up as stored, the device converts.
+    const Tensor staged = src_on_host ? to_device(src, dst.device()).value() : src;
+    copy_into(dst, staged);
 }
 
 Tensor contiguous(const Tensor& t) {

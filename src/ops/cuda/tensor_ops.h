@@ -17,10 +17,14 @@ int device_count();
 int sm_version(int index);
 std::string describe(int index);
 void synchronize(int index);
+MemoryStats memory_stats(int index);
+void reset_peak_memory(int index);
 
 Result<Tensor> to_device(const Tensor& t, Device device);
 Tensor to_host(const Tensor& t);
 Tensor contiguous(const Tensor& t);
+// dst (a CUDA tensor) = src (host or device), converting float dtypes.
+void copy(const Tensor& dst, const Tensor& src);
 Tensor convert(const Tensor& t, DType dtype);
 
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b);

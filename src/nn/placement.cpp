@@ -1,0 +1,79 @@
+// WeightPlacer: one device allocation per model, filled tensor by tensor (each uploaded as stored, converted on
+// the device, so no host-side copy of the whole model is made).
+#include "nn/placement.h"
+
+#include <algorithm>
+#include <map>
+
+#include "core/check.h"
+#include "ops/device.h"
+
+namespace sd3::nn {
+
+Result<Placement> placement_for(Device device, const std::string& precision) {
+    if (device.is_cpu()) {
+        if (precision != "auto" && precision != "f32" && precision != "no")
+            return make_error(ErrorCode::INVALID_ARGUMENT, "precision '", precision,
+                              "' on the CPU: the CPU computes in float32 (use --device cuda for bf16/fp16)");
+        return Placement{device, DType::F32};
+    }
+    if (precision == "auto") return Placement{device, half_dtype(device)};
+    if (precision == "bf16") return Placement{device, DType::BF16};
+    if (precision == "fp16" || precision == "f16") return Placement{device, DType::F16};
+    if (precision == "f32" || precision == "no" || precision == "fp32") return Placement{device, DType::F32};
+    return make_error(ErrorCode::INVALID_ARGUMENT, "precision '", precision, "': expected auto, bf16, fp16 or f32");
+}
+
+void WeightPlacer::add(Tensor& t, bool convert) {
+    if (!t.defined()) return;
+    for (const Entry& e : entries_)
+        if (e.tensor == &t) return;
+    entries_.push_back({&t, convert});
+}
+
+Result<size_t> WeightPlacer::place(const Placement& p, const char* model_name) {
+    constexpr size_t kAlign = 256;
+    // Tensors that view the same data (e.g. a tied embedding) get one slot.
+    std::map<std::pair<const void*, DType>, size_t> slot_of;
+    std::vector<size_t> offsets(entries_.size());
+    std::vector<DType> dtypes(entries_.size());
+    size_t total = 0;
+    for (size_t i = 0; i < entries_.size(); ++i) {
+        const Tensor& t = *entries_[i].tensor;
+        const bool is_float = t.dtype() == DType::F32 || t.dtype() == DType::F16 || t.dtype() == DType::BF16;
+        dtypes[i] = entries_[i].convert && is_float ? p.dtype : t.dtype();
+        const auto key = std::make_pair(static_cast<const void*>(t.raw()), dtypes[i]);
+        if (auto it = slot_of.find(key); it != slot_of.end() && t.is_contiguous()) {
+            offsets[i] = it->second;
+            continue;
+        }
+        offsets[i] = total;
+        slot_of[key] = total;
+        total += (static_cast<size_t>(t.numel()) * dtype_size(dtypes[i]) + kAlign - 1) / kAlign * kAlign;
+    }
+    std::shared_ptr<Storage> storage = Storage::allocate(std::max<size_t>(total, 1), p.device);
+    if (storage == nullptr) {
+        const MemoryStats m = memory_stats(p.device);
+        return make_error(ErrorCode::OUT_OF_MEMORY, "out of memory on ", p.device.str(), " placing the ", model_name,
+                          ": its weights need ", total >> 20, " MiB, ", m.free >> 20, " MiB are free; use a smaller "
+                          "weight format (--base-dtype / --t5-dtype) or --max-vram");
+    }
+    std::vector<bool> filled(entries_.size(), false);
+    std::map<size_t, Tensor> placed;  // offset -> view, for shared slots
+    for (size_t i = 0; i < entries_.size(); ++i) {
+        Tensor& t = *entries_[i].tensor;
+        if (auto it = placed.find(offsets[i]); it != placed.end() && it->second.shape() == t.shape()) {
+            t = it->second;
+            continue;
+        }
+        Tensor view = Tensor::view_of(storage, offsets[i], t.shape(), dtypes[i]);
+        copy_into(view, t);
+        placed[offsets[i]] = view;
+        t = view;
+    }
+    synchronize(p.device);
+    entries_.clear();
+    return total;
+}
+
+}  // namespace sd3::nn

@@ -1,0 +1,45 @@
+// Where a model's frozen weights live and in which float dtype it computes (DESIGN.md "Memory": one allocation
+// per model, named views into it). The CPU in float32 is the specification every test checks; a CUDA device
+// computes in its 16-bit dtype (ops/device.h half_dtype) or in float32. Models take a Placement in their to().
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include "core/tensor.h"
+
+namespace sd3::nn {
+
+struct Placement {
+    Device device = kCPU;
+    DType dtype = DType::F32;  // compute dtype of activations and of float weights
+    bool on_cpu() const { return device.is_cpu(); }
+};
+
+// The placement a command asks for: "cpu" computes in f32; a CUDA device in `precision` ("bf16", "fp16", "f32";
+// "auto": the card's 16-bit dtype, bf16 from sm_80, fp16 on sm_75).
+Result<Placement> placement_for(Device device, const std::string& precision);
+
+// Gathers a model's weight tensors into one allocation on a device: `convert` tensors (float weights) become
+// the placement's dtype, `keep` tensors (quantized data and their float32 scales) keep their stored dtype.
+// place() copies each into its 256-byte aligned slot and rebinds the caller's Tensor to the view. Undefined
+// tensors are skipped, a tensor added twice is placed once (shared weights stay shared).
+class WeightPlacer {
+  public:
+    void convert(Tensor& t) { add(t, true); }
+    void keep(Tensor& t) { add(t, false); }
+    // Bytes of the one allocation. An OUT_OF_MEMORY error names the model and what was free.
+    Result<size_t> place(const Placement& p, const char* model_name);
+
+  private:
+    struct Entry {
+        Tensor* tensor;
+        bool convert;
+    };
+    void add(Tensor& t, bool convert);
+    std::vector<Entry> entries_;
+};
+
+}  // namespace sd3::nn
