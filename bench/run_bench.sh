@@ -23,9 +23,9 @@ workloads=",${BENCH_WORKLOADS:-train512,train1024,bound,generate,whole1024,t5,wh
 steps=${BENCH_STEPS:-12}
 whole_steps=${BENCH_WHOLE_STEPS:-30}
 base_q=${BENCH_BASE_DTYPE:-int8}
-preset=sd3-medium device=cuda div=1 val_steps=28 captions=100
-if [ "${BENCH_DRY_RUN:-0}" = 1 ]; then
-    preset=tiny device=cpu div=8 val_steps=2 captions=10
+preset=sd3-medium device=cuda precision=bf16 div=1 val_steps=28 captions=100
+if [ "${BENCH_DRY_RUN:-0}" = 1 ]; then  # sd3tune computes in float32 on the CPU
+    preset=tiny device=cpu precision=no div=8 val_steps=2 captions=10
 fi
 prompt="a photo of sks dog" val_prompt="a photo of sks dog in a bucket"
 json=$out/json logs=$out/logs
@@ -107,7 +107,7 @@ train() {  # train NAME RES BATCH STEPS EXTRA...: sd3tune's training command as 
     local name=$1 res=$2 batch=$3 n=$4
     shift 4
     run "$name" 180 "$sd3" train --model "$model" --instance_data_dir "$work/images" --instance_prompt "$prompt" \
-        --resolution "$res" --train_batch_size "$batch" --max_train_steps "$n" --rank 4 --mixed_precision bf16 \
+        --resolution "$res" --train_batch_size "$batch" --max_train_steps "$n" --rank 4 --mixed_precision $precision \
         --seed 0 --report_to none --quiet --output_dir "$work/$name" --device "$device" \
         --metrics-json "$json/$name.json" "$@"
 }

@@ -10,8 +10,10 @@ GIB = 2 ** 30
 
 
 def get(runs, run, path):
-    """A value from run's JSON by dotted path, or None."""
+    """A value from run's JSON by dotted path, or None; None too for a GPU peak measured on the CPU (a dry run)."""
     v = runs.get(run, {}).get("data")
+    if path.endswith("peak_gpu_bytes") and isinstance(v, dict) and v.get("device") == "cpu":
+        return None
     for key in path.split("."):
         if not isinstance(v, dict) or key not in v:
             return None
