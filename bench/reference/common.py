@@ -82,7 +82,7 @@ def has_bitsandbytes():
     try:
         import bitsandbytes  # noqa: F401
         return True
-    except ImportError:
+    except Exception:  # absent, or present without a binary for this CUDA
         return False
 
 
@@ -151,7 +151,7 @@ def load_t5(model, t5_dtype, device):
         q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=BF16)
     else:
         raise ValueError(f"unknown T5 dtype {t5_dtype}")
-    return T5EncoderModel.from_pretrained(model, quantization_config=q, device_map={"": device}, **kw)
+    return T5EncoderModel.from_pretrained(model, quantization_config=q, device_map={"": str(device)}, **kw)
 
 
 def reference_t5_dtype(wanted, device):
