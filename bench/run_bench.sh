@@ -39,7 +39,6 @@ gunzip -c "$bundle/sd3tune.gz" > "$work/sd3tune" && chmod +x "$work/sd3tune"
 for f in "$bundle"/lib/*.gz; do [ -e "$f" ] && gunzip -c "$f" > "$work/lib/$(basename "$f" .gz)"; done
 nv=/opt/torch/.venv/lib/python3.12/site-packages/nvidia
 export LD_LIBRARY_PATH=$work/lib:$nv/cudnn/lib:$nv/nccl/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
 sd3=$work/sd3tune
 
 # 2. diffusers, plus each carried fallback wheel whose module is missing here. Wheels are zip files: extracting
