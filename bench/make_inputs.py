@@ -13,7 +13,8 @@ PLACES = ["in the rain", "at sunrise", "under neon lights", "in a misty forest",
 STYLES = ["photograph, 35mm film, shallow depth of field", "watercolor painting with soft edges",
           "highly detailed digital illustration, dramatic lighting", "isometric 3d render, pastel colors",
           "charcoal sketch on textured paper", "studio portrait, softbox lighting, sharp focus",
-          "oil painting in the style of the old masters", "flat vector art, bold outlines", "cinematic still, anamorphic",
+          "oil painting in the style of the old masters", "flat vector art, bold outlines",
+          "cinematic still, anamorphic",
           "macro photograph, extreme detail"]
 
 

@@ -21,6 +21,7 @@ pip download -q --no-deps -d "$dest/whl" "diffusers==$diffusers"
 # The GPU machine's Python is 3.12 on x86-64 (DEVICE.md).
 pip download -q --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 -d "$dest/whl" \
     pillow requests urllib3 idna certifi charset-normalizer
-echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src tools CMakeLists.txt || echo '+uncommitted')" > "$dest/COMMIT"
+dirty=$(git diff --quiet HEAD -- src tools CMakeLists.txt || echo '+uncommitted')
+echo "$(git rev-parse --short HEAD)$dirty" > "$dest/COMMIT"
 ls -la "$dest" "$dest/lib" "$dest/whl"
 du -sh "$dest"

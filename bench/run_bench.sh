@@ -30,7 +30,7 @@ fi
 prompt="a photo of sks dog" val_prompt="a photo of sks dog in a bucket"
 json=$out/json logs=$out/logs
 # Outputs of an earlier run on the same machine go (the model folder stays: it takes a minute to write).
-rm -rf "$json" "$logs" "$work"/sd3_* "$work"/ref_* "$work"/cache* "$work/images"
+rm -rf "$json" "$logs" "$work"/sd3_* "$work"/ref_* "$work"/cache* "$work"/t5_* "$work/images"
 mkdir -p "$json" "$logs" "$work/lib"
 start=$SECONDS
 
@@ -125,22 +125,26 @@ rb=$repo/bench/reference on=(--model "$model" --device "$device")
 
 # 5. The workloads, most wanted first.
 if want train512; then
-    run ref_train512 120 "$py" "$rb/train_step.py" "${on[@]}" --out "$json/ref_train512.json" --resolution $r512 --batch 4 --steps $ts --warmup 2
+    run ref_train512 120 "$py" "$rb/train_step.py" "${on[@]}" --out "$json/ref_train512.json" \
+        --resolution $r512 --batch 4 --steps $ts --warmup 2
     train sd3_train512_ckpt $r512 4 "$steps" --gradient_checkpointing --cache_dir "$work/cache512"
     train sd3_train512_nockpt $r512 4 "$steps" --cache_dir "$work/cache512"
 fi
 if want train1024; then
-    run ref_train1024 120 "$py" "$rb/train_step.py" "${on[@]}" --out "$json/ref_train1024.json" --resolution $r1024 --batch 1 --steps $ts --warmup 2
+    run ref_train1024 120 "$py" "$rb/train_step.py" "${on[@]}" --out "$json/ref_train1024.json" \
+        --resolution $r1024 --batch 1 --steps $ts --warmup 2
     train sd3_train1024_ckpt $r1024 1 "$steps" --gradient_checkpointing --cache_dir "$work/cache1024"
     train sd3_train1024_nockpt $r1024 1 "$steps" --cache_dir "$work/cache1024"
 fi
 if want bound; then
-    run ref_bound512 60 "$py" "$rb/kernel_bound.py" "${on[@]}" --out "$json/ref_bound512.json" --resolution $r512 --batch 4
-    run ref_bound1024 60 "$py" "$rb/kernel_bound.py" "${on[@]}" --out "$json/ref_bound1024.json" --resolution $r1024 --batch 1
+    run ref_bound512 60 "$py" "$rb/kernel_bound.py" "${on[@]}" --out "$json/ref_bound512.json" \
+        --resolution $r512 --batch 4
+    run ref_bound1024 60 "$py" "$rb/kernel_bound.py" "${on[@]}" --out "$json/ref_bound1024.json" \
+        --resolution $r1024 --batch 1
 fi
 if want generate; then
-    run ref_generate 150 "$py" "$rb/generate.py" "${on[@]}" --out "$json/ref_generate.json" --size $r1024 --steps $val_steps \
-        --image "$work/ref_generate.png"
+    run ref_generate 150 "$py" "$rb/generate.py" "${on[@]}" --out "$json/ref_generate.json" --size $r1024 \
+        --steps $val_steps --image "$work/ref_generate.png"
     run sd3_generate 150 "$sd3" generate --model "$model" --prompt "$val_prompt" --steps $val_steps --cfg 7 \
         --width $r1024 --height $r1024 --seed 0 --t5-format int8 --output "$work/sd3_generate.png" \
         --device "$device" --metrics-json "$json/sd3_generate.json"
@@ -149,8 +153,9 @@ fi
 # validation interval past the last step leaves only the final one).
 whole() {  # whole RES BATCH
     local res=$1 batch=$2 tag=$(($1 * div))
-    run ref_whole$tag 200 "$py" "$rb/whole_run.py" "${on[@]}" --out "$json/ref_whole$tag.json" --images "$work/images" \
-        --resolution "$res" --batch "$batch" --steps "$whole_steps" --t5-dtype int8 --prompt "$prompt" \
+    run ref_whole$tag 200 "$py" "$rb/whole_run.py" "${on[@]}" --out "$json/ref_whole$tag.json" \
+        --images "$work/images" --resolution "$res" --batch "$batch" --steps "$whole_steps" --t5-dtype int8 \
+        --prompt "$prompt" \
         --validation-prompt "$val_prompt" --validation-steps $val_steps --output-dir "$work/ref_whole$tag"
     for base in bf16 "$base_q"; do
         local q=()
@@ -162,7 +167,8 @@ whole() {  # whole RES BATCH
 }
 want whole1024 && whole $r1024 1
 if want t5; then
-    run ref_t5 200 "$py" "$rb/t5_encode.py" "${on[@]}" --out "$json/ref_t5.json" --captions "$work/captions.txt" --dtypes int8,bf16,nf4
+    run ref_t5 200 "$py" "$rb/t5_encode.py" "${on[@]}" --out "$json/ref_t5.json" --captions "$work/captions.txt" \
+        --dtypes int8,bf16,nf4
     for d in int8 bf16 nf4; do
         run sd3_t5_$d 120 "$sd3" encode-prompt --model "$model" --prompts-file "$work/captions.txt" \
             --max-sequence-length 256 --t5-dtype $d --device "$device" --output "$work/t5_$d.safetensors" \

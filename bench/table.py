@@ -42,7 +42,8 @@ def rows(runs, env):
             sd3 = f"sd3_train{res}_{'ckpt' if mode == 'checkpointing' else 'nockpt'}"
             out.append((f"{name}, {label}", "throughput", "img/s", get(runs, ref, f"modes.{mode}.images_per_second"),
                         get(runs, sd3, "images_per_second"), tgt))
-            out.append((f"{name}, {label}", "peak GPU memory", "GiB", gib(get(runs, ref, f"modes.{mode}.peak_gpu_bytes")),
+            out.append((f"{name}, {label}", "peak GPU memory", "GiB",
+                        gib(get(runs, ref, f"modes.{mode}.peak_gpu_bytes")),
                         gib(get(runs, sd3, "train_peak_gpu_bytes")), None))
         for mode, sd3 in (("checkpointing", f"sd3_train{res}_ckpt"), ("no_checkpointing", f"sd3_train{res}_nockpt")):
             bound = get(runs, f"ref_bound{res}", f"modes.{mode}.seconds_per_update")
@@ -60,12 +61,13 @@ def rows(runs, env):
             ref_t5 = get(runs, ref, "t5_dtype")
             if base == "bf16" and ref_t5 not in (None, "int8"):
                 label += f" (reference: T5 {ref_t5})"
-            out.append((label, "peak GPU memory", "GiB", gib(get(runs, ref, "peak_gpu_bytes")) if base == "bf16" else None,
-                        gib(get(runs, sd3, "peak_gpu_bytes")), (op, limit)))
-            out.append((label, "wall time per 100 steps", "s", per_100(runs, ref, get(runs, ref, "steps"))
-                        if base == "bf16" else None, per_100(runs, sd3, whole_steps), None))
-    out.append(("generate 1024², 28 steps, CFG 7", "time per image", "s", get(runs, "ref_generate", "seconds_per_image"),
-                get(runs, "sd3_generate", "seconds_per_image"), ("ratio<=", 0.6)))
+            ref_peak = gib(get(runs, ref, "peak_gpu_bytes")) if base == "bf16" else None
+            ref_100 = per_100(runs, ref, get(runs, ref, "steps")) if base == "bf16" else None
+            out.append((label, "peak GPU memory", "GiB", ref_peak, gib(get(runs, sd3, "peak_gpu_bytes")), (op, limit)))
+            out.append((label, "wall time per 100 steps", "s", ref_100, per_100(runs, sd3, whole_steps), None))
+    out.append(("generate 1024², 28 steps, CFG 7", "time per image", "s",
+                get(runs, "ref_generate", "seconds_per_image"), get(runs, "sd3_generate", "seconds_per_image"),
+                ("ratio<=", 0.6)))
     out.append(("generate 1024², 28 steps, CFG 7", "peak GPU memory (sd3tune: T5 int8)", "GiB",
                 gib(get(runs, "ref_generate", "peak_gpu_bytes")), gib(get(runs, "sd3_generate", "peak_gpu_bytes")),
                 ("max<", 6.0)))
@@ -87,7 +89,8 @@ def judge(ref, mine, target):
     kind, x = target
     if kind == "share":  # the bound's time over sd3tune's: the fraction of the floor it reaches
         return (ref / mine if ref and mine else None), "", ""
-    text = {"ratio>=": f"≥ {x:g}×", "ratio<=": f"≤ {x:g}×", "max<=": f"≤ {x:g} GiB", "max<": f"< {x:g} GiB"}[kind]
+    text = {"ratio>=": f"≥ {x:g}×", "ratio<=": f"≤ {x:g}×", "max<=": f"≤ {x:g} GiB",
+            "max<": f"< {x:g} GiB"}[kind]
     value = mine if kind.startswith("max") else ratio
     if value is None:
         return ratio, text, "no data"

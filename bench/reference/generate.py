@@ -41,7 +41,8 @@ def main():
         image.save(args.image)
     write_results(args.out, {"workload": "generate", "size": args.size, "steps": args.steps, "cfg": args.cfg,
                              "t5_dtype": t5_dtype, "notes": [note] if note else [], "seconds_per_image": t.seconds,
-                             "encode_seconds": enc.seconds, "load_seconds": load_seconds, "peak_gpu_bytes": peak_bytes(device)}, device)
+                             "encode_seconds": enc.seconds, "load_seconds": load_seconds,
+                             "peak_gpu_bytes": peak_bytes(device)}, device)
 
 
 if __name__ == "__main__":

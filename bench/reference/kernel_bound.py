@@ -21,7 +21,8 @@ def linear_shapes(cfg, batch, image_tokens, text_tokens):
     m_img, m_txt = batch * image_tokens, batch * text_tokens
     p = cfg["patch_size"]
     # The patch embedding and the context embedder read the step's inputs, which need no gradient.
-    shapes = Counter({(m_img, cfg["in_channels"] * p * p, d, False): 1, (m_txt, cfg["joint_attention_dim"], d, False): 1,
+    shapes = Counter({(m_img, cfg["in_channels"] * p * p, d, False): 1,
+                      (m_txt, cfg["joint_attention_dim"], d, False): 1,
                       (m_img, d, p * p * cfg["out_channels"], True): 1})
     for i in range(cfg["num_layers"]):
         shapes[(m_img, d, d, True)] += 4  # to_q, to_k, to_v, to_out.0
@@ -110,7 +111,6 @@ def main():
         gemm_bwd += count * b
         layers.append({"rows": m, "in": k, "out": n, "count": count, "forward_s": f, "input_grad_s": b,
                        "tflops_forward": 2 * m * k * n / f / 1e12})
-        del x, w, dy
     heads, head_dim = cfg["num_attention_heads"], cfg["attention_head_dim"]
     attn = attention_times(device, args.batch, heads, image_tokens + args.context_tokens, head_dim, timer)
     best = min(attn, key=lambda name: sum(attn[name]))

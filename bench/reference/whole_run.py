@@ -49,7 +49,8 @@ def main():
     torch.manual_seed(0)
     t5_dtype, note = reference_t5_dtype(args.t5_dtype, device)
     results = {"workload": "whole_run", "resolution": args.resolution, "batch": args.batch, "steps": args.steps,
-               "t5_dtype": t5_dtype, "gradient_checkpointing": not args.no_checkpointing, "notes": [note] if note else []}
+               "t5_dtype": t5_dtype, "gradient_checkpointing": not args.no_checkpointing,
+               "notes": [note] if note else []}
 
     with Timer(device) as wall:
         # Cache phase: every model on the GPU at once, as the script loads them, then the prompt embedding.
