@@ -9,7 +9,7 @@
 #   BENCH_WORKLOADS   subset, comma-separated, of train512,train1024,bound,generate,whole1024,t5,whole512 (default all)
 #   BENCH_BUDGET_S    wall seconds for everything (default 540: the device tool stops a command at 600)
 #   BENCH_STEPS       updates per training-step workload, 2 of them warm-up (default 12)
-#   BENCH_WHOLE_STEPS updates of a whole run; the table scales its training phase to 100 (default 30)
+#   BENCH_WHOLE_STEPS updates of a whole run; the table adds the rest of 100 at the median rate (default 30)
 #   BENCH_BASE_DTYPE  quantized base weights of the second whole run per resolution: int8 or fp8 (default int8)
 #   BENCH_DRY_RUN=1   the tiny preset on the CPU at 1/8 of the resolutions, to try the script without a GPU
 set -uo pipefail
