@@ -11,7 +11,7 @@ out=${1:-demo}
 rm -rf "$out"
 echo "== the built-in tiny SD3 model"
 "$bin" info "$model"
-echo "== training a LoRA on tests/data/train/images (CPU)"
+echo "== training a LoRA on tests/data/train/images (on the GPU when there is one, else the CPU)"
 "$bin" train --model "$model" --data tests/data/train/images --prompt "a photo of sks dog" \
     --output_dir "$out/lora" --resolution 64 --train_batch_size 2 --max_train_steps 40 --learning_rate 1e-3 \
     --checkpointing_steps 20 --seed 0
