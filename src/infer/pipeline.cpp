@@ -87,7 +87,7 @@ Status TextToImage::ensure_transformer(const StageFn& stage) {
     if (transformer_) return {};
     if (stage) stage("loading the transformer");
     SD3_ASSIGN_OR_RETURN(const Component* c, model_.require("transformer"));
-    SD3_ASSIGN_OR_RETURN(MMDiT m, MMDiT::load(*c));
+    SD3_ASSIGN_OR_RETURN(MMDiT m, MMDiT::load(*c, !options_.placement.on_cpu()));
     SD3_TRY(m.to(options_.placement, options_.base_format));
     for (size_t i = 0; i < loras_.size(); ++i) {
         const Status s = options_.fuse_loras ? m.fuse_lora(loras_[i].first, loras_[i].second)

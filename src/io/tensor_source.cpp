@@ -29,6 +29,11 @@ Result<Tensor> WeightLoader::take(const std::string& name, const Shape& expected
     return t.dtype() == dtype ? t : t.to(dtype);
 }
 
+Result<Tensor> WeightLoader::take_as_stored(const std::string& name, const Shape& expected) {
+    const auto meta = source_->meta(name);
+    return take(name, expected, meta ? meta->dtype : DType::F32);
+}
+
 Status WeightLoader::finish() const {
     std::vector<std::string> unused;
     for (const std::string& n : source_->names())

@@ -55,6 +55,9 @@ class WeightLoader {
     explicit WeightLoader(std::shared_ptr<const TensorSource> source) : source_(std::move(source)) {}
 
     Result<Tensor> take(const std::string& name, const Shape& expected, DType dtype = DType::F32);
+    // The same without a conversion: the tensor as the file stores it (for weights that go to a device, which
+    // converts them there).
+    Result<Tensor> take_as_stored(const std::string& name, const Shape& expected);
     bool has(const std::string& name) const { return source_->meta(name).has_value(); }
     // Marks a tensor as deliberately unused (e.g. a buffer the reference recomputes).
     void ignore(const std::string& name) { taken_.insert(name); }

@@ -94,28 +94,34 @@ Status MMDiTConfig::check_against(const TensorSource& src) const {
 
 namespace {
 
+// Takes weights in float32 (the CPU's compute dtype) or, for a model bound for a device, as stored.
 class Loader {
   public:
-    explicit Loader(std::shared_ptr<const TensorSource> src) : l_(std::move(src)) {}
+    Loader(std::shared_ptr<const TensorSource> src, bool as_stored) : l_(std::move(src)), as_stored_(as_stored) {}
 
     Status linear(nn::Linear& lin, const std::string& name, int64_t out, int64_t in, bool bias = true) {
         lin.name = name;
         lin.id = nn::layer_id(name);
-        SD3_ASSIGN_OR_RETURN(lin.weight, l_.take(name + ".weight", {out, in}));
+        SD3_ASSIGN_OR_RETURN(lin.weight, take(name + ".weight", {out, in}));
         if (bias) {
-            SD3_ASSIGN_OR_RETURN(lin.bias, l_.take(name + ".bias", {out}));
+            SD3_ASSIGN_OR_RETURN(lin.bias, take(name + ".bias", {out}));
         }
         return {};
     }
     Status tensor(Tensor& t, const std::string& name, const Shape& shape) {
-        SD3_ASSIGN_OR_RETURN(t, l_.take(name, shape));
+        SD3_ASSIGN_OR_RETURN(t, take(name, shape));
         return {};
     }
     bool has(const std::string& name) const { return l_.has(name); }
     Status finish() const { return l_.finish(); }
 
   private:
+    Result<Tensor> take(const std::string& name, const Shape& shape) {
+        return as_stored_ ? l_.take_as_stored(name, shape) : l_.take(name, shape);
+    }
+
     WeightLoader l_;
+    bool as_stored_;
 };
 
 Status load_attention(Loader& ld, nn::JointAttention& a, const std::string& prefix, const MMDiTConfig& c,
@@ -155,14 +161,15 @@ Status load_ff(Loader& ld, nn::FeedForward& ff, const std::string& prefix, int64
 
 }  // namespace
 
-Result<MMDiT> MMDiT::create(const MMDiTConfig& config, std::shared_ptr<const TensorSource> weights) {
+Result<MMDiT> MMDiT::create(const MMDiTConfig& config, std::shared_ptr<const TensorSource> weights,
+                            bool weights_as_stored) {
     SD3_TRY(config.check_against(*weights));
     MMDiT m;
     m.config_ = config;
     MMDiTWeights& w = m.w_;
     const MMDiTConfig& c = config;
     const int64_t D = c.inner_dim(), p = c.patch_size, C = c.in_channels;
-    Loader ld(weights);
+    Loader ld(weights, weights_as_stored);
     // The patch-embedding Conv2d (kernel = stride = p) is a Linear over (c, py, px) patch vectors (§2.1).
     Tensor conv_w;  // [D, C, p, p]
     SD3_TRY(ld.tensor(conv_w, "pos_embed.proj.weight", {D, C, p, p}));
@@ -196,11 +203,11 @@ Result<MMDiT> MMDiT::create(const MMDiTConfig& config, std::shared_ptr<const Ten
     return m;
 }
 
-Result<MMDiT> MMDiT::load(const Component& comp) {
+Result<MMDiT> MMDiT::load(const Component& comp, bool weights_as_stored) {
     if (!comp.weights)
         return make_error(ErrorCode::NOT_FOUND, "the transformer component has no weights (", comp.config_path, ")");
     SD3_ASSIGN_OR_RETURN(MMDiTConfig cfg, MMDiTConfig::from_json(comp.config, comp.config_path));
-    return create(cfg, comp.weights);
+    return create(cfg, comp.weights, weights_as_stored);
 }
 
 Tensor sincos_pos_embed(int64_t grid, int64_t base_size, int64_t dim) {

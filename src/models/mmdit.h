@@ -139,10 +139,13 @@ Tensor sincos_pos_embed(int64_t grid, int64_t base_size, int64_t dim);
 class MMDiT {
   public:
     // From a model folder's transformer component (config checked against the weights; every tensor used).
-    static Result<MMDiT> load(const Component& component);
+    // Weights become float32 (what the CPU computes in), or with `weights_as_stored` stay as the file stores them
+    // (views of the file mapping, no host copy) for a model that goes to a device next: to() converts there.
+    static Result<MMDiT> load(const Component& component, bool weights_as_stored = false);
     // From a diffusers `transformer/` folder: config.json + diffusion_pytorch_model(.safetensors | shards).
     static Result<MMDiT> load_dir(const std::string& dir);
-    static Result<MMDiT> create(const MMDiTConfig& config, std::shared_ptr<const TensorSource> weights);
+    static Result<MMDiT> create(const MMDiTConfig& config, std::shared_ptr<const TensorSource> weights,
+                                bool weights_as_stored = false);
 
     // Moves every weight into one allocation on the placement's device, float weights in its dtype (LoRAs attached
     // afterwards follow the model there). The CPU in float32 is where load() leaves it. With `base_format` (int8,

@@ -186,7 +186,7 @@ Result<TrainComponents> make_sd3_components(const ModelSpec& spec, const Sd3Comp
     c.load_transformer = [shared, ckpt, patch, placement, base_format](const LoraSettings& lora,
                                         uint64_t init_seed) -> Result<std::unique_ptr<TrainableModel>> {
         SD3_ASSIGN_OR_RETURN(const Component* tc, shared->require("transformer"));
-        SD3_ASSIGN_OR_RETURN(MMDiT model, MMDiT::load(*tc));
+        SD3_ASSIGN_OR_RETURN(MMDiT model, MMDiT::load(*tc, !placement.on_cpu()));
         if (patch) patch(model);
         SD3_TRY(model.to(placement, base_format));
         SD3_ASSIGN_OR_RETURN(LoraTrainable trainable, model.make_trainable_lora(lora));
