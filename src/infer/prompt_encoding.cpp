@@ -112,9 +112,12 @@ Status TextEncoders::load_now(TextEncoderId id) {
             if (!m.ok()) return m.status().with_context(str_cat("loading ", text_encoder_name(id)));
             t5_.emplace(std::move(m).value());
             const nn::Placement& p = options_.placement;
-            size_t budget = options_.t5_max_resident_bytes;
-            if (!p.on_cpu() && budget == 0) {
-                const size_t free = memory_stats(p.device).free, reserve = size_t{1} << 30;
+            // On the CPU nothing streams; on a GPU the budget is what is free (the driver's free memory plus what
+            // the pool holds unused), less 1 GiB for activations, unless the user gave one.
+            size_t budget = p.on_cpu() ? SIZE_MAX : options_.t5_max_resident_bytes;
+            if (budget == 0) {
+                const MemoryStats m = memory_stats(p.device);
+                const size_t free = m.free + (m.reserved - m.in_use), reserve = size_t{1} << 30;
                 budget = free > reserve ? free - reserve : 0;
             }
             SD3_TRY(t5_->to(T5Encoder::placement_for(p.device, p.dtype), budget));

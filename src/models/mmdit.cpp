@@ -117,7 +117,12 @@ class Loader {
 
   private:
     Result<Tensor> take(const std::string& name, const Shape& shape) {
-        return as_stored_ ? l_.take_as_stored(name, shape) : l_.take(name, shape);
+        if (as_stored_) {  // the 16/32-bit floats a device converts; anything else (fp8 files) becomes float32
+            const auto meta = l_.source().meta(name);
+            if (meta && (meta->dtype == DType::F32 || meta->dtype == DType::F16 || meta->dtype == DType::BF16))
+                return l_.take_as_stored(name, shape);
+        }
+        return l_.take(name, shape);
     }
 
     WeightLoader l_;
@@ -386,6 +391,8 @@ Status MMDiT::to(const nn::Placement& placement, std::optional<QuantFormat> base
         }
     }
     placer.convert(w_.pos_embed);
+    placer.convert(w_.patch_embed.weight);  // a Conv2d in diffusers, so not among linears()
+    placer.convert(w_.patch_embed.bias);
     for (JointBlock& b : w_.blocks)
         for (nn::JointAttention* a : {&b.attn, &b.attn2})
             for (Tensor* t : {&a->norm_q, &a->norm_k, &a->norm_added_q, &a->norm_added_k}) placer.convert(*t);
@@ -433,10 +440,11 @@ Status MMDiT::fuse_lora(const LoraSet& set, float multiplier) {
             ops::add_(w, delta, s);
             l->weight = w;
         } else {
-            Tensor w = ops::copy(convert(l->weight, DType::F32));  // fused in float32, rounded once
+            // Fused in float32 and rounded once, back into the weight's own slot of the model's allocation.
+            Tensor w = ops::copy(convert(l->weight, DType::F32));
             SD3_ASSIGN_OR_RETURN(const Tensor delta_dev, to_device(delta, placement_.device));
             ops::add_(w, delta_dev, s);
-            l->weight = convert(w, placement_.dtype);
+            copy_into(l->weight, w);
         }
     }
     return {};

@@ -12,6 +12,7 @@
 #include "io/json_file.h"
 #include "ops/cpu/vae_ops.h"
 #include "ops/device.h"
+#include "ops/mmdit_ops.h"
 #include "ops/ops.h"
 
 namespace sd3 {
@@ -247,7 +248,7 @@ Tensor resnet(const Tensor& x, const VaeResnetWeights& r, int64_t groups) {
 Tensor mid_attention(const Tensor& x, const VaeAttentionWeights& a, int64_t groups) {
     const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), T = H * W;
     const Tensor normed = ops::group_norm(x, a.norm_w, a.norm_b, groups, kNormEps);     // [B, C, H, W]
-    const Tensor tokens = normed.view({B, C, T}).transpose(1, 2).contiguous();           // [B, T, C]
+    const Tensor tokens = ops::copy(normed.view({B, C, T}).transpose(1, 2));             // [B, T, C]
     const Tensor q = ops::linear(tokens, a.q_w, a.q_b);                                  // [B, T, C]
     const Tensor k = ops::linear(tokens, a.k_w, a.k_b);                                  // [B, T, C]
     const Tensor v = ops::linear(tokens, a.v_w, a.v_b);                                  // [B, T, C]
@@ -263,7 +264,7 @@ Tensor mid_attention(const Tensor& x, const VaeAttentionWeights& a, int64_t grou
         }
     }
     const Tensor out = ops::linear(attn, a.out_w, a.out_b);                              // [B, T, C]
-    return ops::add(out.transpose(1, 2).contiguous().view({B, C, H, W}), x);
+    return ops::add(ops::copy(out.transpose(1, 2)).view({B, C, H, W}), x);
 }
 
 Tensor mid_block(const Tensor& x, const VaeMidWeights& m, int64_t groups) {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <map>
+#include <tuple>
 
 #include "core/check.h"
 #include "ops/device.h"
@@ -34,7 +35,7 @@ void WeightPlacer::add(Tensor& t, bool convert) {
 Result<size_t> WeightPlacer::place(const Placement& p, const char* model_name) {
     constexpr size_t kAlign = 256;
     // Tensors that view the same data (e.g. a tied embedding) get one slot.
-    std::map<std::pair<const void*, DType>, size_t> slot_of;
+    std::map<std::tuple<const void*, DType, int64_t>, size_t> slot_of;
     std::vector<size_t> offsets(entries_.size());
     std::vector<DType> dtypes(entries_.size());
     size_t total = 0;
@@ -42,7 +43,7 @@ Result<size_t> WeightPlacer::place(const Placement& p, const char* model_name) {
         const Tensor& t = *entries_[i].tensor;
         const bool is_float = t.dtype() == DType::F32 || t.dtype() == DType::F16 || t.dtype() == DType::BF16;
         dtypes[i] = entries_[i].convert && is_float ? p.dtype : t.dtype();
-        const auto key = std::make_pair(static_cast<const void*>(t.raw()), dtypes[i]);
+        const auto key = std::make_tuple(static_cast<const void*>(t.raw()), dtypes[i], t.numel());
         if (auto it = slot_of.find(key); it != slot_of.end() && t.is_contiguous()) {
             offsets[i] = it->second;
             continue;
@@ -51,6 +52,7 @@ Result<size_t> WeightPlacer::place(const Placement& p, const char* model_name) {
         slot_of[key] = total;
         total += (static_cast<size_t>(t.numel()) * dtype_size(dtypes[i]) + kAlign - 1) / kAlign * kAlign;
     }
+    if (!p.on_cpu()) synchronize(p.device);  // makes the device's context, which registers its allocator
     std::shared_ptr<Storage> storage = Storage::allocate(std::max<size_t>(total, 1), p.device);
     if (storage == nullptr) {
         const MemoryStats m = memory_stats(p.device);

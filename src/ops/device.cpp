@@ -61,9 +61,9 @@ std::string device_description(Device device) {
 
 void copy_into(const Tensor& dst, const Tensor& src) {
     SD3_ASSERT(dst.shape() == src.shape(), "copy_into: ", src.describe(), " into ", dst.describe());
-    if (dst.device().is_cpu() && src.device().is_cpu()) {
+    if (dst.device().is_cpu()) {
         Tensor d = dst;
-        d.copy_from(src);
+        d.copy_from(to_host(src));
         return;
     }
 #ifdef SD3_HAVE_CUDA

@@ -172,7 +172,8 @@ Result<TrainComponents> make_sd3_components(const ModelSpec& spec, const Sd3Comp
     c.load_vae_encoder = [shared, vae_cfg, placement]() -> Result<std::function<Result<LatentDist>(const Tensor&)>> {
         SD3_ASSIGN_OR_RETURN(const Component* vc, shared->require("vae"));
         SD3_ASSIGN_OR_RETURN(Vae vae, Vae::load(vae_cfg, vc->weights, Vae::Part::ENCODER));
-        SD3_TRY(vae.to(Vae::placement_for(placement.device, placement.dtype)));
+        // float32, as the reference script keeps its VAE ("to avoid NaN losses"); it runs once per image.
+        SD3_TRY(vae.to(nn::Placement{placement.device, DType::F32}));
         auto v = std::make_shared<Vae>(std::move(vae));
         return std::function<Result<LatentDist>(const Tensor&)>([v](const Tensor& image) -> Result<LatentDist> {
             SD3_ASSIGN_OR_RETURN(VaeLatentDist d, v->encode(image.unsqueeze(0)));  // [1, 3, R, R]

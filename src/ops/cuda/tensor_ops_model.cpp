@@ -179,8 +179,10 @@ Tensor attention_fwd(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
     if (!attention_supported(s.head_dim)) return attention_chunked(q, k, v, heads, scale, false, Tensor(), lse);
     Tensor out = empty_like(q);
     *lse = Tensor::empty({s.batch, heads, s.q_len}, DType::F32, q.device());
-    cuda::attention_fwd(ctx_of(q).exec(), out.raw(), lse->data<float>(), q.raw(), k.raw(), v.raw(), nullptr, s,
-                        q.dtype());
+    // The forward's workspace is reserved as the inference path does, so the kernel chosen never depends on what
+    // earlier ops left in the scratch (bit-identical reruns).
+    cuda::attention_fwd(ctx_of(q).exec(attention_fwd_workspace(s, q.dtype())), out.raw(), lse->data<float>(), q.raw(),
+                        k.raw(), v.raw(), nullptr, s, q.dtype());
     return out;
 }
 
@@ -199,8 +201,9 @@ void attention_backward(const Tensor& dout_in, const Tensor& q_in, const Tensor&
     *dq = empty_like(q);
     *dk = empty_like(k);
     *dv = empty_like(v);
-    cuda::attention_bwd(ctx_of(q).exec(attention_bwd_workspace(s)), dq->raw(), dk->raw(), dv->raw(), dout.raw(),
-                        q.raw(), k.raw(), v.raw(), out.raw(), lse.data<float>(), nullptr, s, q.dtype());
+    const Exec ex = ctx_of(q).exec(attention_bwd_workspace(s, q.dtype()));
+    cuda::attention_bwd(ex, dq->raw(), dk->raw(), dv->raw(), dout.raw(), q.raw(), k.raw(), v.raw(), out.raw(),
+                        lse.data<float>(), nullptr, s, q.dtype());
 }
 
 Tensor modulate(const Tensor& x_in, const Tensor& shift, const Tensor& scale) {
