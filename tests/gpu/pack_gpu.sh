@@ -11,10 +11,11 @@ bin=build/dev/tests/sd3_gpu_tests
 rm -rf "$dest" && mkdir -p "$dest/lib"
 strip -o "$dest/sd3_gpu_tests" "$bin"
 [ -x build/dev/tests/sd3_gpu_bench ] && strip -o "$dest/sd3_gpu_bench" build/dev/tests/sd3_gpu_bench
+[ -x build/dev/sd3tune ] && strip -o "$dest/sd3tune" build/dev/sd3tune  # for run_models_gpu.sh
 # Everything but glibc, libstdc++/libgcc (newer on the GPU machine) and the CUDA libraries (present there).
 # cuDNN is never linked (attention_cudnn.cpp dlopens the GPU machine's own libcudnn.so.9), so never bundled.
 for lib in $(ldd "$bin" | awk '/=>/ {print $3}' | grep -v -E '/(libc|libm|libstdc\+\+|libgcc_s|librt|libpthread|libdl)\.so|/cuda|libcudnn'); do
     gzip -9 -c "$lib" > "$dest/lib/$(basename "$lib").gz"
 done
-cp tests/gpu/run_gpu.sh "$dest/"
+cp tests/gpu/run_gpu.sh tests/gpu/run_models_gpu.sh "$dest/"
 du -sh "$dest"

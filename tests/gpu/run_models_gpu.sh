@@ -1,0 +1,77 @@
+#!/bin/bash
+# Issue 7's checks that need the whole program, on the GPU machine, after run_gpu.sh's op and model tests (same
+# bundle: `bash tests/gpu/pack_gpu.sh .` with sd3tune built, `.gpu` carried; run from the repository root):
+#   1. the command-line tests (tests/cli) with the GPU as the default device;
+#   2. tiny training on the GPU twice: byte-identical LoRA files; and once with fp16 forced (the T4 path);
+#   3. tiny generation on the GPU against the CPU (f32 closely, bf16 within its rounding), via --save-latents;
+#   4. SD3-Medium shapes with random weights: a 1024² generate (28 steps, CFG 7) and 3 training updates at 1024²
+#      (batch 1, checkpointing, int8 T5), then the same with --base-dtype int8, each with --metrics-json.
+# Logs and metrics go to $OUT. The comparisons use the machine's python3 (numpy, safetensors), not the product.
+set -uo pipefail
+out="${OUT:-/tmp/out}"
+bundle="$(dirname "$0")"
+mkdir -p "$out" /tmp/sd3lib
+for f in "$bundle"/lib/*.gz; do gunzip -c "$f" > "/tmp/sd3lib/$(basename "$f" .gz)"; done
+export LD_LIBRARY_PATH=/tmp/sd3lib:/usr/local/cuda/lib64:/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cudnn/lib
+export OMP_NUM_THREADS=8
+bin="$bundle/sd3tune"
+data=tests/data
+model=$data/tiny-a/model
+status=0
+step() { echo "== $*"; }
+fail() { echo "FAIL: $*"; status=1; }
+
+step "1. command-line tests on the GPU"
+for t in tests/cli/*.sh; do
+    name=$(basename "$t" .sh)
+    if timeout 120 bash "$t" "$bin" "$data" > "$out/cli_$name.log" 2>&1; then echo "ok   $name"; else fail "cli $name (log cli_$name.log)"; fi
+done
+
+step "2. tiny training: two GPU runs byte-identical; fp16 forced"
+train=(train --model "$model" --data $data/train/images --prompt "a photo of sks dog" --resolution 64
+       --train_batch_size 2 --max_train_steps 6 --learning_rate 1e-3 --seed 3 --checkpointing_steps 100 --quiet)
+for run in a b; do
+    timeout 120 "$bin" "${train[@]}" --output_dir /tmp/tr_$run > "$out/train_$run.log" 2>&1 || fail "train $run"
+done
+cmp -s /tmp/tr_a/pytorch_lora_weights.safetensors /tmp/tr_b/pytorch_lora_weights.safetensors \
+    && echo "ok   two GPU trainings give the same LoRA bytes" || fail "two GPU trainings differ"
+SD3_FORCE_FP16=1 timeout 120 "$bin" "${train[@]}" --output_dir /tmp/tr_f16 --metrics-json "$out/train_fp16.json" \
+    > "$out/train_fp16.log" 2>&1 && echo "ok   fp16 training" || fail "fp16 training"
+
+step "3. tiny generation: GPU against CPU"
+gen=(generate --model "$model" --prompt "a photo of sks dog" --width 64 --height 64 --steps 8 --seed 7
+     --max-sequence-length 77 --t5-format f32)
+timeout 120 "$bin" "${gen[@]}" --device cpu --save-latents /tmp/g_cpu.safetensors --output /tmp/g_cpu.png > "$out/gen_cpu.log" 2>&1 || fail "cpu generate"
+for p in f32 bf16 fp16; do
+    timeout 120 "$bin" "${gen[@]}" --device cuda --precision $p --save-latents /tmp/g_$p.safetensors \
+        --output /tmp/g_$p.png > "$out/gen_$p.log" 2>&1 || fail "gpu generate $p"
+done
+python3 - <<'PY' || fail "generation GPU vs CPU"
+import numpy as np, sys
+from safetensors.numpy import load_file
+ref = load_file("/tmp/g_cpu.safetensors")["latents"].astype(np.float64)
+bounds = {"f32": 1e-4, "bf16": 6e-2, "fp16": 1e-2}  # norm-wise, after 8 guided steps (tests/gpu/test_cuda_models.cpp)
+bad = 0
+for p, b in bounds.items():
+    got = load_file(f"/tmp/g_{p}.safetensors")["latents"].astype(np.float64)
+    rel = np.linalg.norm(got - ref) / np.linalg.norm(ref)
+    print(f"{'ok  ' if rel < b else 'FAIL'} latents {p}: norm-wise relative error {rel:.3g} (bound {b})")
+    bad += rel >= b
+sys.exit(1 if bad else 0)
+PY
+
+step "4. SD3-Medium shapes (random weights)"
+big=/tmp/sd3m
+timeout 300 "$bin" make-model --preset sd3-medium --random --tokenizers $model --output $big > "$out/make_model.log" 2>&1 \
+    || fail "make-model"
+timeout 300 "$bin" generate --model $big --prompt "a photo of a cat" --seed 0 --output /tmp/big.png \
+    --metrics-json "$out/generate_1024.json" > "$out/generate_1024.log" 2>&1 && echo "ok   1024² generate" || fail "1024² generate"
+mkdir -p /tmp/big_imgs && cp $data/train/images/* /tmp/big_imgs/
+for base in auto int8; do
+    timeout 400 "$bin" train --model $big --data /tmp/big_imgs --prompt "a photo of sks dog" --resolution 1024 \
+        --train_batch_size 1 --max_train_steps 3 --gradient_checkpointing --base-dtype $base --output_dir /tmp/big_$base \
+        --quiet --metrics-json "$out/train_1024_$base.json" > "$out/train_1024_$base.log" 2>&1 \
+        && echo "ok   1024² training, base $base" || fail "1024² training, base $base"
+done
+cat "$out"/*.json 2>/dev/null
+exit $status
