@@ -401,6 +401,18 @@ Status MMDiT::to(const nn::Placement& placement, std::optional<QuantFormat> base
     return {};
 }
 
+size_t MMDiT::weight_bytes() const {
+    size_t n = w_.pos_embed.nbytes();
+    for (const nn::Linear* l : linears())
+        n += (l->weight.defined() ? l->weight.nbytes() : l->qweight.bytes()) + (l->bias.defined() ? l->bias.nbytes() : 0);
+    n += w_.patch_embed.weight.nbytes() + w_.patch_embed.bias.nbytes();
+    for (const JointBlock& b : w_.blocks)
+        for (const nn::JointAttention* a : {&b.attn, &b.attn2})
+            for (const Tensor* t : {&a->norm_q, &a->norm_k, &a->norm_added_q, &a->norm_added_k})
+                if (t->defined()) n += t->nbytes();
+    return n;
+}
+
 namespace {
 // A LoRA factor of a file (CPU, any float dtype) on the model's device in its dtype.
 Result<Tensor> placed_factor(const Tensor& t, const nn::Placement& p) {

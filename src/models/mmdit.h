@@ -153,6 +153,8 @@ class MMDiT {
     // at a time for each matmul); the embedders and the output head stay in the compute dtype.
     Status to(const nn::Placement& placement, std::optional<QuantFormat> base_format = std::nullopt);
     const nn::Placement& placement() const { return placement_; }
+    // Bytes of every weight as held now (quantized block weights at their storage size), LoRA adapters excluded.
+    size_t weight_bytes() const;
 
     const MMDiTConfig& config() const { return config_; }
     const MMDiTWeights& weights() const { return w_; }

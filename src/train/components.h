@@ -34,6 +34,11 @@ class TrainableModel {
                                    const Tensor& prompt_embeds, const Tensor& pooled, uint64_t rng_seed) = 0;
     // Accumulates d(loss)/d(lora params) given d(loss)/d(prediction) [B, 16, h, w] of the last forward.
     virtual Status backward(const Tensor& grad_pred) = 0;
+    // What a micro-batch of `batch` latents [16, h, w] with `context_len` text tokens will hold in memory (weights,
+    // LoRA, saved activations), one line for the start-up report; empty when the model cannot say.
+    virtual std::string memory_plan(int64_t /*batch*/, int64_t /*h*/, int64_t /*w*/, int64_t /*context_len*/) const {
+        return {};
+    }
 };
 
 // The VAE's posterior for one image: mean and logvar [16, h, w] (before shift and scale).

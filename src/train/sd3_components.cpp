@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <memory>
 
+#include "core/arena.h"
 #include "core/check.h"
 #include "infer/pipeline.h"
 #include "infer/prompt_encoding.h"
@@ -81,6 +82,26 @@ class Sd3TrainableModel final : public TrainableModel {
         }
         saved_ = MMDiTActivations();
         return {};
+    }
+
+    std::string memory_plan(int64_t batch, int64_t h, int64_t w, int64_t context_len) const override {
+        const nn::Placement& p = model_.placement();
+        const ActivationPlan a = model_.plan_activations(batch, h, w, context_len, checkpoint_blocks_);
+        // The plan counts float32 bytes; activations are held in the compute dtype.
+        const double act = static_cast<double>(a.peak()) * dtype_size(p.dtype) / sizeof(float);
+        const double weights = static_cast<double>(model_.weight_bytes());
+        // The device copy of the LoRA and its float32 gradients (on the CPU: the float32 masters and gradients).
+        const double lora = static_cast<double>(lora_.numel) * (dtype_size(p.dtype) + sizeof(float));
+        std::string s = str_cat("memory plan on ", p.device.str(), ": transformer weights ", format_bytes(weights),
+                                ", LoRA ", format_bytes(lora), ", saved activations of a micro-batch of ", batch,
+                                " up to ", format_bytes(act), " (",
+                                checkpoint_blocks_ ? "block inputs + one block recomputed" : "every block kept",
+                                "); about ", format_bytes(weights + lora + act));
+        if (!p.on_cpu()) {
+            const MemoryStats m = memory_stats(p.device);
+            s += str_cat("; ", format_bytes(double(m.free + (m.reserved - m.in_use))), " free after loading");
+        }
+        return s;
     }
 
     MMDiT& mmdit() { return model_; }

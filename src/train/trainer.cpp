@@ -172,6 +172,13 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
     for (const LoraSlot& s : model->slots()) segments.push_back({s.offset, shape_numel(s.shape)});
     std::sort(segments.begin(), segments.end(), [](auto& a, auto& b) { return a.offset < b.offset; });
     std::unique_ptr<Optimizer> optimizer = make_optimizer(optimizer_config(o), segments);
+    {
+        // A micro-batch holds the instance samples and, with prior preservation, as many class samples.
+        const int64_t micro = o.train_batch_size * (o.data.with_prior_preservation ? 2 : 1);
+        const Tensor& lat = inst_lat.at(0).mean;  // [16, h, w]
+        const std::string plan = model->memory_plan(micro, lat.size(1), lat.size(2), 77 + o.max_sequence_length);
+        if (!plan.empty()) phase(plan);
+    }
     const int64_t P = model->lora_numel();
     std::fill(model->lora_grads(), model->lora_grads() + P, 0.0f);
 

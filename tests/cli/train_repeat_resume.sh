@@ -8,6 +8,7 @@ COMMON=(--model "$DATA/tiny-a/model" --data "$DATA/train/images" --prompt "a pho
         --batch 2 --lr 1e-3 --seed 7 --lr_warmup_steps 0 --random_flip --quiet)
 "$BIN" train "${COMMON[@]}" --out "$OUT/a" --steps 4 > "$OUT/a.log" 2>&1 || { cat "$OUT/a.log"; exit 1; }
 "$BIN" train "${COMMON[@]}" --out "$OUT/b" --steps 4 > "$OUT/b.log" 2>&1 || { cat "$OUT/b.log"; exit 1; }
+grep -q "memory plan on .*transformer weights .*saved activations of a micro-batch" "$OUT/a.log" || { echo "no memory plan in the log"; exit 1; }
 cmp "$OUT/a/pytorch_lora_weights.safetensors" "$OUT/b/pytorch_lora_weights.safetensors"
 
 # interrupted after update 3 (a checkpoint at 3, the run ends there), then resumed to 4
