@@ -214,6 +214,7 @@ void sum_token_partials(const Exec& ex, void* dst, DType grad_dt, const float* p
 }
 
 dim3 reduce_grid(int64_t batch, int64_t tokens, int64_t dim) {
+    SD3_ASSERT(batch <= 65535, "adaLN gradient reduction over a batch of ", batch, ": at most 65535 (grid z)");
     return dim3(static_cast<unsigned>(ceil_div(dim, kThreads)), static_cast<unsigned>(detail::reduce_chunks(tokens)),
                 static_cast<unsigned>(batch));
 }

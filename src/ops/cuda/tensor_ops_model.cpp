@@ -163,7 +163,10 @@ Tensor attention_chunked(const Tensor& q, const Tensor& k, const Tensor& v, int6
     const AttentionShape s = attention_shape(q, k, heads, scale, causal);
     Tensor out = empty_like(q);
     if (lse != nullptr) *lse = Tensor::empty({s.batch, heads, s.q_len}, DType::F32, q.device());
-    const Exec ex = ctx_of(q).exec(attention_chunked_workspace(s, q.dtype(), kAttentionScratch));
+    SD3_ASSERT(s.kv_len > 0, "attention over zero keys");
+    const size_t ws = attention_chunked_workspace(s, q.dtype(), kAttentionScratch);
+    Exec ex = ctx_of(q).exec(ws);
+    ex.scratch_bytes = ws;  // the chunk rows then follow the shape only, not the scratch's history (same bits)
     cuda::attention_chunked_fwd(ex, out.raw(), lse != nullptr ? lse->data<float>() : nullptr, q.raw(), k.raw(),
                                 v.raw(), bias.defined() ? bias.raw() : nullptr, s, q.dtype());
     return out;
