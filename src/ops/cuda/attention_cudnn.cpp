@@ -26,6 +26,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 // The dynamic-loading frontend reads the library handle from here (it is ours to define and open).
@@ -141,13 +142,25 @@ struct CudnnState {
                 info = "cuDNN " + fe::detail::convert_version_to_str(version) + " is older than 9.0: own kernels";
                 return false;
             }
+            // The dynamic-loading frontend opens the CUDA runtime itself for its support checks: a failure there
+            // would decline every shape silently, so it is found here, once.
+            int dev = 0;
+            cudaDeviceProp prop{};
+            if (fe::detail::cuda_get_device(&dev) != cudaSuccess ||
+                fe::detail::cuda_get_device_properties(&prop, dev) != cudaSuccess) {
+                info = "cuDNN unusable: the frontend cannot query the device through the CUDA runtime it loads";
+                return false;
+            }
             cudnnHandle_t h = nullptr;
             const cudnnStatus_t st = fe::detail::create_handle(&h);
             if (st != CUDNN_STATUS_SUCCESS) {
                 info = "cudnnCreate failed with status " + std::to_string(static_cast<int>(st));
                 return false;
             }
-            fe::detail::set_stream(h, stream);
+            if (fe::detail::set_stream(h, stream) != CUDNN_STATUS_SUCCESS) {
+                info = "cudnnSetStream failed";
+                return false;
+            }
             handle = h;
             handle_stream = stream;
             info = "cuDNN " + fe::detail::convert_version_to_str(version) + " (frontend " +
@@ -165,10 +178,10 @@ namespace {
 fe::DataType_t fe_type(DType dt) { return dt == DType::F16 ? fe::DataType_t::HALF : fe::DataType_t::BFLOAT16; }
 
 // The cached graph of `key`, built on first use (under the state's mutex).
-const GraphEntry& graph_for(CudnnState& st, const GraphKey& key, float scale) {
-    auto it = st.graphs.find(key);
-    if (it != st.graphs.end()) return it->second;
-    GraphEntry entry;
+// Builds the graph of `key`; on failure `entry.graph` stays null and `st.stats.declined` says why. `composite`
+// pins the frontend's composite SDPA (the unified one, which AUTO picks on newer cuDNN, may decline a layout the
+// composite one takes).
+void build_graph(CudnnState& st, const GraphKey& key, float scale, bool composite, GraphEntry& entry) {
     try {
         auto g = std::make_shared<fe::graph::Graph>();
         g->set_io_data_type(fe_type(static_cast<DType>(key.dt)))
@@ -193,6 +206,7 @@ const GraphEntry& graph_for(CudnnState& st, const GraphKey& key, float scale) {
         if (!key.backward) {
             auto opts = fe::graph::SDPA_attributes().set_name("sdpa").set_generate_stats(key.stats != 0).set_attn_scale(
                 scale);
+            if (composite) opts.set_implementation(fe::AttentionImplementation_t::COMPOSITE);
             // Top-left diagonal: query i sees keys <= i, cpu::attention_fwd's mask for any Tq, Tk.
             if (key.causal) opts.set_causal_mask(true);
             if (key.bias) opts.set_bias(bias_tensor());
@@ -237,6 +251,16 @@ const GraphEntry& graph_for(CudnnState& st, const GraphKey& key, float scale) {
         entry = {};
         st.stats.declined = e.what();
     }
+}
+
+// The cached graph of `key`, built on first use (under the state's mutex): the frontend's choice first, then the
+// composite implementation for a forward it declined.
+const GraphEntry& graph_for(CudnnState& st, const GraphKey& key, float scale) {
+    auto it = st.graphs.find(key);
+    if (it != st.graphs.end()) return it->second;
+    GraphEntry entry;
+    build_graph(st, key, scale, false, entry);
+    if (entry.graph == nullptr && !key.backward) build_graph(st, key, scale, true, entry);
     return st.graphs.emplace(key, std::move(entry)).first->second;
 }
 
@@ -271,7 +295,7 @@ bool run(const Exec& ex, bool backward, const Operands& p, const AttentionShape&
     for (int64_t row : {rows.q_row, rows.k_row, rows.v_row, rows.o_row})
         if ((row * static_cast<int64_t>(es)) % 16 != 0) return false;
     for (const void* ptr : {p.q, p.k, p.v, p.o, p.dout, static_cast<const void*>(p.dq), static_cast<const void*>(p.dk),
-                            static_cast<const void*>(p.dv), p.bias})
+                            static_cast<const void*>(p.dv), p.bias, static_cast<const void*>(p.lse)})
         if (ptr != nullptr && !aligned16(ptr)) return false;
     if (p.bias != nullptr && (s.kv_len * static_cast<int64_t>(es)) % 16 != 0) return false;
 
@@ -286,6 +310,9 @@ bool run(const Exec& ex, bool backward, const Operands& p, const AttentionShape&
     double per_pair = -1;  // workspace per (batch, head) pair of the whole graph: skips chunks that cannot fit
     for (auto [bc, hc] : chunkings(s.batch, s.heads)) {
         if (per_pair >= 0 && per_pair * static_cast<double>(bc * hc) > static_cast<double>(ex.scratch_bytes)) continue;
+        // A chunk's lse starts (b0·H + h0)·Tq floats in: it must keep cuDNN's 16-byte alignment.
+        const bool chunked = bc != s.batch || hc != s.heads;
+        if (chunked && key.stats && (hc * s.q_len) % 4 != 0) continue;
         key.b = bc;
         key.h = hc;
         const GraphEntry& e = graph_for(st, key, s.scale);
@@ -298,7 +325,7 @@ bool run(const Exec& ex, bool backward, const Operands& p, const AttentionShape&
     }
     if (entry == nullptr) return false;
     if (st.handle_stream != ex.stream) {
-        fe::detail::set_stream(st.handle, ex.stream);
+        SD3_ASSERT(fe::detail::set_stream(st.handle, ex.stream) == CUDNN_STATUS_SUCCESS, "cudnnSetStream failed");
         st.handle_stream = ex.stream;
     }
     ++st.stats.calls;

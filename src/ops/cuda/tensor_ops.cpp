@@ -228,7 +228,10 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, int
     // Head dims without a flash kernel (the VAE's 512, 80, ...): chunked GEMM + softmax (tensor_ops_model.h).
     if (!attention_supported(s.head_dim)) return attention_chunked(q, k, v, heads, scale_, causal, bias, nullptr);
     Tensor out = Tensor::empty(q.shape(), q.dtype(), q.device());
-    const Exec ex = ctx_of(q).exec(attention_fwd_workspace(s, q.dtype()));
+    // Exactly the shape's workspace, so whether cuDNN runs (and how it chunks) never depends on the scratch's history.
+    const size_t ws = attention_fwd_workspace(s, q.dtype());
+    Exec ex = ctx_of(q).exec(ws);
+    ex.scratch_bytes = ws;
     attention_fwd(ex, out.raw(), nullptr, q.raw(), k.raw(), v.raw(), ptr_or_null(bias), s, q.dtype());
     return out;
 }

@@ -182,10 +182,12 @@ Tensor attention_fwd(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
     if (!attention_supported(s.head_dim)) return attention_chunked(q, k, v, heads, scale, false, Tensor(), lse);
     Tensor out = empty_like(q);
     *lse = Tensor::empty({s.batch, heads, s.q_len}, DType::F32, q.device());
-    // The forward's workspace is reserved as the inference path does, so the kernel chosen never depends on what
-    // earlier ops left in the scratch (bit-identical reruns).
-    cuda::attention_fwd(ctx_of(q).exec(attention_fwd_workspace(s, q.dtype())), out.raw(), lse->data<float>(), q.raw(),
-                        k.raw(), v.raw(), nullptr, s, q.dtype());
+    // Exactly the shape's workspace, so the kernel chosen (and cuDNN's chunking) never depends on what earlier ops
+    // left in the scratch: bit-identical reruns.
+    const size_t ws = attention_fwd_workspace(s, q.dtype());
+    Exec ex = ctx_of(q).exec(ws);
+    ex.scratch_bytes = ws;
+    cuda::attention_fwd(ex, out.raw(), lse->data<float>(), q.raw(), k.raw(), v.raw(), nullptr, s, q.dtype());
     return out;
 }
 
@@ -204,7 +206,9 @@ void attention_backward(const Tensor& dout_in, const Tensor& q_in, const Tensor&
     *dq = empty_like(q);
     *dk = empty_like(k);
     *dv = empty_like(v);
-    const Exec ex = ctx_of(q).exec(attention_bwd_workspace(s, q.dtype()));
+    const size_t ws = attention_bwd_workspace(s, q.dtype());
+    Exec ex = ctx_of(q).exec(ws);
+    ex.scratch_bytes = ws;  // as in attention_fwd
     cuda::attention_bwd(ex, dq->raw(), dk->raw(), dv->raw(), dout.raw(), q.raw(), k.raw(), v.raw(), out.raw(),
                         lse.data<float>(), nullptr, s, q.dtype());
 }
