@@ -329,7 +329,8 @@ std::pair<CLI::App*, CommandRunner> setup_train(CLI::App& app) {
         ->check(CLI::IsMember({"int8", "fp8", "nf4", "bf16", "fp16", "f32"}))
         ->capture_default_str();
     g->add_option("--max-vram", c->max_vram_gib,
-                  "GiB of GPU memory T5's blocks may hold in the cache phase; the rest stream from host memory");
+                  "GiB of GPU memory the frozen weights may hold (T5 in the cache phase, then the transformer); the "
+                  "blocks beyond it stream from host memory, one at a time");
     // reference flags without an effect here
     g->add_option("--revision", c->revision, "(ignored)");
     g->add_option("--variant", c->variant, "(ignored)");
@@ -360,6 +361,7 @@ std::pair<CLI::App*, CommandRunner> setup_train(CLI::App& app) {
                 so.base_format = base_format(c->device);
                 so.text.t5.format = *quant_format_from_name(c->t5_dtype);
                 so.text.t5_max_resident_bytes = static_cast<size_t>(c->max_vram_gib * double(size_t{1} << 30));
+                if (c->max_vram_gib > 0) so.transformer_max_resident_bytes = so.text.t5_max_resident_bytes;
                 std::fprintf(stderr, "device: %s, compute dtype %s\n", device_description(placement.device).c_str(),
                              std::string(dtype_name(placement.dtype)).c_str());
                 SD3_ASSIGN_OR_RETURN(train::TrainComponents comp, train::make_sd3_components(c->spec, so));

@@ -88,7 +88,7 @@ Status TextToImage::ensure_transformer(const StageFn& stage) {
     if (stage) stage("loading the transformer");
     SD3_ASSIGN_OR_RETURN(const Component* c, model_.require("transformer"));
     SD3_ASSIGN_OR_RETURN(MMDiT m, MMDiT::load(*c, !options_.placement.on_cpu()));
-    SD3_TRY(m.to(options_.placement, options_.base_format));
+    SD3_TRY(m.to(options_.placement, options_.base_format, options_.transformer_max_resident_bytes));
     for (size_t i = 0; i < loras_.size(); ++i) {
         const Status s = options_.fuse_loras ? m.fuse_lora(loras_[i].first, loras_[i].second)
                                              : m.attach_lora(loras_[i].first, loras_[i].second);

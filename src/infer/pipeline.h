@@ -50,6 +50,7 @@ struct PipelineOptions {
     bool vae_tiling = false;          // diffusers' vae.enable_tiling(): decode large images in blended tiles
     nn::Placement placement;          // where every model runs (text.placement is set from it)
     std::optional<QuantFormat> base_format;  // the transformer's block weights quantized (int8, fp8, nf4)
+    size_t transformer_max_resident_bytes = SIZE_MAX;  // blocks beyond it stream from host memory
 };
 
 // What the pipeline reports as it goes: "encoding prompt", "loading transformer", "decoding", ...

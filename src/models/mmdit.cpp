@@ -205,6 +205,7 @@ Result<MMDiT> MMDiT::create(const MMDiTConfig& config, std::shared_ptr<const Ten
     SD3_TRY(ld.linear(w.norm_out, "norm_out.linear", 2 * D, D));
     SD3_TRY(ld.linear(w.proj_out, "proj_out", p * p * c.out_channels, D));
     SD3_TRY(ld.finish());
+    m.resident_blocks_ = static_cast<int>(w.blocks.size());
     return m;
 }
 
@@ -363,8 +364,33 @@ Status MMDiT::check_lora_set(const LoraSet& set) const {
     return {};
 }
 
-Status MMDiT::to(const nn::Placement& placement, std::optional<QuantFormat> base_format) {
-    if (placement.on_cpu() && placement_.on_cpu() && !base_format) return {};
+namespace {
+// A block's frozen weights for a placer: float weights in the compute dtype, quantized ones as stored.
+void place_block(nn::WeightPlacer& placer, JointBlock& b) {
+    for (nn::Linear* l : {&b.norm1, &b.norm1_context, &b.attn.to_q, &b.attn.to_k, &b.attn.to_v, &b.attn.to_out,
+                          &b.attn.add_q_proj, &b.attn.add_k_proj, &b.attn.add_v_proj, &b.attn.to_add_out,
+                          &b.attn2.to_q, &b.attn2.to_k, &b.attn2.to_v, &b.attn2.to_out, &b.attn2.add_q_proj,
+                          &b.attn2.add_k_proj, &b.attn2.add_v_proj, &b.attn2.to_add_out, &b.ff.fc1, &b.ff.fc2,
+                          &b.ff_context.fc1, &b.ff_context.fc2}) {
+        placer.keep(l->qweight.data);
+        placer.keep(l->qweight.scale);
+        placer.convert(l->weight);
+        placer.convert(l->bias);
+    }
+    for (nn::JointAttention* a : {&b.attn, &b.attn2})
+        for (Tensor* t : {&a->norm_q, &a->norm_k, &a->norm_added_q, &a->norm_added_k}) placer.convert(*t);
+}
+
+size_t block_bytes(const JointBlock& b, DType compute) {
+    JointBlock copy = b;
+    nn::WeightPlacer placer;
+    place_block(placer, copy);
+    return placer.bytes(compute);
+}
+}  // namespace
+
+Status MMDiT::to(const nn::Placement& placement, std::optional<QuantFormat> base_format, size_t max_resident_bytes) {
+    if (placement.on_cpu() && placement_.on_cpu() && !base_format && max_resident_bytes == SIZE_MAX) return {};
     if (base_format) {
         if (!placement_.on_cpu())
             return make_error(ErrorCode::INVALID_ARGUMENT, "quantize the transformer before moving it to the device");
@@ -380,24 +406,30 @@ Status MMDiT::to(const nn::Placement& placement, std::optional<QuantFormat> base
         }
     }
     nn::WeightPlacer placer;
-    for (nn::Linear* l : linears()) {
-        placer.keep(l->qweight.data);
-        placer.keep(l->qweight.scale);
+    for (nn::Linear* l : {&w_.patch_embed, &w_.time_linear_1, &w_.time_linear_2, &w_.text_linear_1, &w_.text_linear_2,
+                          &w_.context_embedder, &w_.norm_out, &w_.proj_out}) {
         placer.convert(l->weight);
         placer.convert(l->bias);
+    }
+    placer.convert(w_.pos_embed);
+    // Blocks in order while they fit the budget (float weights in the compute dtype, quantized ones as stored).
+    size_t used = 0;
+    int resident = 0;
+    for (JointBlock& b : w_.blocks) {
+        const size_t bytes = block_bytes(b, placement.dtype);
+        if (max_resident_bytes != SIZE_MAX && used + bytes > max_resident_bytes) break;
+        used += bytes;
+        place_block(placer, b);
+        ++resident;
+    }
+    for (nn::Linear* l : linears())  // LoRA adapters attached before the move follow the model
         for (nn::LoraAdapter& a : l->loras) {
             placer.convert(a.A);
             placer.convert(a.B);
         }
-    }
-    placer.convert(w_.pos_embed);
-    placer.convert(w_.patch_embed.weight);  // a Conv2d in diffusers, so not among linears()
-    placer.convert(w_.patch_embed.bias);
-    for (JointBlock& b : w_.blocks)
-        for (nn::JointAttention* a : {&b.attn, &b.attn2})
-            for (Tensor* t : {&a->norm_q, &a->norm_k, &a->norm_added_q, &a->norm_added_k}) placer.convert(*t);
     SD3_TRY(placer.place(placement, "transformer").status());
     placement_ = placement;
+    resident_blocks_ = resident;
     return {};
 }
 
@@ -411,6 +443,19 @@ size_t MMDiT::weight_bytes() const {
             for (const Tensor* t : {&a->norm_q, &a->norm_k, &a->norm_added_q, &a->norm_added_k})
                 if (t->defined()) n += t->nbytes();
     return n;
+}
+
+const JointBlock& MMDiT::block_weights(size_t i, JointBlock& staged) const {
+    if (static_cast<int>(i) < resident_blocks_) return w_.blocks[i];
+    staged = w_.blocks[i];  // shares the host tensors (and the LoRA adapters) until placed
+    nn::WeightPlacer placer;
+    place_block(placer, staged);
+    const size_t bytes = placer.bytes(placement_.dtype);
+    if (!placer.place(placement_, "streamed transformer block").ok()) {  // unwinds like any allocation failure
+        const MemoryStats m = memory_stats(placement_.device);
+        throw OutOfMemoryError(placement_.device.str(), bytes, m.free, m.total, "a streamed transformer block");
+    }
+    return staged;
 }
 
 namespace {

@@ -16,6 +16,7 @@
 #pragma once
 
 #include <memory>
+#include <cstdint>
 #include <optional>
 #include <nlohmann/json_fwd.hpp>
 #include <string>
@@ -151,7 +152,12 @@ class MMDiT {
     // afterwards follow the model there). The CPU in float32 is where load() leaves it. With `base_format` (int8,
     // fp8, nf4) the joint blocks' Linear weights are quantized first and kept in that format (dequantized one layer
     // at a time for each matmul); the embedders and the output head stay in the compute dtype.
-    Status to(const nn::Placement& placement, std::optional<QuantFormat> base_format = std::nullopt);
+    // With `max_resident_bytes`, only the joint blocks that fit in it (after the embedders and the head) join the
+    // allocation; the others stay in host memory and every forward and backward brings each in for its turn, one
+    // block at a time (for cards smaller than the model; `--max-vram`).
+    Status to(const nn::Placement& placement, std::optional<QuantFormat> base_format = std::nullopt,
+              size_t max_resident_bytes = SIZE_MAX);
+    int resident_blocks() const { return resident_blocks_; }
     const nn::Placement& placement() const { return placement_; }
     // Bytes of every weight as held now (quantized block weights at their storage size), LoRA adapters excluded.
     size_t weight_bytes() const;
@@ -195,6 +201,9 @@ class MMDiT {
     void detach_loras();
 
   private:
+    // Block i's weights where the placement computes: itself when resident, else a copy brought in from host
+    // memory, held by `staged` until it is released.
+    const JointBlock& block_weights(size_t i, JointBlock& staged) const;
     void block_forward(const JointBlock& blk, Tensor& x, Tensor& c, const Tensor& silu_temb, JointBlockSaved* saved,
                        const nn::RunContext& ctx) const;
     void block_backward(const JointBlock& blk, Tensor& dx, Tensor& dc, Tensor& dsilu_temb, const JointBlockSaved& s,
@@ -204,6 +213,7 @@ class MMDiT {
     MMDiTConfig config_;
     MMDiTWeights w_;
     nn::Placement placement_;
+    int resident_blocks_ = 0;  // blocks [0, resident_blocks_) are in place; the rest stream in (set by load and to())
 };
 
 }  // namespace sd3

@@ -201,14 +201,16 @@ Result<Tensor> MMDiT::forward(const Tensor& x_in, const Tensor& timestep_in, con
     s.blocks.assign(w_.blocks.size(), JointBlockSaved());
     for (size_t i = 0; i < w_.blocks.size(); ++i) {
         if (std::find(skip_layers.begin(), skip_layers.end(), static_cast<int64_t>(i)) != skip_layers.end()) continue;
+        JointBlock staged;  // a streamed block's weights, brought in for this call
+        const JointBlock& blk = block_weights(i, staged);
         if (keep && !s.checkpoint_blocks) {
-            block_forward(w_.blocks[i], hx, hc, s.silu_temb, &s.blocks[i], rc);
+            block_forward(blk, hx, hc, s.silu_temb, &s.blocks[i], rc);
         } else {
             if (keep) {  // checkpointing: keep only the inputs
                 s.blocks[i].x_in = hx;
                 s.blocks[i].c_in = hc;
             }
-            block_forward(w_.blocks[i], hx, hc, s.silu_temb, nullptr, rc);
+            block_forward(blk, hx, hc, s.silu_temb, nullptr, rc);
         }
     }
 
@@ -353,13 +355,15 @@ void MMDiT::backward(const Tensor& dout_in, MMDiTActivations& s, Tensor& grads, 
     Tensor dc;  // the last block returns no context
     for (size_t i = w_.blocks.size(); i-- > 0;) {
         const JointBlockSaved* bs = &s.blocks[i];
+        JointBlock staged;  // a streamed block comes in once for its recompute and backward
+        const JointBlock& blk = block_weights(i, staged);
         JointBlockSaved recomputed;
         if (!bs->full) {
             Tensor x = bs->x_in, cc = bs->c_in;
-            block_forward(w_.blocks[i], x, cc, s.silu_temb, &recomputed, rc);
+            block_forward(blk, x, cc, s.silu_temb, &recomputed, rc);
             bs = &recomputed;
         }
-        block_backward(w_.blocks[i], dx, dc, dst, *bs, rc, grads);
+        block_backward(blk, dx, dc, dst, *bs, rc, grads);
     }
 
     // Embeddings.

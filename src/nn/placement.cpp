@@ -32,17 +32,17 @@ void WeightPlacer::add(Tensor& t, bool convert) {
     entries_.push_back({&t, convert});
 }
 
-Result<size_t> WeightPlacer::place(const Placement& p, const char* model_name) {
+size_t WeightPlacer::layout(DType compute, std::vector<size_t>& offsets, std::vector<DType>& dtypes) const {
     constexpr size_t kAlign = 256;
     // Tensors that view the same data (e.g. a tied embedding) get one slot.
     std::map<std::tuple<const void*, DType, int64_t>, size_t> slot_of;
-    std::vector<size_t> offsets(entries_.size());
-    std::vector<DType> dtypes(entries_.size());
+    offsets.assign(entries_.size(), 0);
+    dtypes.assign(entries_.size(), DType::F32);
     size_t total = 0;
     for (size_t i = 0; i < entries_.size(); ++i) {
         const Tensor& t = *entries_[i].tensor;
         const bool is_float = t.dtype() == DType::F32 || t.dtype() == DType::F16 || t.dtype() == DType::BF16;
-        dtypes[i] = entries_[i].convert && is_float ? p.dtype : t.dtype();
+        dtypes[i] = entries_[i].convert && is_float ? compute : t.dtype();
         const auto key = std::make_tuple(static_cast<const void*>(t.raw()), dtypes[i], t.numel());
         if (auto it = slot_of.find(key); it != slot_of.end() && t.is_contiguous()) {
             offsets[i] = it->second;
@@ -52,6 +52,19 @@ Result<size_t> WeightPlacer::place(const Placement& p, const char* model_name) {
         slot_of[key] = total;
         total += (static_cast<size_t>(t.numel()) * dtype_size(dtypes[i]) + kAlign - 1) / kAlign * kAlign;
     }
+    return total;
+}
+
+size_t WeightPlacer::bytes(DType compute) const {
+    std::vector<size_t> offsets;
+    std::vector<DType> dtypes;
+    return layout(compute, offsets, dtypes);
+}
+
+Result<size_t> WeightPlacer::place(const Placement& p, const char* model_name) {
+    std::vector<size_t> offsets;
+    std::vector<DType> dtypes;
+    const size_t total = layout(p.dtype, offsets, dtypes);
     if (!p.on_cpu()) synchronize(p.device);  // makes the device's context, which registers its allocator
     std::shared_ptr<Storage> storage = Storage::allocate(std::max<size_t>(total, 1), p.device);
     if (storage == nullptr) {
@@ -60,7 +73,6 @@ Result<size_t> WeightPlacer::place(const Placement& p, const char* model_name) {
                           ": its weights need ", total >> 20, " MiB, ", m.free >> 20, " MiB are free; use a smaller "
                           "weight format (--base-dtype / --t5-dtype) or --max-vram");
     }
-    std::vector<bool> filled(entries_.size(), false);
     std::map<size_t, Tensor> placed;  // offset -> view, for shared slots
     for (size_t i = 0; i < entries_.size(); ++i) {
         Tensor& t = *entries_[i].tensor;

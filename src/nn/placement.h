@@ -32,8 +32,12 @@ class WeightPlacer {
     void keep(Tensor& t) { add(t, false); }
     // Bytes of the one allocation. An OUT_OF_MEMORY error names the model and what was free.
     Result<size_t> place(const Placement& p, const char* model_name);
+    // The bytes place() would allocate for a compute dtype, without placing anything.
+    size_t bytes(DType compute) const;
 
   private:
+    // Each entry's dtype on the device and offset in the allocation (shared data shares a slot); returns the total.
+    size_t layout(DType compute, std::vector<size_t>& offsets, std::vector<DType>& dtypes) const;
     struct Entry {
         Tensor* tensor;
         bool convert;

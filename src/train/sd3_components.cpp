@@ -205,12 +205,13 @@ Result<TrainComponents> make_sd3_components(const ModelSpec& spec, const Sd3Comp
     const bool ckpt = opt.gradient_checkpointing;
     const auto patch = opt.patch_transformer;
     const std::optional<QuantFormat> base_format = opt.base_format;
-    c.load_transformer = [shared, ckpt, patch, placement, base_format](const LoraSettings& lora,
+    const size_t resident_bytes = opt.transformer_max_resident_bytes;
+    c.load_transformer = [shared, ckpt, patch, placement, base_format, resident_bytes](const LoraSettings& lora,
                                         uint64_t init_seed) -> Result<std::unique_ptr<TrainableModel>> {
         SD3_ASSIGN_OR_RETURN(const Component* tc, shared->require("transformer"));
         SD3_ASSIGN_OR_RETURN(MMDiT model, MMDiT::load(*tc, !placement.on_cpu()));
         if (patch) patch(model);
-        SD3_TRY(model.to(placement, base_format));
+        SD3_TRY(model.to(placement, base_format, resident_bytes));
         SD3_ASSIGN_OR_RETURN(LoraTrainable trainable, model.make_trainable_lora(lora));
         TrainRng rng = TrainRng::for_purpose(init_seed, "lora_init");
         init_lora_gaussian(trainable, [&rng]() { return static_cast<float>(rng.normal()); });

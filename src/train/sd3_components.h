@@ -3,6 +3,7 @@
 // trainable LoRA of models/mmdit.h. Text-to-image (validation, class images) is added when infer/pipeline.h exists.
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 
@@ -24,6 +25,7 @@ struct Sd3ComponentOptions {
     // the optimizer stay float32 on the CPU; the device holds a copy of the LoRA in the compute dtype).
     nn::Placement placement;
     std::optional<QuantFormat> base_format;  // the transformer's block weights quantized (int8, fp8, nf4)
+    size_t transformer_max_resident_bytes = SIZE_MAX;  // blocks beyond it stream from host memory (MMDiT::to)
     TextEncoderOptions text;  // T5's weight format and memory budget (its placement comes from `placement`)
     // Applied to the transformer after loading (tests patch the stored fp16 pos_embed table with the float32 one
     // the golden reference ran with).
