@@ -1,7 +1,8 @@
 // The models on the GPU against the golden data of tests/data/tiny-a (the reference's float32 outputs) and
 // against themselves on the CPU: MMDiT forward, the reference training step (loss gradients into the LoRA),
 // the VAE, CLIP-L/G and T5 (resident and streamed block by block), the text-to-image pipeline, and
-// bit-identical reruns. Every test runs in f32, bf16 and f16 and skips without a GPU.
+// bit-identical reruns (also with checkpointing and with streamed transformer blocks). Every test runs in f32,
+// bf16 and f16 and skips without a GPU.
 //
 // Tolerances. f32 runs the same math as the CPU with another summation order (cuBLASLt, TF32 off): per-element
 // bounds a little wider than the CPU golden tests' (those measured ~1e-6). In bf16/f16 every activation is
@@ -97,10 +98,11 @@ struct GpuTrainStep {
     LoraTrainable lora;
 };
 
-GpuTrainStep gpu_train_step(const nn::Placement& p, bool checkpoint) {
+// `resident_bytes`: the transformer's block budget (blocks past it stream from host memory, --max-vram).
+GpuTrainStep gpu_train_step(const nn::Placement& p, bool checkpoint, size_t resident_bytes = SIZE_MAX) {
     SafetensorsFile r = open_golden("tiny-a/lora_and_training.safetensors");
     MMDiT m = reference_mmdit();
-    EXPECT_TRUE(m.to(p).ok());
+    EXPECT_TRUE(m.to(p, std::nullopt, resident_bytes).ok());
     GpuTrainStep out;
     out.lora = m.make_trainable_lora(LoraTrainConfig{}).value();
     auto set = read_lora_file(tiny_path("lora/pytorch_lora_weights.safetensors"));
@@ -155,13 +157,17 @@ TEST_P(GpuModels, TrainingStepGradientsMatchTheReference) {
     }
 }
 
-TEST_P(GpuModels, TrainingStepIsBitIdenticalAcrossRunsAndCheckpointing) {
+TEST_P(GpuModels, TrainingStepIsBitIdenticalAcrossRunsCheckpointingAndStreaming) {
     SD3_REQUIRE_GPU();
     const GpuTrainStep a = gpu_train_step(placement(), false);
     const GpuTrainStep b = gpu_train_step(placement(), false);
     const GpuTrainStep c = gpu_train_step(placement(), true);
     EXPECT_TRUE(testing::all_close(a.grads, b.grads, 0, 0)) << "rerun";
     EXPECT_TRUE(testing::all_close(a.grads, c.grads, 0, 0)) << "activation checkpointing";
+    // Every block streamed from host memory: the same kernels on the same data, so the same bits.
+    const GpuTrainStep d = gpu_train_step(placement(), true, 0);
+    EXPECT_TRUE(testing::all_close(a.pred, d.pred, 0, 0)) << "streamed blocks: prediction";
+    EXPECT_TRUE(testing::all_close(a.grads, d.grads, 0, 0)) << "streamed blocks: gradients";
 }
 
 const Vae& tiny_vae_on(const nn::Placement& p) {
