@@ -108,7 +108,7 @@ Status run_generate(const CLI::App* sub, GenerateCliOptions& o) {
     PipelineOptions popt;
     popt.placement = placement;
     popt.base_format = base_format(o.device);
-    if (o.max_vram_gib > 0) {
+    if (o.max_vram_gib > 0 && !placement.on_cpu()) {  // the CPU streams nothing
         popt.transformer_max_resident_bytes = static_cast<size_t>(o.max_vram_gib * double(size_t{1} << 30));
         popt.text.t5_max_resident_bytes = popt.transformer_max_resident_bytes;
     }

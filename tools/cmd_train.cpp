@@ -361,7 +361,8 @@ std::pair<CLI::App*, CommandRunner> setup_train(CLI::App& app) {
                 so.base_format = base_format(c->device);
                 so.text.t5.format = *quant_format_from_name(c->t5_dtype);
                 so.text.t5_max_resident_bytes = static_cast<size_t>(c->max_vram_gib * double(size_t{1} << 30));
-                if (c->max_vram_gib > 0) so.transformer_max_resident_bytes = so.text.t5_max_resident_bytes;
+                if (c->max_vram_gib > 0 && !placement.on_cpu())  // the CPU streams nothing
+                    so.transformer_max_resident_bytes = so.text.t5_max_resident_bytes;
                 std::fprintf(stderr, "device: %s, compute dtype %s\n", device_description(placement.device).c_str(),
                              std::string(dtype_name(placement.dtype)).c_str());
                 SD3_ASSIGN_OR_RETURN(train::TrainComponents comp, train::make_sd3_components(c->spec, so));

@@ -92,8 +92,13 @@ class Sd3TrainableModel final : public TrainableModel {
         const double weights = static_cast<double>(model_.weight_bytes());
         // The device copy of the LoRA and its float32 gradients (on the CPU: the float32 masters and gradients).
         const double lora = static_cast<double>(lora_.numel) * (dtype_size(p.dtype) + sizeof(float));
+        const int64_t blocks = model_.config().num_layers;
+        const std::string streamed =
+            model_.resident_blocks() < blocks
+                ? str_cat(" (", model_.resident_blocks(), " of ", blocks, " blocks resident, the rest streamed)")
+                : std::string();
         std::string s = str_cat("memory plan on ", p.device.str(), ": transformer weights ", format_bytes(weights),
-                                ", LoRA ", format_bytes(lora), ", saved activations of a micro-batch of ", batch,
+                                streamed, ", LoRA ", format_bytes(lora), ", saved activations of a micro-batch of ", batch,
                                 " up to ", format_bytes(act), " (",
                                 checkpoint_blocks_ ? "block inputs + one block recomputed" : "every block kept",
                                 "); about ", format_bytes(weights + lora + act));
