@@ -26,7 +26,6 @@ struct EncodePromptOptions {
     bool has_negative = false;
     int max_sequence_length = 256;
     std::string t5_dtype = "int8";
-    double max_vram_gib = 0;
     DeviceCliOptions device;
 };
 
@@ -63,7 +62,7 @@ Status encode_prompt(const EncodePromptOptions& o) {
     opt.t5.format = *format;
     opt.max_sequence_length = o.max_sequence_length;
     opt.placement = placement;
-    opt.t5_max_resident_bytes = static_cast<size_t>(o.max_vram_gib * double(size_t{1} << 30));
+    opt.t5_max_resident_bytes = max_vram_bytes(o.device);
     SD3_ASSIGN_OR_RETURN(TextEncoders encoders, TextEncoders::open(model, opt));
     SD3_ASSIGN_OR_RETURN(PromptTokenizer tokenizer, PromptTokenizer::open(model));
 
@@ -115,9 +114,8 @@ std::pair<CLI::App*, CommandRunner> setup_encode_prompt(CLI::App& app) {
         ->check(CLI::IsMember({"int8", "fp8", "nf4", "bf16", "fp16", "f32"}))
         ->capture_default_str();
     sub->add_option("--output", opt->output, "output .safetensors file")->required();
-    sub->add_option("--max-vram", opt->max_vram_gib,
-                    "GiB of GPU memory T5's blocks may hold; the rest stream from host memory (default: what is free)");
     add_device_options(sub, opt->device);
+    add_max_vram_option(sub, opt->device, "T5's blocks (default: what is free)");
     return {sub, [opt, neg]() -> Status {
                 opt->has_negative = neg->count() > 0;
                 return encode_prompt(*opt);

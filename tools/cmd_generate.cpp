@@ -36,7 +36,6 @@ struct GenerateCliOptions {
     bool vae_tiling = false;
     bool fuse_lora = false;
     DeviceCliOptions device;
-    double max_vram_gib = 0;
 };
 
 // Pairs every --lora-scale with the --lora before it (CLI11 keeps the order options appeared in).
@@ -108,8 +107,8 @@ Status run_generate(const CLI::App* sub, GenerateCliOptions& o) {
     PipelineOptions popt;
     popt.placement = placement;
     popt.base_format = base_format(o.device);
-    if (o.max_vram_gib > 0 && !placement.on_cpu()) {  // the CPU streams nothing
-        popt.transformer_max_resident_bytes = static_cast<size_t>(o.max_vram_gib * double(size_t{1} << 30));
+    if (max_vram_bytes(o.device) > 0 && !placement.on_cpu()) {  // the CPU streams nothing
+        popt.transformer_max_resident_bytes = max_vram_bytes(o.device);
         popt.text.t5_max_resident_bytes = popt.transformer_max_resident_bytes;
     }
     popt.text.t5.format = *t5_format;
@@ -186,9 +185,7 @@ std::pair<CLI::App*, CommandRunner> setup_generate(CLI::App& app) {
     add_model_options(sub, o->spec);
     add_device_options(sub, o->device);
     add_base_dtype_option(sub, o->device);
-    sub->add_option("--max-vram", o->max_vram_gib,
-                    "GiB of GPU memory the frozen weights may hold (T5, then the transformer); the blocks beyond it "
-                    "stream from host memory, one at a time");
+    add_max_vram_option(sub, o->device, "the frozen weights (T5, then the transformer)");
     GenerateRequest& r = o->request;
     sub->add_option("--prompt,-p", r.prompt, "what to draw")->required();
     sub->add_option("--negative-prompt,-n", r.negative_prompt, "what to steer away from (default: empty)");

@@ -57,7 +57,6 @@ struct TrainCli {
     std::string config;
     DeviceCliOptions device;
     std::string t5_dtype = "int8";
-    double max_vram_gib = 0;
 };
 
 std::vector<std::string> split_list(const std::string& s) {
@@ -170,8 +169,8 @@ Status finish_options(TrainCli& c, CLI::App* sub) {
             return make_error(ErrorCode::INVALID_ARGUMENT, "--mixed_precision ", c.mixed_precision,
                               ": expected no, fp16 or bf16");
         c.device.precision = c.mixed_precision == "no" ? "f32" : c.mixed_precision;
-        const bool on_cpu = c.device.device == "cpu" || (c.device.device == "auto" && !cuda_available());
-        if (on_cpu && c.device.precision != "f32") {
+        SD3_ASSIGN_OR_RETURN(const Device device, resolve_device(c.device));
+        if (device.is_cpu() && c.device.precision != "f32") {
             notice("--mixed_precision " + c.mixed_precision + ": the CPU trains in float32 with float32 LoRA master weights");
             c.device.precision = "f32";
         }
@@ -328,9 +327,7 @@ std::pair<CLI::App*, CommandRunner> setup_train(CLI::App& app) {
     g->add_option("--t5-dtype", c->t5_dtype, "T5 weight format in the cache phase: int8, fp8, nf4, bf16, fp16, f32")
         ->check(CLI::IsMember({"int8", "fp8", "nf4", "bf16", "fp16", "f32"}))
         ->capture_default_str();
-    g->add_option("--max-vram", c->max_vram_gib,
-                  "GiB of GPU memory the frozen weights may hold (T5 in the cache phase, then the transformer); the "
-                  "blocks beyond it stream from host memory, one at a time");
+    add_max_vram_option(g, c->device, "the frozen weights (T5 in the cache phase, then the transformer)");
     // reference flags without an effect here
     g->add_option("--revision", c->revision, "(ignored)");
     g->add_option("--variant", c->variant, "(ignored)");
@@ -360,9 +357,9 @@ std::pair<CLI::App*, CommandRunner> setup_train(CLI::App& app) {
                 so.placement = placement;
                 so.base_format = base_format(c->device);
                 so.text.t5.format = *quant_format_from_name(c->t5_dtype);
-                so.text.t5_max_resident_bytes = static_cast<size_t>(c->max_vram_gib * double(size_t{1} << 30));
-                if (c->max_vram_gib > 0 && !placement.on_cpu())  // the CPU streams nothing
-                    so.transformer_max_resident_bytes = so.text.t5_max_resident_bytes;
+                so.text.t5_max_resident_bytes = max_vram_bytes(c->device);
+                if (max_vram_bytes(c->device) > 0 && !placement.on_cpu())  // the CPU streams nothing
+                    so.transformer_max_resident_bytes = max_vram_bytes(c->device);
                 std::fprintf(stderr, "device: %s, compute dtype %s\n", device_description(placement.device).c_str(),
                              std::string(dtype_name(placement.dtype)).c_str());
                 SD3_ASSIGN_OR_RETURN(train::TrainComponents comp, train::make_sd3_components(c->spec, so));

@@ -20,6 +20,7 @@ struct DeviceCliOptions {
     std::string precision = "auto";
     std::string metrics_json;
     std::string base_dtype = "auto";
+    double max_vram_gib = 0;  // 0: not given
 };
 
 // `precision_flag`: the name of the precision option ("--precision"; train takes the reference's
@@ -48,13 +49,26 @@ inline std::optional<QuantFormat> base_format(const DeviceCliOptions& d) {
     return quant_format_from_name(d.base_dtype);
 }
 
+// --max-vram: the GiB the frozen weights may hold on the GPU; the blocks beyond it stream from host memory.
+inline void add_max_vram_option(CLI::App* sub, DeviceCliOptions& d, const std::string& which_weights) {
+    sub->add_option("--max-vram", d.max_vram_gib,
+                    "GiB of GPU memory " + which_weights +
+                        " may hold; the blocks beyond it stream from host memory, one at a time");
+}
+
+// --max-vram in bytes; 0 when not given.
+inline size_t max_vram_bytes(const DeviceCliOptions& d) {
+    return static_cast<size_t>(d.max_vram_gib * static_cast<double>(size_t{1} << 30));
+}
+
+// --device: "auto" is the first GPU when there is one, else the CPU.
+inline Result<Device> resolve_device(const DeviceCliOptions& d) {
+    if (d.device != "auto") return parse_device(d.device);
+    return cuda_available() ? Device{DeviceType::CUDA, 0} : kCPU;
+}
+
 inline Result<nn::Placement> resolve_placement(const DeviceCliOptions& d) {
-    Device device = kCPU;
-    if (d.device == "auto") {
-        if (cuda_available()) device = Device{DeviceType::CUDA, 0};
-    } else {
-        SD3_ASSIGN_OR_RETURN(device, parse_device(d.device));
-    }
+    SD3_ASSIGN_OR_RETURN(const Device device, resolve_device(d));
     return nn::placement_for(device, d.precision);
 }
 

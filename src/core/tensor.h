@@ -59,6 +59,8 @@ class Storage {
 // reserved by the pool, and free/total as the driver reports them.
 struct MemoryStats {
     size_t in_use = 0, peak = 0, reserved = 0, free = 0, total = 0;
+    // What new tensors can still get: the driver's free memory plus what the pool holds unused.
+    size_t available() const { return free + (reserved - in_use); }
 };
 
 // Device allocators other than the CPU's are registered by their backend (ops/cuda) at start-up.

@@ -103,7 +103,7 @@ Status TextToImage::ensure_vae(const StageFn& stage) {
     if (stage) stage("loading the VAE decoder");
     SD3_ASSIGN_OR_RETURN(const Component* c, model_.require("vae"));
     SD3_ASSIGN_OR_RETURN(Vae v, Vae::load_component(*c, Vae::Part::DECODER));
-    SD3_TRY(v.to(Vae::placement_for(options_.placement.device, options_.placement.dtype)));
+    SD3_TRY(v.to(nn::overflow_safe(options_.placement)));
     vae_.emplace(std::move(v));
     return {};
 }
@@ -180,10 +180,7 @@ Result<GenerateOutput> TextToImage::generate_from_embeds(const GenerateRequest& 
     // The conditioning is the same tensor at every step: moved to the model's device once.
     std::pair<const void*, Tensor> ctx_placed, pooled_placed;
     auto on_model_device = [&model](std::pair<const void*, Tensor>& cache, const Tensor& t) -> const Tensor& {
-        if (cache.first != t.raw()) {
-            const nn::Placement& pl = model.placement();
-            cache = {t.raw(), pl.on_cpu() ? t : convert(to_device(t, pl.device).value(), pl.dtype)};
-        }
+        if (cache.first != t.raw()) cache = {t.raw(), nn::to_placement(t, model.placement())};
         return cache.second;
     };
     VelocityFn velocity = [&](const Tensor& x, const Tensor& t, const Tensor& ctx, const Tensor& pooled) {

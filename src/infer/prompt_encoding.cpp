@@ -112,15 +112,14 @@ Status TextEncoders::load_now(TextEncoderId id) {
             if (!m.ok()) return m.status().with_context(str_cat("loading ", text_encoder_name(id)));
             t5_.emplace(std::move(m).value());
             const nn::Placement& p = options_.placement;
-            // On the CPU nothing streams; on a GPU the budget is what is free (the driver's free memory plus what
-            // the pool holds unused), less 1 GiB for activations, unless the user gave one.
+            // On the CPU nothing streams; on a GPU the budget is what is available, less 1 GiB for activations,
+            // unless the user gave one.
             size_t budget = p.on_cpu() ? SIZE_MAX : options_.t5_max_resident_bytes;
             if (budget == 0) {
-                const MemoryStats m = memory_stats(p.device);
-                const size_t free = m.free + (m.reserved - m.in_use), reserve = size_t{1} << 30;
-                budget = free > reserve ? free - reserve : 0;
+                const size_t available = memory_stats(p.device).available(), reserve = size_t{1} << 30;
+                budget = available > reserve ? available - reserve : 0;
             }
-            SD3_TRY(t5_->to(T5Encoder::placement_for(p.device, p.dtype), budget));
+            SD3_TRY(t5_->to(nn::overflow_safe(p), budget));  // T5-XXL's feed-forward overflows fp16
             log_info("loaded ", text_encoder_name(id), " with ", cpu::quant_format_name(options_.t5.format),
                      " weights: ", t5_->weight_bytes() >> 20, " MiB",
                      p.on_cpu() ? std::string()
@@ -210,15 +209,13 @@ Result<std::vector<PromptEmbeds>> TextEncoders::encode_tokens(const std::vector<
     std::vector<Tensor> t(n);
     const int skip = with_clip_skip ? options_.clip_skip : 0;
     const size_t chunk = static_cast<size_t>(std::max(1, options_.batch_size));
-    // Runs encoder `id` on prompts [i0, i1) as one batch and stores each prompt's rows.
-    auto run = [&](TextEncoderId id, size_t i0, size_t i1, const Tensor& ids) -> Status {
+    // Runs CLIP encoder `id` (its ids in `which`) on prompts [i0, i1) as one batch and stores each prompt's rows.
+    auto run = [&](TextEncoderId id, Tensor PromptTokens::*which, size_t i0, size_t i1, const Tensor& ids) -> Status {
         std::vector<int64_t> rows;  // first batch row of each prompt
         int64_t at = 0;
         for (size_t i = i0; i < i1; ++i) {
             rows.push_back(at);
-            at += (id == TextEncoderId::CLIP_L ? prompts[i].clip_l : id == TextEncoderId::CLIP_G ? prompts[i].clip_g
-                                                                                                 : prompts[i].t5)
-                      .size(0);
+            at += (prompts[i].*which).size(0);
         }
         rows.push_back(at);
         SD3_ASSIGN_OR_RETURN(ClipEmbeds e, encode_clip(id, ids, skip));
@@ -231,22 +228,20 @@ Result<std::vector<PromptEmbeds>> TextEncoders::encode_tokens(const std::vector<
     };
     // One encoder at a time; an encoder this call loads is released once every prompt has gone through it.
     for (TextEncoderId id : {TextEncoderId::CLIP_L, TextEncoderId::CLIP_G, TextEncoderId::T5}) {
-        Tensor PromptTokens::*which = id == TextEncoderId::CLIP_L   ? &PromptTokens::clip_l
-                                      : id == TextEncoderId::CLIP_G ? &PromptTokens::clip_g
-                                                                    : &PromptTokens::t5;
         const bool was_loaded = is_loaded(id);
         SD3_TRY(load(id));
         const auto t0 = std::chrono::steady_clock::now();
         if (id == TextEncoderId::T5) {
             SD3_TRY(run_t5_all(prompts, chunk, t));
         } else {
+            Tensor PromptTokens::*which = id == TextEncoderId::CLIP_L ? &PromptTokens::clip_l : &PromptTokens::clip_g;
             for (size_t i0 = 0; i0 < n; i0 += chunk) {
                 const size_t i1 = std::min(n, i0 + chunk);
                 const Tensor ids = stack_ids(prompts, i0, i1, which);
                 if (ids.defined()) {
-                    SD3_TRY(run(id, i0, i1, ids));
+                    SD3_TRY(run(id, which, i0, i1, ids));
                 } else {  // lengths differ: one prompt at a time
-                    for (size_t i = i0; i < i1; ++i) SD3_TRY(run(id, i, i + 1, prompts[i].*which));
+                    for (size_t i = i0; i < i1; ++i) SD3_TRY(run(id, which, i, i + 1, prompts[i].*which));
                 }
             }
         }

@@ -28,7 +28,7 @@ struct TextEncoderOptions {
     int max_sequence_length = 256;    // T5 tokens: 256 for generation (diffusers' default), 77 in the reference training
     int clip_skip = 0;                // 0 = hidden_states[-2], SD3's default; applied to the prompt, not the negative
     int batch_size = 8;               // prompts per encoder forward in encode_tokens (rows are independent)
-    nn::Placement placement;          // where the encoders run (T5 and fp16: see T5Encoder::placement_for)
+    nn::Placement placement;          // where the encoders run (T5 runs fp16 in float32: nn::overflow_safe)
     // Device memory T5's blocks may hold; the blocks beyond it stream from host memory (0: what is free now,
     // less 1 GiB for activations).
     size_t t5_max_resident_bytes = 0;

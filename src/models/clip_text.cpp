@@ -161,7 +161,7 @@ Result<ClipTextOutput> ClipTextModel::forward(const Tensor& ids, int clip_skip) 
             for (int64_t i = 0; i < T * D; ++i) px[b * T * D + i] += pp[i];
     }
 
-    if (!placement_.on_cpu()) x = convert(to_device(x, placement_.device).value(), placement_.dtype);
+    x = nn::to_placement(x, placement_);
 
     // hidden_states = [embeddings, out_0, ..., out_{N-1}]; SD3 keeps hidden_states[-(clip_skip + 2)].
     const int64_t keep_index = c.num_layers + 1 - (clip_skip + 2);

@@ -458,22 +458,12 @@ const JointBlock& MMDiT::block_weights(size_t i, JointBlock& staged) const {
     return staged;
 }
 
-namespace {
-// A LoRA factor of a file (CPU, any float dtype) on the model's device in its dtype.
-Result<Tensor> placed_factor(const Tensor& t, const nn::Placement& p) {
-    const Tensor f32 = t.to(DType::F32).contiguous();
-    if (p.on_cpu()) return f32;
-    SD3_ASSIGN_OR_RETURN(Tensor d, to_device(f32, p.device));
-    return convert(d, p.dtype);
-}
-}  // namespace
-
 Status MMDiT::attach_lora(const LoraSet& set, float multiplier) {
     SD3_TRY(check_lora_set(set));
     for (const auto& [name, mod] : set.modules) {
         nn::LoraAdapter a;
-        SD3_ASSIGN_OR_RETURN(a.A, placed_factor(mod.A, placement_));
-        SD3_ASSIGN_OR_RETURN(a.B, placed_factor(mod.B, placement_));
+        a.A = nn::to_placement(mod.A, placement_);
+        a.B = nn::to_placement(mod.B, placement_);
         a.scale = multiplier * mod.alpha / static_cast<float>(mod.rank());
         find_linear(name)->loras.push_back(a);
     }

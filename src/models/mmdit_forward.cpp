@@ -129,14 +129,6 @@ void MMDiT::block_backward(const JointBlock& b, Tensor& dx, Tensor& dc, Tensor& 
     dc = dc_in;
 }
 
-namespace {
-// An input on the model's device in its compute dtype (the CPU's float32 inputs pass through untouched).
-Tensor placed(const Tensor& t, const nn::Placement& p) {
-    if (p.on_cpu() && t.device().is_cpu()) return t.dtype() == DType::F32 ? t : t.to(DType::F32);
-    return convert(to_device(t, p.device).value(), p.dtype);
-}
-}  // namespace
-
 Result<Tensor> MMDiT::forward(const Tensor& x_in, const Tensor& timestep_in, const Tensor& ctx_arg,
                               const Tensor& pooled_in, MMDiTActivations* saved,
                               const std::vector<int64_t>& skip_layers) const {
@@ -146,9 +138,10 @@ Result<Tensor> MMDiT::forward(const Tensor& x_in, const Tensor& timestep_in, con
     for (const Tensor* t : {&x_in, &timestep_in, &ctx_arg, &pooled_in})
         if (!t->defined() || !dtype_is_float(t->dtype())) return bad("inputs must be defined float tensors");
     const nn::Placement& pl = placement_;
-    const Tensor x = placed(x_in, pl), ctx_in = placed(ctx_arg, pl), pooled = placed(pooled_in, pl);
+    const Tensor x = nn::to_placement(x_in, pl), ctx_in = nn::to_placement(ctx_arg, pl),
+                 pooled = nn::to_placement(pooled_in, pl);
     // The sinusoid is computed in float32 and rounded to the compute dtype afterwards, as diffusers' Timesteps.
-    const Tensor timestep = placed(timestep_in, nn::Placement{pl.device, DType::F32});
+    const Tensor timestep = nn::to_placement(timestep_in, nn::Placement{pl.device, DType::F32});
     if (x.dim() != 4 || x.size(1) != c.in_channels)
         return bad("hidden_states must be [B, ", c.in_channels, ", H, W], got ", shape_str(x.shape()));
     const int64_t B = x.size(0), H = x.size(2), W = x.size(3);
@@ -332,7 +325,7 @@ ActivationPlan MMDiT::plan_activations(int64_t B, int64_t H, int64_t W, int64_t 
 }
 
 void MMDiT::backward(const Tensor& dout_in, MMDiTActivations& s, Tensor& grads, InputGrads* inputs) const {
-    const Tensor dout = placed(dout_in, placement_);
+    const Tensor dout = nn::to_placement(dout_in, placement_);
     const MMDiTConfig& c = config_;
     const int64_t p = c.patch_size, D = c.inner_dim();
     SD3_ASSERT(dout.dim() == 4 && dout.size(0) == s.batch && dout.size(1) == c.out_channels &&

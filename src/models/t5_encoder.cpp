@@ -199,14 +199,12 @@ void place_block(nn::WeightPlacer& placer, T5BlockWeights& b) {
 
 Result<std::vector<Tensor>> T5Encoder::forward_batches(const std::vector<Tensor>& ids) const {
     const nn::Placement& p = placement_;
-    auto on_device = [&](const Tensor& t) {
-        return p.on_cpu() ? t : convert(to_device(t, p.device).value(), p.dtype);
-    };
     std::vector<Tensor> xs, biases;
     for (const Tensor& batch : ids) {
-        SD3_ASSIGN_OR_RETURN(Tensor x, embed(batch));                 // [B, L, D]
-        xs.push_back(on_device(x));
-        biases.push_back(on_device(position_bias(batch.size(1))));  // [H, L, L], once (T5Stack passes block 0's on)
+        SD3_ASSIGN_OR_RETURN(Tensor x, embed(batch));  // [B, L, D]
+        xs.push_back(nn::to_placement(x, p));
+        // [H, L, L], once (T5Stack passes block 0's on)
+        biases.push_back(nn::to_placement(position_bias(batch.size(1)), p));
     }
     for (size_t i = 0; i < weights_.blocks.size(); ++i) {
         const T5BlockWeights* w = &weights_.blocks[i];
@@ -223,10 +221,6 @@ Result<std::vector<Tensor>> T5Encoder::forward_batches(const std::vector<Tensor>
     std::vector<Tensor> out;
     for (const Tensor& x : xs) out.push_back(host_f32(final_norm(x)));
     return out;
-}
-
-nn::Placement T5Encoder::placement_for(Device device, DType requested) {
-    return nn::Placement{device, requested == DType::F16 ? DType::F32 : requested};
 }
 
 Status T5Encoder::to(const nn::Placement& placement, size_t max_resident_bytes) {

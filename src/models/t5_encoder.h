@@ -80,9 +80,6 @@ class T5Encoder {
     // a time, by every forward. The embedding table stays on the CPU (the lookup checks ids there). On the CPU a
     // budget does the same between host allocations (the streaming path, testable without a GPU).
     Status to(const nn::Placement& placement, size_t max_resident_bytes = SIZE_MAX);
-    // The placement T5 should use on `device` for a requested compute dtype: fp16 becomes float32 (T5-XXL's
-    // feed-forward activations overflow fp16, which is why transformers keeps `wo` in float32).
-    static nn::Placement placement_for(Device device, DType requested);
     int resident_blocks() const { return resident_blocks_; }
 
     // ids [B, L] (int32/int64) -> last_hidden_state [B, L, d_model] float32 on the CPU, no attention mask (SD3

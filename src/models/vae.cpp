@@ -290,7 +290,7 @@ Result<VaeLatentDist> Vae::encode(const Tensor& image) const {
         return make_error(ErrorCode::INVALID_ARGUMENT, "VAE encode wants images [B, ", config_.in_channels,
                           ", H, W], got ", image.describe());
     const int64_t G = config_.norm_num_groups;
-    Tensor h = conv3(placed(image), enc_.conv_in_w, enc_.conv_in_b);  // [B, C0, H, W]
+    Tensor h = conv3(nn::to_placement(image, placement_), enc_.conv_in_w, enc_.conv_in_b);  // [B, C0, H, W]
     for (const VaeBlockWeights& blk : enc_.down) {
         for (const VaeResnetWeights& r : blk.resnets) h = resnet(h, r, G);
         if (blk.sample_w.defined())  // Downsample2D with padding 0: pad right and bottom by one, stride-2 conv
@@ -315,7 +315,7 @@ Result<Tensor> Vae::decode(const Tensor& latents) const {
         return make_error(ErrorCode::INVALID_ARGUMENT, "VAE decode wants latents [B, ", config_.latent_channels,
                           ", h, w], got ", latents.describe());
     const int64_t G = config_.norm_num_groups;
-    Tensor h = placed(latents);
+    Tensor h = nn::to_placement(latents, placement_);
     if (dec_.post_quant_w.defined()) h = ops::conv2d(h, dec_.post_quant_w, dec_.post_quant_b, 1, 0);
     h = conv3(h, dec_.conv_in_w, dec_.conv_in_b);  // [B, Clast, h, w]
     h = mid_block(h, dec_.mid, G);
@@ -324,15 +324,6 @@ Result<Tensor> Vae::decode(const Tensor& latents) const {
         if (blk.sample_w.defined()) h = conv3(ops::upsample_nearest2x(h), blk.sample_w, blk.sample_b);
     }
     return host_f32(conv3(norm_silu(h, dec_.norm_out_w, dec_.norm_out_b, G), dec_.conv_out_w, dec_.conv_out_b));
-}
-
-Tensor Vae::placed(const Tensor& x) const {
-    if (placement_.on_cpu() && x.device().is_cpu()) return x.to(DType::F32);
-    return convert(to_device(x, placement_.device).value(), placement_.dtype);
-}
-
-nn::Placement Vae::placement_for(Device device, DType requested) {
-    return nn::Placement{device, requested == DType::F16 ? DType::F32 : requested};
 }
 
 Status Vae::to(const nn::Placement& placement) {

@@ -128,17 +128,12 @@ class Vae {
     // Moves the weights into one allocation on the placement's device (float weights in its dtype). encode and
     // decode take inputs anywhere and return float32 on the CPU.
     Status to(const nn::Placement& placement);
-    // The placement a VAE should use on `device` for a requested compute dtype: fp16 becomes float32, since the
-    // SD3 VAE's activations overflow fp16 (diffusers keeps its VAE in float32 under fp16, force_upcast).
-    static nn::Placement placement_for(Device device, DType requested);
 
     const VaeConfig& config() const { return config_; }
     bool has_encoder() const { return has_encoder_; }
     bool has_decoder() const { return has_decoder_; }
 
   private:
-    Tensor placed(const Tensor& x) const;  // an input on the placement's device in its dtype
-
     VaeConfig config_;
     bool has_encoder_ = false, has_decoder_ = false;
     VaeEncoderWeights enc_;

@@ -25,6 +25,18 @@ Result<Placement> placement_for(Device device, const std::string& precision) {
     return make_error(ErrorCode::INVALID_ARGUMENT, "precision '", precision, "': expected auto, bf16, fp16 or f32");
 }
 
+Placement overflow_safe(const Placement& p) {
+    return Placement{p.device, p.dtype == DType::F16 ? DType::F32 : p.dtype};
+}
+
+Tensor to_placement(const Tensor& t, const Placement& p) {
+    if (p.on_cpu()) return host_f32(t);
+    if (t.device() == p.device && t.dtype() == p.dtype) return t;
+    Tensor out = Tensor::empty(t.shape(), p.dtype, p.device);
+    copy_into(out, t);
+    return out;
+}
+
 void WeightPlacer::add(Tensor& t, bool convert) {
     if (!t.defined()) return;
     for (const Entry& e : entries_)

@@ -21,6 +21,12 @@ struct Placement {
 // The placement a command asks for: "cpu" computes in f32; a CUDA device in `precision` ("bf16", "fp16", "f32";
 // "auto": the card's 16-bit dtype, bf16 from sm_80, fp16 on sm_75).
 Result<Placement> placement_for(Device device, const std::string& precision);
+// `p` with fp16 compute replaced by float32, for models whose activations overflow fp16's range (the SD3 VAE, as
+// diffusers' force_upcast; T5-XXL's feed-forward); bf16 and float32 stay.
+Placement overflow_safe(const Placement& p);
+// `t` (any device, any float dtype) on the placement's device in its compute dtype: itself when it already is,
+// a float32 view or copy on the CPU.
+Tensor to_placement(const Tensor& t, const Placement& p);
 
 // Gathers a model's weight tensors into one allocation on a device: `convert` tensors (float weights) become
 // the placement's dtype, `keep` tensors (quantized data and their float32 scales) keep their stored dtype.

@@ -104,7 +104,7 @@ class Sd3TrainableModel final : public TrainableModel {
                                 "); about ", format_bytes(weights + lora + act));
         if (!p.on_cpu()) {
             const MemoryStats m = memory_stats(p.device);
-            s += str_cat("; ", format_bytes(double(m.free + (m.reserved - m.in_use))), " free after loading");
+            s += str_cat("; ", format_bytes(double(m.available())), " free after loading");
         }
         return s;
     }

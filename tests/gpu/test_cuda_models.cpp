@@ -184,7 +184,7 @@ const Vae& tiny_vae_on(const nn::Placement& p) {
 
 TEST_P(GpuModels, VaeMatchesTheReference) {
     SD3_REQUIRE_GPU();
-    const Vae& vae = tiny_vae_on(Vae::placement_for(kGPU, GetParam()));  // f16 runs the VAE in f32, as shipped
+    const Vae& vae = tiny_vae_on(nn::overflow_safe(placement()));  // f16 runs the VAE in f32, as shipped
     SafetensorsFile f = open_golden("tiny-a/vae.safetensors");
     for (const std::string p : {"0.", "1."}) {
         auto dist = vae.encode(golden_tensor(f, p + "image"));
@@ -232,7 +232,7 @@ TEST_P(GpuModels, T5MatchesTheReferenceResidentAndStreamed) {
     const SafetensorsFile g = open_golden("tiny-a/text_encoders.safetensors");
     T5LoadOptions opt;
     opt.format = T5WeightFormat::F32;
-    const nn::Placement p = T5Encoder::placement_for(kGPU, GetParam());
+    const nn::Placement p = nn::overflow_safe(placement());
     auto resident = T5Encoder::load(tiny_config<T5Config>("text_encoder_3"), tiny_source("text_encoder_3"), opt);
     auto streamed = T5Encoder::load(tiny_config<T5Config>("text_encoder_3"), tiny_source("text_encoder_3"), opt);
     ASSERT_TRUE(resident.ok() && streamed.ok());
