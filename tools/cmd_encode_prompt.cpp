@@ -115,7 +115,7 @@ std::pair<CLI::App*, CommandRunner> setup_encode_prompt(CLI::App& app) {
         ->capture_default_str();
     sub->add_option("--output", opt->output, "output .safetensors file")->required();
     add_device_options(sub, opt->device);
-    add_max_vram_option(sub, opt->device, "T5's blocks (default: what is free)");
+    add_max_vram_option(sub, opt->device, "T5's blocks", "what is free");
     return {sub, [opt, neg]() -> Status {
                 opt->has_negative = neg->count() > 0;
                 return encode_prompt(*opt);

@@ -185,7 +185,8 @@ std::pair<CLI::App*, CommandRunner> setup_generate(CLI::App& app) {
     add_model_options(sub, o->spec);
     add_device_options(sub, o->device);
     add_base_dtype_option(sub, o->device);
-    add_max_vram_option(sub, o->device, "the frozen weights (T5, then the transformer)");
+    add_max_vram_option(sub, o->device, "the frozen weights (T5, then the transformer)",
+                        "T5 what is free, the transformer all of it");
     GenerateRequest& r = o->request;
     sub->add_option("--prompt,-p", r.prompt, "what to draw")->required();
     sub->add_option("--negative-prompt,-n", r.negative_prompt, "what to steer away from (default: empty)");

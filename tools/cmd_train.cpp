@@ -327,7 +327,8 @@ std::pair<CLI::App*, CommandRunner> setup_train(CLI::App& app) {
     g->add_option("--t5-dtype", c->t5_dtype, "T5 weight format in the cache phase: int8, fp8, nf4, bf16, fp16, f32")
         ->check(CLI::IsMember({"int8", "fp8", "nf4", "bf16", "fp16", "f32"}))
         ->capture_default_str();
-    add_max_vram_option(g, c->device, "the frozen weights (T5 in the cache phase, then the transformer)");
+    add_max_vram_option(g, c->device, "the frozen weights (T5 in the cache phase, then the transformer)",
+                        "T5 what is free, the transformer all of it");
     // reference flags without an effect here
     g->add_option("--revision", c->revision, "(ignored)");
     g->add_option("--variant", c->variant, "(ignored)");

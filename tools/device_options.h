@@ -50,10 +50,12 @@ inline std::optional<QuantFormat> base_format(const DeviceCliOptions& d) {
 }
 
 // --max-vram: the GiB the frozen weights may hold on the GPU; the blocks beyond it stream from host memory.
-inline void add_max_vram_option(CLI::App* sub, DeviceCliOptions& d, const std::string& which_weights) {
+inline void add_max_vram_option(CLI::App* sub, DeviceCliOptions& d, const std::string& which_weights,
+                                const std::string& by_default) {
     sub->add_option("--max-vram", d.max_vram_gib,
                     "GiB of GPU memory " + which_weights +
-                        " may hold; the blocks beyond it stream from host memory, one at a time");
+                        " may hold; the blocks beyond it stream from host memory, one at a time (default: " +
+                        by_default + ")");
 }
 
 // --max-vram in bytes; 0 when not given.
