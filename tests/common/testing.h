@@ -4,8 +4,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "core/tensor.h"
 #include "io/safetensors.h"
@@ -26,6 +28,18 @@ inline Tensor golden_tensor(const SafetensorsFile& f, const std::string& name) {
     auto t = f.get(name);
     if (!t.ok()) ADD_FAILURE() << t.status().message();
     return t.ok() ? t.value() : Tensor();
+}
+
+// The norm-wise relative error ‖got − ref‖ / ‖ref‖ of two CPU tensors of the same size (float math in double).
+inline double relative_error(const Tensor& got, const Tensor& ref) {
+    const std::vector<float> g = got.to_float_vector(), r = ref.to_float_vector();
+    EXPECT_EQ(g.size(), r.size());
+    double num = 0, den = 0;
+    for (size_t i = 0; i < g.size() && i < r.size(); ++i) {
+        num += (static_cast<double>(g[i]) - r[i]) * (static_cast<double>(g[i]) - r[i]);
+        den += static_cast<double>(r[i]) * r[i];
+    }
+    return std::sqrt(num / std::max(den, 1e-30));
 }
 
 inline ::testing::AssertionResult all_close(const Tensor& got, const Tensor& ref, double atol, double rtol) {

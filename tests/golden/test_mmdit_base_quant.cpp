@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "common/reference_mmdit.h"
 #include "common/testing.h"
 #include "io/lora_file.h"
 #include "models/mmdit.h"
@@ -14,25 +15,14 @@ namespace {
 
 using testing::golden_tensor;
 using testing::open_golden;
-using testing::tiny_path;
 
-double relative_error(const Tensor& got, const Tensor& ref) {
-    const std::vector<float> g = got.to_float_vector(), r = ref.to_float_vector();
-    double num = 0, den = 0;
-    for (size_t i = 0; i < g.size(); ++i) {
-        num += (static_cast<double>(g[i]) - r[i]) * (static_cast<double>(g[i]) - r[i]);
-        den += static_cast<double>(r[i]) * r[i];
-    }
-    return std::sqrt(num / den);
-}
+using testing::relative_error;
 
-// The golden model (with the float32 position table the reference ran with), its blocks quantized to `f`.
+// The golden model, its blocks quantized to `f`.
 MMDiT reference_model(std::optional<QuantFormat> f) {
-    auto m = MMDiT::load_dir(tiny_path("model/transformer"));
-    EXPECT_TRUE(m.ok()) << m.status().message();
-    m->mutable_weights().pos_embed = sincos_pos_embed(16, 8, 32);
-    EXPECT_TRUE(m->to(nn::Placement{}, f).ok());
-    return std::move(m).value();
+    MMDiT m = testing::reference_mmdit();
+    EXPECT_TRUE(m.to(nn::Placement{}, f).ok());
+    return m;
 }
 
 // Norm-wise relative error per format. The weights' own relative error is about int8: 2^-8 of the row's absmax

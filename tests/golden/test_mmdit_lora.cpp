@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "common/reference_mmdit.h"
 #include "common/testing.h"
 #include "io/lora_file.h"
 #include "models/mmdit.h"
@@ -19,14 +20,7 @@ using testing::golden_tensor;
 using testing::open_golden;
 using testing::tiny_path;
 
-// The model as the reference ran it: fp16-rounded parameters and diffusers' float32 sin-cos position buffer
-// (test_mmdit.cpp explains why the golden data needs the latter).
-MMDiT load_reference_model() {
-    auto m = MMDiT::load_dir(tiny_path("model/transformer"));
-    EXPECT_TRUE(m.ok()) << m.status().message();
-    m->mutable_weights().pos_embed = sincos_pos_embed(16, 8, 32);
-    return std::move(m).value();
-}
+using testing::reference_mmdit;
 
 LoraSet read_golden_lora() {
     auto set = read_lora_file(tiny_path("lora/pytorch_lora_weights.safetensors"));
@@ -51,7 +45,7 @@ void check_scales(bool fused) {
     SafetensorsFile g = open_golden("tiny-a/mmdit.safetensors");
     SafetensorsFile r = open_golden("tiny-a/lora_and_training.safetensors");
     for (const char* scale : {"1.0", "0.5", "0.0"}) {
-        MMDiT m = load_reference_model();
+        MMDiT m = reference_mmdit();
         const float s = std::stof(scale);
         const Status st = fused ? m.fuse_lora(set, s) : m.attach_lora(set, s);
         ASSERT_TRUE(st.ok()) << st.message();
@@ -73,7 +67,7 @@ TEST(MMDiTLoraGolden, TwoHalfLorasEqualOneFull) {
     const LoraSet set = read_golden_lora();
     SafetensorsFile g = open_golden("tiny-a/mmdit.safetensors");
     SafetensorsFile r = open_golden("tiny-a/lora_and_training.safetensors");
-    MMDiT m = load_reference_model();
+    MMDiT m = reference_mmdit();
     ASSERT_TRUE(m.attach_lora(set, 0.5f).ok());
     ASSERT_TRUE(m.attach_lora(set, 0.5f).ok());
     auto out = m.forward(golden_tensor(g, "0.hidden_states"), golden_tensor(g, "0.timestep"),
@@ -86,7 +80,7 @@ TEST(MMDiTLoraGolden, UnknownModuleIsAnError) {
     LoraSet set = read_golden_lora();
     LoraModule extra = set.modules.begin()->second;
     set.modules["transformer_blocks.7.attn.to_q"] = extra;
-    MMDiT m = load_reference_model();
+    MMDiT m = reference_mmdit();
     const Status st = m.attach_lora(set, 1.0f);
     ASSERT_FALSE(st.ok());
     EXPECT_NE(st.message().find("transformer_blocks.7.attn.to_q"), std::string::npos) << st.message();
@@ -113,7 +107,7 @@ struct TrainStep {
 // preconditioned pred·(-σ) + noisy against x0, loss = mean_b mean((·)²) (logit_normal: weight 1).
 TrainStep run_train_step(bool checkpoint) {
     SafetensorsFile r = open_golden("tiny-a/lora_and_training.safetensors");
-    MMDiT m = load_reference_model();
+    MMDiT m = reference_mmdit();
     TrainStep out;
     auto lora = m.make_trainable_lora(LoraTrainConfig{});  // rank 4, alpha 4, to_k/to_q/to_v/to_out.0
     EXPECT_TRUE(lora.ok()) << lora.status().message();
@@ -195,7 +189,7 @@ TEST(MMDiTTrainGolden, ForwardLossAndGradients) {
 
 TEST(MMDiTTrainGolden, TrainableLoraSavesAFileThatReproducesTheOutput) {
     // trainable buffer <- golden file; buffer -> LoraSet -> our file -> LoraSet -> unfused LoRA at 1.0.
-    MMDiT m = load_reference_model();
+    MMDiT m = reference_mmdit();
     LoraTrainable lora = m.make_trainable_lora(LoraTrainConfig{}).value();
     ASSERT_TRUE(lora.load(read_golden_lora()).ok());
     const std::string path = ::testing::TempDir() + "/sd3_mmdit_lora_roundtrip.safetensors";

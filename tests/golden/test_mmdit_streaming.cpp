@@ -7,6 +7,7 @@
 
 #include <cmath>
 
+#include "common/reference_mmdit.h"
 #include "common/testing.h"
 #include "models/mmdit.h"
 
@@ -15,13 +16,7 @@ namespace {
 
 using testing::golden_tensor;
 using testing::open_golden;
-using testing::tiny_path;
 
-MMDiT tiny_model() {
-    auto m = MMDiT::load_dir(tiny_path("model/transformer"));
-    EXPECT_TRUE(m.ok()) << m.status().message();
-    return std::move(m).value();
-}
 
 struct Step {
     Tensor pred, grads;
@@ -48,14 +43,14 @@ Step run_step(MMDiT& m, bool checkpoint) {
 }
 
 TEST(MMDiTStreaming, EveryBudgetGivesTheResidentResultsBitForBit) {
-    MMDiT resident = tiny_model();
+    MMDiT resident = testing::reference_mmdit();
     const int blocks = static_cast<int>(resident.config().num_layers);
     EXPECT_EQ(resident.resident_blocks(), blocks);
     for (bool checkpoint : {false, true}) {
         const Step ref = run_step(resident, checkpoint);
         for (size_t budget : {size_t{0}, size_t{200000}, SIZE_MAX - 1}) {  // none, one block (~150 KB), all
             SCOPED_TRACE(str_cat("budget ", budget, checkpoint ? ", checkpointing" : ""));
-            MMDiT streamed = tiny_model();
+            MMDiT streamed = testing::reference_mmdit();
             ASSERT_TRUE(streamed.to(nn::Placement{}, std::nullopt, budget).ok());
             EXPECT_EQ(streamed.resident_blocks(), budget == 0 ? 0 : budget == 200000 ? 1 : blocks);
             const Step got = run_step(streamed, checkpoint);
@@ -67,9 +62,9 @@ TEST(MMDiTStreaming, EveryBudgetGivesTheResidentResultsBitForBit) {
 
 // With quantized block weights the streamed blocks carry their quantized data: still the resident result.
 TEST(MMDiTStreaming, QuantizedBlocksStreamToo) {
-    MMDiT resident = tiny_model();
+    MMDiT resident = testing::reference_mmdit();
     ASSERT_TRUE(resident.to(nn::Placement{}, QuantFormat::INT8_ROW).ok());
-    MMDiT streamed = tiny_model();
+    MMDiT streamed = testing::reference_mmdit();
     ASSERT_TRUE(streamed.to(nn::Placement{}, QuantFormat::INT8_ROW, 0).ok());
     EXPECT_EQ(streamed.resident_blocks(), 0);
     const Step ref = run_step(resident, true), got = run_step(streamed, true);

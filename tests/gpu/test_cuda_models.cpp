@@ -15,6 +15,7 @@
 #include <cmath>
 #include <map>
 
+#include "common/reference_mmdit.h"
 #include "common/testing.h"
 #include "gpu/gpu_testing.h"
 #include "infer/pipeline.h"
@@ -34,6 +35,7 @@ namespace {
 
 using gputest::kGPU;
 using testing::golden_tensor;
+using testing::reference_mmdit;
 using testing::open_golden;
 using testing::tiny_path;
 
@@ -45,21 +47,11 @@ class GpuModels : public ::testing::TestWithParam<DType> {
     double norm_tol() const { return GetParam() == DType::BF16 ? 3e-2 : 5e-3; }
 };
 
-double relative_error(const Tensor& got, const Tensor& ref) {
-    const std::vector<float> g = host_f32(got).to_float_vector(), r = host_f32(ref).to_float_vector();
-    EXPECT_EQ(g.size(), r.size());
-    double num = 0, den = 0;
-    for (size_t i = 0; i < g.size() && i < r.size(); ++i) {
-        num += (static_cast<double>(g[i]) - r[i]) * (static_cast<double>(g[i]) - r[i]);
-        den += static_cast<double>(r[i]) * r[i];
-    }
-    return std::sqrt(num / std::max(den, 1e-30));
-}
 
 // f32: per element with the given bounds; 16-bit: norm-wise. Records the error as a test property.
 void expect_close(const GpuModels& t, const Tensor& got, const Tensor& ref, double atol, double rtol,
                   const std::string& what, double norm_tol) {
-    const double rel = relative_error(got, ref);
+    const double rel = testing::relative_error(host_f32(got), host_f32(ref));
     ::testing::Test::RecordProperty(what, std::to_string(rel));
     std::printf("%s: norm-wise relative error %.3g\n", what.c_str(), rel);
     if (t.GetParam() == DType::F32) {
@@ -69,12 +61,6 @@ void expect_close(const GpuModels& t, const Tensor& got, const Tensor& ref, doub
     }
 }
 
-MMDiT reference_mmdit() {
-    auto m = MMDiT::load_dir(tiny_path("model/transformer"));
-    EXPECT_TRUE(m.ok()) << m.status().message();
-    m->mutable_weights().pos_embed = sincos_pos_embed(16, 8, 32);  // the table the reference ran with
-    return std::move(m).value();
-}
 
 TEST_P(GpuModels, MMDiTForwardMatchesTheReference) {
     SD3_REQUIRE_GPU();
