@@ -15,7 +15,6 @@ namespace {
 
 using testing::golden_tensor;
 using testing::open_golden;
-
 using testing::relative_error;
 
 // The golden model, its blocks quantized to `f`.
