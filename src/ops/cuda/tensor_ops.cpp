@@ -115,8 +115,13 @@ void copy(const Tensor& dst, const Tensor& src_in) {
         if (src_on_host) ctx.synchronize();  // the host buffer may be freed as soon as we return
         return;
     }
-    // Another dtype or layout: the source goes up as stored, the device converts.
-    const Tensor staged = src_on_host ? to_device(src, dst.device()).value() : src;
+    // Another dtype or layout: the source goes up as stored (an allocation failure throws OutOfMemoryError like
+    // any other), the device converts.
+    Tensor staged = src;
+    if (src_on_host) {
+        staged = Tensor::empty(src.shape(), src.dtype(), dst.device());
+        copy(staged, src);
+    }
     copy_into(dst, staged);
 }
 
