@@ -1,8 +1,11 @@
 // Adapters from the model code to the trainer's interfaces (train/components.h).
 #include "train/sd3_components.h"
 
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <memory>
+#include <span>
 
 #include "core/arena.h"
 #include "core/check.h"
@@ -19,6 +22,7 @@
 #include "text/t5_tokenizer.h"
 #include "train/cache.h"
 #include "train/checkpoint.h"
+#include "train/loss_scale.h"
 #include "train/train_rng.h"
 
 namespace sd3::train {
@@ -26,6 +30,14 @@ namespace sd3::train {
 namespace fs = std::filesystem;
 
 namespace {
+
+// The float32 host loss gradient times the loss scale (itself at scale 1).
+Tensor scaled(const Tensor& grad, float scale) {
+    if (scale == 1.0f) return grad;
+    Tensor out = grad.clone();
+    for (float& v : std::span<float>(out.data<float>(), static_cast<size_t>(out.numel()))) v *= scale;
+    return out;
+}
 
 Tensor ids_tensor(const std::vector<int32_t>& ids) {
     Tensor t = Tensor::empty({1, static_cast<int64_t>(ids.size())}, DType::I32);  // [1, T]
@@ -36,13 +48,14 @@ Tensor ids_tensor(const std::vector<int32_t>& ids) {
 // The MMDiT with attached trainable LoRA; params/grads are LoraTrainable's flat float32 host buffers, which the
 // trainer's optimizer updates. On a GPU the adapters view a device copy of the params in the compute dtype
 // (refreshed before a forward when the host params may have changed) and backward accumulates into a float32
-// device buffer that is added to the host gradients.
+// device buffer that is added to the host gradients (in float16 through the loss scale: train/loss_scale.h).
 class Sd3TrainableModel final : public TrainableModel {
   public:
     Sd3TrainableModel(MMDiT model, LoraTrainable lora, bool checkpoint_blocks)
         : model_(std::move(model)), lora_(std::move(lora)), checkpoint_blocks_(checkpoint_blocks) {}
     Status attach() {
         const nn::Placement& p = model_.placement();
+        loss_scale_ = LossScale(p.dtype == DType::F16);
         if (p.on_cpu()) return model_.attach_trainable(lora_);
         LoraTrainable on_device = lora_;
         on_device.params = Tensor::empty({lora_.numel}, p.dtype, p.device);
@@ -73,12 +86,21 @@ class Sd3TrainableModel final : public TrainableModel {
         if (!device_params_.defined()) {
             model_.backward(grad_pred, saved_, lora_.grads, nullptr);
         } else {
-            Tensor grads = ops::zeros({lora_.numel}, device_params_.device());  // f32
-            model_.backward(grad_pred, saved_, grads, nullptr);
-            const Tensor host = to_host(grads);
+            Tensor host;
+            for (;;) {  // once, unless a float16 backward overflows at the current loss scale
+                const float scale = loss_scale_.value();
+                Tensor grads = ops::zeros({lora_.numel}, device_params_.device());  // f32
+                model_.backward(scaled(grad_pred, scale), saved_, grads, nullptr);
+                host = to_host(grads);
+                const float* d = host.data<float>();
+                const bool finite = std::all_of(d, d + lora_.numel, [](float v) { return std::isfinite(v); });
+                SD3_TRY(loss_scale_.record(finite));
+                if (finite) break;
+            }
             float* g = lora_.grads.data<float>();
             const float* d = host.data<float>();
-            for (int64_t i = 0; i < lora_.numel; ++i) g[i] += d[i];
+            const float unscale = 1.0f / loss_scale_.value();  // a power of two: exact
+            for (int64_t i = 0; i < lora_.numel; ++i) g[i] += d[i] * unscale;
         }
         saved_ = MMDiTActivations();
         return {};
@@ -125,6 +147,7 @@ class Sd3TrainableModel final : public TrainableModel {
     MMDiTActivations saved_;
     Tensor device_params_;       // the LoRA params in the compute dtype on the GPU (undefined on the CPU)
     bool params_changed_ = true;
+    LossScale loss_scale_{false};  // enabled for float16 compute (train/loss_scale.h)
 };
 
 }  // namespace

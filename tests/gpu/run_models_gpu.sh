@@ -10,11 +10,10 @@
 set -uo pipefail
 out="${OUT:-/tmp/out}"
 bundle="$(dirname "$0")"
-mkdir -p "$out" /tmp/sd3lib
-for f in "$bundle"/lib/*.gz; do gunzip -c "$f" > "/tmp/sd3lib/$(basename "$f" .gz)"; done
-export LD_LIBRARY_PATH=/tmp/sd3lib:/usr/local/cuda/lib64:/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cudnn/lib
+mkdir -p "$out"
+source "$bundle/unpack_gpu.sh"
 export OMP_NUM_THREADS=8
-bin="$bundle/sd3tune"
+bin="$unpack_dir/sd3tune"
 data=tests/data
 model=$data/tiny-a/model
 status=0

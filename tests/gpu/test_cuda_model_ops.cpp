@@ -16,7 +16,8 @@ namespace {
 Tensor cpu_randn(const Shape& shape, uint32_t seed, float scale = 1.0f, float shift = 0.0f) {
     return Tensor::from_vector(shape, randn(shape_numel(shape), seed, scale, shift));
 }
-Tensor rounded(const Tensor& cpu_f32, DType dt) { return cpu_f32.to(dt).to(DType::F32); }
+// A fresh copy even for f32 (Tensor::to returns itself then), so in-place ops on it leave the input alone.
+Tensor rounded(const Tensor& cpu_f32, DType dt) { return cpu_f32.to(dt).to(DType::F32).clone(); }
 Tensor on_gpu(const Tensor& cpu_f32, DType dt) {
     auto r = to_device(cpu_f32.to(dt), kGPU);
     EXPECT_TRUE(r.ok()) << r.status().message();

@@ -25,7 +25,8 @@ Tensor on_gpu(const Tensor& cpu_f32, DType dt) {
     EXPECT_TRUE(r.ok()) << r.status().message();
     return r.value();
 }
-Tensor rounded(const Tensor& cpu_f32, DType dt) { return cpu_f32.to(dt).to(DType::F32); }
+// A fresh copy even for f32 (Tensor::to returns itself then), so in-place ops on it leave the input alone.
+Tensor rounded(const Tensor& cpu_f32, DType dt) { return cpu_f32.to(dt).to(DType::F32).clone(); }
 
 class CudaTensorOps : public ::testing::TestWithParam<DType> {
   protected:

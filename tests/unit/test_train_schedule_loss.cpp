@@ -1,6 +1,6 @@
 // LR schedules against diffusers' get_scheduler (tests/data/train/reference.safetensors), the training sigma table
 // and loss weightings against scheduler.safetensors, the three golden losses of lora_and_training.safetensors, a
-// finite-difference check of the loss gradient, prior preservation and timestep sampling.
+// finite-difference check of the loss gradient, prior preservation and timestep sampling; the float16 loss scale.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -9,6 +9,7 @@
 
 #include "common/testing.h"
 #include "train/flow_matching.h"
+#include "train/loss_scale.h"
 #include "train/lr_schedule.h"
 
 namespace sd3::train {
@@ -176,6 +177,33 @@ TEST(TrainFlowMatching, TimestepSamplingDistributions) {
     double mean = 0;
     for (float x : u3) mean += x / 4000.0;
     EXPECT_NEAR(mean, 0.5, 0.02);
+}
+
+// torch.amp.GradScaler's policy: 2^16 at first, halved per overflow, doubled after 2000 finite backwards in a row
+// (an overflow restarts the count); disabled (bf16, float32) it stays 1, and an overflow at 1 is an error.
+TEST(TrainLossScale, FollowsGradScalersPolicy) {
+    LossScale s(true);
+    EXPECT_EQ(s.value(), 65536.0f);
+    ASSERT_TRUE(s.record(false).ok());
+    ASSERT_TRUE(s.record(false).ok());
+    EXPECT_EQ(s.value(), 16384.0f);
+    for (int i = 0; i < 1999; ++i) ASSERT_TRUE(s.record(true).ok());
+    EXPECT_EQ(s.value(), 16384.0f);
+    ASSERT_TRUE(s.record(false).ok());  // restarts the count
+    for (int i = 0; i < 1999; ++i) ASSERT_TRUE(s.record(true).ok());
+    EXPECT_EQ(s.value(), 8192.0f);
+    ASSERT_TRUE(s.record(true).ok());
+    EXPECT_EQ(s.value(), 16384.0f);
+    while (s.value() > 1.0f) ASSERT_TRUE(s.record(false).ok());
+    const Status st = s.record(false);
+    EXPECT_FALSE(st.ok());
+    EXPECT_NE(st.message().find("--mixed_precision bf16"), std::string::npos) << st.message();
+
+    LossScale off(false);
+    EXPECT_EQ(off.value(), 1.0f);
+    for (int i = 0; i < 5000; ++i) ASSERT_TRUE(off.record(true).ok());
+    EXPECT_EQ(off.value(), 1.0f);
+    EXPECT_FALSE(off.record(false).ok());
 }
 
 }  // namespace
