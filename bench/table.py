@@ -58,6 +58,8 @@ def rows(runs, env):
             sd3 = f"sd3_whole{res}_{base}"
             op = "max<=" if res == "1024" else "max<"
             label = f"whole run {res}², base {base}, T5 int8"
+            if base != "bf16" and env.get("quant_max_vram_gib"):
+                label += f", --max-vram {env['quant_max_vram_gib']:g}"
             ref_t5 = get(runs, ref, "t5_dtype")
             if base == "bf16" and ref_t5 not in (None, "int8"):
                 label += f" (reference: T5 {ref_t5})"

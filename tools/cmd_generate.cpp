@@ -1,6 +1,7 @@
 // `sd3tune generate`: text to image with diffusers' defaults (28 steps, guidance 7, 1024x1024, T5 length 256),
 // optional LoRAs at a scale, seeded noise identical to torch's, PNGs carrying the prompt, seed and settings.
 // Parses options, prints progress and calls infer/pipeline.h; no model logic here.
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -116,6 +117,7 @@ Status run_generate(const CLI::App* sub, GenerateCliOptions& o) {
     popt.loras = loras;
     popt.vae_tiling = o.vae_tiling;
     popt.fuse_loras = o.fuse_lora;
+    popt.single_use = true;
     SD3_ASSIGN_OR_RETURN(TextToImage pipe, TextToImage::open(model, popt));
     SD3_ASSIGN_OR_RETURN(GenerateRequest req, pipe.resolve(o.request));
     log_info("generating ", req.num_images, " image(s) of ", req.width, "x", req.height, ", ", req.steps,
@@ -131,15 +133,20 @@ Status run_generate(const CLI::App* sub, GenerateCliOptions& o) {
         std::fflush(stderr);
         return true;
     };
-    // Seconds per stage, for --metrics-json: loading the transformer/VAE, encoding (with the encoders' loading),
-    // sampling and decoding.
+    // Seconds and peak device memory per stage, for --metrics-json: loading the transformer/VAE, encoding (with
+    // the encoders' loading), sampling and decoding.
     std::map<std::string, double> stage_seconds;
+    std::map<std::string, size_t> stage_peak;
     std::string current_stage;
     auto stage_start = std::chrono::steady_clock::now();
     auto end_stage = [&]() {
         const auto now = std::chrono::steady_clock::now();
-        if (!current_stage.empty())
+        if (!current_stage.empty()) {
             stage_seconds[current_stage] += std::chrono::duration<double>(now - stage_start).count();
+            size_t& peak = stage_peak[current_stage];
+            peak = std::max(peak, memory_stats(placement.device).peak);
+            reset_peak_memory(placement.device);
+        }
         stage_start = now;
     };
     auto stage = [&](const std::string& s) {
@@ -173,6 +180,12 @@ Status run_generate(const CLI::App* sub, GenerateCliOptions& o) {
     m["seconds_per_image"] = (stage_seconds["sampling"] + stage_seconds["decoding"]) / images;
     m["encode_seconds"] = stage_seconds["encoding the prompt"];
     m["load_seconds"] = stage_seconds["loading the transformer"] + stage_seconds["loading the VAE decoder"];
+    size_t peak = 0;
+    for (const auto& [name, bytes] : stage_peak) {
+        m["peak_gpu_bytes_by_stage"][name] = bytes;
+        peak = std::max(peak, bytes);
+    }
+    m["peak_gpu_bytes"] = peak;
     m["steps"] = req.steps;
     m["width"] = req.width;
     m["height"] = req.height;

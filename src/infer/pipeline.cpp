@@ -189,6 +189,7 @@ Result<GenerateOutput> TextToImage::generate_from_embeds(const GenerateRequest& 
     if (stage) stage("sampling");
     SD3_ASSIGN_OR_RETURN(out.latents, sample_flow_match(velocity, out.initial_latents, schedule, cond, r.guidance_scale,
                                                         progress));
+    if (options_.single_use) transformer_.reset();
     SD3_TRY(ensure_vae(stage));
     if (stage) stage("decoding");
     const Tensor unscaled = vae_->latents_to_vae(out.latents);

@@ -51,6 +51,8 @@ struct PipelineOptions {
     nn::Placement placement;          // where every model runs (text.placement is set from it)
     std::optional<QuantFormat> base_format;  // the transformer's block weights quantized (int8, fp8, nf4)
     size_t transformer_max_resident_bytes = SIZE_MAX;  // blocks beyond it stream from host memory
+    bool single_use = false;  // one generate call: the transformer is freed before the VAE decoder loads, so the
+                              // decoder's full-resolution activations do not stack on its weights
 };
 
 // What the pipeline reports as it goes: "encoding prompt", "loading transformer", "decoding", ...
