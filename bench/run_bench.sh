@@ -182,3 +182,5 @@ want whole512 && whole $r512 4
 table
 cat "$out/table.md"
 echo "total $((SECONDS - start)) s"
+# The device tool returns at most 8 files: the logs and per-process JSON travel as one archive.
+tar czf "$out/logs.tgz" -C "$out" logs json && rm -rf "$logs" "$json"

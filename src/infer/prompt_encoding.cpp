@@ -114,10 +114,11 @@ Status TextEncoders::load_now(TextEncoderId id) {
             const nn::Placement& p = options_.placement;
             // On the CPU nothing streams; on a GPU the budget is what is available, less 1 GiB for activations,
             // unless the user gave one.
-            size_t budget = p.on_cpu() ? SIZE_MAX : options_.t5_max_resident_bytes;
-            if (budget == 0) {
+            size_t budget = SIZE_MAX;
+            if (!p.on_cpu()) {  // never more than is free, less 1 GiB for the activations
                 const size_t available = memory_stats(p.device).available(), reserve = size_t{1} << 30;
-                budget = available > reserve ? available - reserve : 0;
+                const size_t fits = available > reserve ? available - reserve : 0;
+                budget = options_.t5_max_resident_bytes == 0 ? fits : std::min(options_.t5_max_resident_bytes, fits);
             }
             SD3_TRY(t5_->to(nn::overflow_safe(p), budget));  // T5-XXL's feed-forward overflows fp16
             log_info("loaded ", text_encoder_name(id), " with ", cpu::quant_format_name(options_.t5.format),

@@ -29,8 +29,8 @@ struct TextEncoderOptions {
     int clip_skip = 0;                // 0 = hidden_states[-2], SD3's default; applied to the prompt, not the negative
     int batch_size = 8;               // prompts per encoder forward in encode_tokens (rows are independent)
     nn::Placement placement;          // where the encoders run (T5 runs fp16 in float32: nn::overflow_safe)
-    // Device memory T5's blocks may hold; the blocks beyond it stream from host memory (0: what is free now,
-    // less 1 GiB for activations).
+    // Device memory T5's blocks may hold; the blocks beyond it stream from host memory (0, and at most: what is
+    // free now, less 1 GiB for activations).
     size_t t5_max_resident_bytes = 0;
 };
 

@@ -228,9 +228,13 @@ Result<Vae> Vae::load_component(const Component& c, Part part) {
 namespace {
 
 // GroupNorm followed by SiLU, the pre-activation of every resnet half and of conv_out.
+// The decoder's full-resolution tensors are 256-512 MiB each in bf16 at 1024²: every step below frees what it no
+// longer reads before the next allocation (the pool reuses it in stream order), and SiLU and the residual add run
+// in place, so a resnet holds at most its input, one intermediate and its output.
 Tensor norm_silu(const Tensor& x, const Tensor& w, const Tensor& b, int64_t groups) {
     Tensor y = ops::group_norm(x, w, b, groups, kNormEps);
-    return ops::activation(y, ops::Activation::SILU);
+    ops::activation_(y, ops::Activation::SILU);
+    return y;
 }
 
 Tensor conv3(const Tensor& x, const Tensor& w, const Tensor& b) { return ops::conv2d_banded(x, w, b, 1, 1); }
@@ -238,9 +242,13 @@ Tensor conv3(const Tensor& x, const Tensor& w, const Tensor& b) { return ops::co
 // ResnetBlock2D (resnet.py): conv2(silu(gn2(conv1(silu(gn1(x)))))) + shortcut(x); output_scale_factor 1.
 Tensor resnet(const Tensor& x, const VaeResnetWeights& r, int64_t groups) {
     Tensor h = conv3(norm_silu(x, r.norm1_w, r.norm1_b, groups), r.conv1_w, r.conv1_b);  // [B, Cout, H, W]
-    h = conv3(norm_silu(h, r.norm2_w, r.norm2_b, groups), r.conv2_w, r.conv2_b);         // [B, Cout, H, W]
-    const Tensor skip = r.shortcut_w.defined() ? ops::conv2d(x, r.shortcut_w, r.shortcut_b, 1, 0) : x;
-    return ops::add(skip, h);
+    Tensor a = norm_silu(h, r.norm2_w, r.norm2_b, groups);
+    h = Tensor();
+    h = conv3(a, r.conv2_w, r.conv2_b);  // [B, Cout, H, W]
+    a = Tensor();
+    if (r.shortcut_w.defined()) ops::add_(h, ops::conv2d(x, r.shortcut_w, r.shortcut_b, 1, 0));
+    else ops::add_(h, x);
+    return h;
 }
 
 // Mid-block attention (AttnProcessor2_0 with residual_connection): pixels as tokens, one head of width C,
@@ -321,7 +329,11 @@ Result<Tensor> Vae::decode(const Tensor& latents) const {
     h = mid_block(h, dec_.mid, G);
     for (const VaeBlockWeights& blk : dec_.up) {
         for (const VaeResnetWeights& r : blk.resnets) h = resnet(h, r, G);
-        if (blk.sample_w.defined()) h = conv3(ops::upsample_nearest2x(h), blk.sample_w, blk.sample_b);
+        if (blk.sample_w.defined()) {
+            const Tensor up = ops::upsample_nearest2x(h);
+            h = Tensor();
+            h = conv3(up, blk.sample_w, blk.sample_b);
+        }
     }
     return host_f32(conv3(norm_silu(h, dec_.norm_out_w, dec_.norm_out_b, G), dec_.conv_out_w, dec_.conv_out_b));
 }

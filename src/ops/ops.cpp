@@ -98,6 +98,16 @@ Tensor activation(const Tensor& x_in, Activation act) {
     return y;
 }
 
+void activation_(Tensor& x, Activation act) {
+    if (!x.is_contiguous()) {
+        x = activation(x, act);
+        return;
+    }
+    SD3_ON_CUDA(x, activation_(x, act));
+    require_f32_cpu(x, "activation input");
+    cpu::activation_fwd(x.data<float>(), x.data<float>(), x.numel(), act);  // element-wise: aliasing is safe
+}
+
 Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, int64_t heads, float scale, bool causal,
                  const Tensor& bias) {
     SD3_ON_CUDA(q_in, attention(q_in, k_in, v_in, heads, scale, causal, bias));

@@ -22,6 +22,8 @@ Tensor group_norm(const Tensor& x, const Tensor& w, const Tensor& b, int64_t gro
 // Conv2d of x [B, Cin, H, W] with w [Cout, Cin, kh, kw], b [Cout] (may be undefined).
 Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& b, int64_t stride, int64_t pad);
 Tensor activation(const Tensor& x, Activation act);
+// In place (a non-contiguous x is replaced by a new tensor): the VAE's full-resolution activations are 256-512 MiB.
+void activation_(Tensor& x, Activation act);
 // Multi-head attention: q [B, Tq, H*D], k and v [B, Tk, H*D] -> [B, Tq, H*D]; bias [H, Tq, Tk] may be undefined.
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, float scale, bool causal = false,
                  const Tensor& bias = {});

@@ -9,6 +9,7 @@
 
 #include "core/arena.h"
 #include "core/check.h"
+#include "core/log.h"
 #include "infer/pipeline.h"
 #include "infer/prompt_encoding.h"
 #include "io/image.h"
@@ -37,6 +38,20 @@ Tensor scaled(const Tensor& grad, float scale) {
     Tensor out = grad.clone();
     for (float& v : std::span<float>(out.data<float>(), static_cast<size_t>(out.numel()))) v *= scale;
     return out;
+}
+
+// What MMDiT::to will place of these weights: every tensor in the compute dtype, the joint blocks' matrices in
+// the quantized base format when there is one (scales left out: under 1%).
+size_t placed_weight_bytes(const TensorSource& weights, const nn::Placement& p, std::optional<QuantFormat> base) {
+    double bytes = 0;
+    for (const std::string& name : weights.names()) {
+        const Shape shape = weights.meta(name)->shape;
+        const bool quantized = base.has_value() && shape.size() == 2 && name.starts_with("transformer_blocks.") &&
+                               name.ends_with(".weight");
+        const double per = quantized ? (*base == QuantFormat::NF4 ? 0.5 : 1.0) : static_cast<double>(dtype_size(p.dtype));
+        bytes += per * static_cast<double>(shape_numel(shape));
+    }
+    return static_cast<size_t>(bytes);
 }
 
 Tensor ids_tensor(const std::vector<int32_t>& ids) {
@@ -79,7 +94,10 @@ class Sd3TrainableModel final : public TrainableModel {
         saved_.ctx = {true, rng_seed};
         const Tensor t = Tensor::from_vector({static_cast<int64_t>(timesteps.size())}, timesteps);  // [B]
         sync_params();
-        return model_.forward(x_t, t, prompt_embeds, pooled, &saved_);
+        Result<Tensor> pred = model_.forward(x_t, t, prompt_embeds, pooled, &saved_);
+        if (!first_update_reported_ && device_params_.defined())
+            forward_peak_ = memory_stats(device_params_.device()).peak;
+        return pred;
     }
 
     Status backward(const Tensor& grad_pred) override {
@@ -103,6 +121,13 @@ class Sd3TrainableModel final : public TrainableModel {
             for (int64_t i = 0; i < lora_.numel; ++i) g[i] += d[i] * unscale;
         }
         saved_ = MMDiTActivations();
+        if (!first_update_reported_ && device_params_.defined()) {  // how the plan printed at start-up held up
+            first_update_reported_ = true;
+            const MemoryStats m = memory_stats(device_params_.device());
+            log_info("memory in the first micro-batch: peak ", format_bytes(double(forward_peak_)), " by the end of the "
+                     "forward, ", format_bytes(double(m.peak)), " by the end of the backward; ",
+                     format_bytes(double(m.in_use)), " in use after it");
+        }
         return {};
     }
 
@@ -148,6 +173,8 @@ class Sd3TrainableModel final : public TrainableModel {
     Tensor device_params_;       // the LoRA params in the compute dtype on the GPU (undefined on the CPU)
     bool params_changed_ = true;
     LossScale loss_scale_{false};  // enabled for float16 compute (train/loss_scale.h)
+    bool first_update_reported_ = false;
+    size_t forward_peak_ = 0;
 };
 
 }  // namespace
@@ -185,6 +212,12 @@ Result<TrainComponents> make_sd3_components(const ModelSpec& spec, const Sd3Comp
     const int max_seq = opt.max_sequence_length;
     TextEncoderOptions text_opt = opt.text;
     text_opt.placement = opt.placement;
+    if (text_opt.t5_max_resident_bytes == 0 && !opt.placement.on_cpu()) {
+        // Without --max-vram, the cache phase's T5 holds at most what the transformer will hold in training: the
+        // run's peak is then the training's, and T5's other blocks stream in (each once per pass over the prompts).
+        SD3_ASSIGN_OR_RETURN(const Component* tc, shared->require("transformer"));
+        text_opt.t5_max_resident_bytes = placed_weight_bytes(*tc->weights, opt.placement, opt.base_format);
+    }
     text_opt.max_sequence_length = max_seq;
     c.encode_prompts = [shared, max_seq, text_opt](const std::vector<std::string>& prompts) -> Result<std::vector<EncodedPrompt>> {
         const ModelFolder& f = *shared;

@@ -218,6 +218,11 @@ Tensor activation(const Tensor& x_in, cpu::Activation act) {
     return y;
 }
 
+void activation_(Tensor& x, cpu::Activation act) {
+    require(x, x, "activation input");
+    activation_fwd(ctx_of(x).exec(), x.raw(), x.raw(), x.numel(), act, x.dtype());  // element-wise: aliasing is safe
+}
+
 Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, int64_t heads, float scale_, bool causal,
                  const Tensor& bias_in) {
     require(q_in, q_in, "attention q");

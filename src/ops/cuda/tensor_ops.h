@@ -33,6 +33,7 @@ Tensor rms_norm(const Tensor& x, const Tensor& w, float eps);
 Tensor group_norm(const Tensor& x, const Tensor& w, const Tensor& b, int64_t groups, float eps);
 Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& b, int64_t stride, int64_t pad);
 Tensor activation(const Tensor& x, cpu::Activation act);
+void activation_(Tensor& x, cpu::Activation act);  // x contiguous
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, float scale, bool causal,
                  const Tensor& bias);
 Tensor add(const Tensor& a, const Tensor& b);
