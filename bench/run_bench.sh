@@ -11,7 +11,7 @@
 #   BENCH_STEPS       updates per training-step workload, 2 of them warm-up (default 12)
 #   BENCH_WHOLE_STEPS updates of a whole run; the table adds the rest of 100 at the median rate (default 30)
 #   BENCH_BASE_DTYPE  quantized base weights of the second whole run per resolution: int8 or fp8 (default int8)
-#   BENCH_QUANT_MAX_VRAM  that run's --max-vram in GiB: int8 T5 (5.5 GiB) streams its blocks (default 3.5)
+#   BENCH_QUANT_MAX_VRAM  that run's --max-vram in GiB (default none: T5 then holds what the transformer will)
 #   BENCH_DRY_RUN=1   the tiny preset on the CPU at 1/8 of the resolutions, to try the script without a GPU
 set -uo pipefail
 repo=$PWD
@@ -24,7 +24,7 @@ workloads=",${BENCH_WORKLOADS:-train512,train1024,bound,generate,whole1024,t5,wh
 steps=${BENCH_STEPS:-12}
 whole_steps=${BENCH_WHOLE_STEPS:-30}
 base_q=${BENCH_BASE_DTYPE:-int8}
-quant_max_vram=${BENCH_QUANT_MAX_VRAM:-3.5}
+quant_max_vram=${BENCH_QUANT_MAX_VRAM:-}
 preset=sd3-medium device=cuda precision=bf16 div=1 val_steps=28 captions=100
 if [ "${BENCH_DRY_RUN:-0}" = 1 ]; then  # sd3tune computes in float32 on the CPU
     preset=tiny device=cpu precision=no div=8 val_steps=2 captions=10
@@ -68,7 +68,7 @@ if torch.cuda.is_available():
     p = torch.cuda.get_device_properties(0)
     gpu = f"{p.name}, {p.total_memory / 2**30:.0f} GiB, driver {sys.argv[2]}"
 env = {"gpu": gpu, "commit": sys.argv[3], "whole_steps": int(sys.argv[4]), "base_dtype": sys.argv[5],
-       "captions": int(sys.argv[6]), "quant_max_vram_gib": float(sys.argv[7]), "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+       "captions": int(sys.argv[6]), "quant_max_vram_gib": float(sys.argv[7] or 0), "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 for mod in ("torch", "diffusers", "transformers", "peft", "bitsandbytes"):
     try:
         env[mod] = __import__(mod).__version__
@@ -161,7 +161,8 @@ whole() {  # whole RES BATCH
         --validation-prompt "$val_prompt" --validation-steps $val_steps --output-dir "$work/ref_whole$tag"
     for base in bf16 "$base_q"; do
         local q=()
-        [ "$base" = bf16 ] || q=(--base-dtype "$base" --max-vram "$quant_max_vram")
+        [ "$base" = bf16 ] || q=(--base-dtype "$base")
+        [ "$base" = bf16 ] || [ -z "$quant_max_vram" ] || q+=(--max-vram "$quant_max_vram")
         train sd3_whole${tag}_$base "$res" "$batch" "$whole_steps" --gradient_checkpointing --t5-dtype int8 \
             "${q[@]}" --validation_prompt "$val_prompt" --num_validation_images 1 \
             --validation_steps $((whole_steps + 1))
