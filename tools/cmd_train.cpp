@@ -328,7 +328,7 @@ std::pair<CLI::App*, CommandRunner> setup_train(CLI::App& app) {
         ->check(CLI::IsMember({"int8", "fp8", "nf4", "bf16", "fp16", "f32"}))
         ->capture_default_str();
     add_max_vram_option(g, c->device, "the frozen weights (T5 in the cache phase, then the transformer)",
-                        "T5 what is free, the transformer all of it");
+                        "T5 as much as the transformer will hold, the transformer all of it");
     // reference flags without an effect here
     g->add_option("--revision", c->revision, "(ignored)");
     g->add_option("--variant", c->variant, "(ignored)");
