@@ -6,7 +6,8 @@
 # workload on both sides, each process under its own timeout and all of them within BENCH_BUDGET_S, rewriting
 # $OUT/results.json and $OUT/table.md after each so a run cut short keeps what it measured.
 # Settings (environment):
-#   BENCH_WORKLOADS   subset, comma-separated, of train512,train1024,bound,generate,whole1024,t5,whole512 (default all)
+#   BENCH_WORKLOADS   subset, comma-separated, of train512,train1024,bound,generate,whole1024,t5,whole512 (default
+#                     all of these) and profile (never by default: sd3tune's kernels under ncu, profile512.md)
 #   BENCH_BUDGET_S    wall seconds for everything (default 540: the device tool stops a command at 600)
 #   BENCH_STEPS       updates per training-step workload, 2 of them warm-up (default 12)
 #   BENCH_WHOLE_STEPS updates of a whole run; the table adds the rest of 100 at the median rate (default 30)
@@ -104,10 +105,11 @@ run() {
     return $rc
 }
 want() { [[ $workloads == *",$1,"* ]]; }
+launcher=()  # a profiler to run sd3tune under (the profile workload)
 train() {  # train NAME RES BATCH STEPS EXTRA...: sd3tune's training command as a user types it
     local name=$1 res=$2 batch=$3 n=$4
     shift 4
-    run "$name" 180 "$sd3" train --model "$model" --instance_data_dir "$work/images" --instance_prompt "$prompt" \
+    run "$name" 180 "${launcher[@]}" "$sd3" train --model "$model" --instance_data_dir "$work/images" --instance_prompt "$prompt" \
         --resolution "$res" --train_batch_size "$batch" --max_train_steps "$n" --rank 4 --mixed_precision $precision \
         --seed 0 --report_to none --quiet --output_dir "$work/$name" --device "$device" \
         --metrics-json "$json/$name.json" "$@"
@@ -179,6 +181,21 @@ if want t5; then
     done
 fi
 want whole512 && whole $r512 4
+if want profile; then
+    # Where sd3tune's training step spends its GPU time: every kernel of 4 updates at 512², batch 4, with
+    # checkpointing, timed one by one by Nsight Compute (the machine has ncu, not nsys); the cache of train512 is
+    # reused when that ran. kernel_summary.py adds them up per kernel and per update.
+    ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+    if [ -n "$ncu" ] && [ "${BENCH_DRY_RUN:-0}" != 1 ]; then
+        launcher=("$ncu" --metrics gpu__time_duration.sum --csv --page raw --clock-control none
+                  --log-file "$json/profile512.csv")
+        train sd3_profile512 $r512 4 4 --gradient_checkpointing --cache_dir "$work/cache512"
+        launcher=()
+        "$py" "$repo/bench/kernel_summary.py" "$json/profile512.csv" --updates 4 > "$out/profile512.md"
+    else
+        echo "== profile: skipped (no ncu, or a dry run)"
+    fi
+fi
 
 table
 cat "$out/table.md"

@@ -1,0 +1,56 @@
+"""Adds up an Nsight Compute raw CSV (`ncu --metrics gpu__time_duration.sum --csv --page raw`): GPU time per
+kernel name, its launches, its share, and the time per update, as a Markdown table on stdout. The run's loading
+(weight conversion, LoRA set-up) is in the totals too; it is small next to the updates but not separated."""
+import argparse
+import collections
+import csv
+import re
+
+UNIT_NS = {"nsecond": 1.0, "usecond": 1e3, "msecond": 1e6, "second": 1e9}
+
+
+def short_name(name):
+    """The kernel's function name without its template arguments and parameter list."""
+    name = re.sub(r"\(.*\)$", "", name)
+    depth, out = 0, []
+    for ch in name:
+        depth += ch == "<"
+        if depth == 0:
+            out.append(ch)
+        depth -= ch == ">"
+    return "".join(out).replace("void ", "").strip() or name
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("csv_file")
+    p.add_argument("--updates", type=int, required=True, help="training updates the profiled run made")
+    p.add_argument("--top", type=int, default=30)
+    args = p.parse_args()
+    # ncu writes its own messages (==PROF==) before the table: start at the header row.
+    lines = open(args.csv_file, newline="").read().splitlines()
+    start = next(i for i, line in enumerate(lines) if '"Kernel Name"' in line)
+    rows = list(csv.DictReader(lines[start:]))
+    metric = "gpu__time_duration.sum"
+    units = rows[0] if rows and not rows[0].get("ID") else {}
+    scale = UNIT_NS.get(units.get(metric, "nsecond"), 1.0)
+    total, launches = collections.Counter(), collections.Counter()
+    for r in rows:
+        if not r.get("ID") or not r.get(metric):
+            continue
+        name = short_name(r["Kernel Name"])
+        total[name] += float(r[metric].replace(",", "")) * scale
+        launches[name] += 1
+    all_ns = sum(total.values())
+    n = args.updates
+    print(f"GPU time in kernels: {all_ns / 1e6:.1f} ms over {sum(launches.values())} launches; "
+          f"per update {all_ns / n / 1e6:.1f} ms and {sum(launches.values()) / n:.0f} launches "
+          f"(compare with the run's seconds per update: the difference is time the GPU waited).\n")
+    print("| kernel | launches per update | ms per update | share |")
+    print("| --- | --- | --- | --- |")
+    for name, ns in total.most_common(args.top):
+        print(f"| `{name}` | {launches[name] / n:.0f} | {ns / n / 1e6:.2f} | {100 * ns / all_ns:.1f}% |")
+
+
+if __name__ == "__main__":
+    main()
