@@ -98,6 +98,8 @@ struct JointBlockSaved {
 // Saved activations of one forward for the backward ("TrainState"). Set the options before forward().
 struct MMDiTActivations {
     bool checkpoint_blocks = false;  // keep only block inputs; recompute each block in backward (same gradients)
+    int64_t kept_blocks = 0;         // under checkpointing, the last N blocks keep their whole forward all the
+                                     // same (what a memory budget leaves room for: they are not recomputed)
     nn::RunContext ctx{true, 0};     // training (LoRA dropout on) and the step's dropout seed
 
     // Filled by forward():
@@ -182,7 +184,7 @@ class MMDiT {
     // Saved-activation bytes of forward(x [batch, C, height, width], ctx [batch, context_len, ·], &saved) with the
     // given checkpointing, for the adapters attached now (training context: LoRA dropout keeps its masked inputs).
     ActivationPlan plan_activations(int64_t batch, int64_t height, int64_t width, int64_t context_len,
-                                    bool checkpoint_blocks) const;
+                                    bool checkpoint_blocks, int64_t kept_blocks = 0) const;
 
     // ---- LoRA ----
     // Every Linear of the model by diffusers module path (for LoRA targeting and name checks).

@@ -192,11 +192,13 @@ Result<Tensor> MMDiT::forward(const Tensor& x_in, const Tensor& timestep_in, con
     Tensor hc = nn::linear_forward(w_.context_embedder, ctx_in, keep ? &s.context_embedder : nullptr, rc);  // [B, M, D]
 
     s.blocks.assign(w_.blocks.size(), JointBlockSaved());
+    const int64_t n_blocks = static_cast<int64_t>(w_.blocks.size());
     for (size_t i = 0; i < w_.blocks.size(); ++i) {
         if (std::find(skip_layers.begin(), skip_layers.end(), static_cast<int64_t>(i)) != skip_layers.end()) continue;
         JointBlock staged;  // a streamed block's weights, brought in for this call
         const JointBlock& blk = block_weights(i, staged);
-        if (keep && !s.checkpoint_blocks) {
+        const bool recomputed = s.checkpoint_blocks && static_cast<int64_t>(i) + s.kept_blocks < n_blocks;
+        if (keep && !recomputed) {
             block_forward(blk, hx, hc, s.silu_temb, &s.blocks[i], rc);
         } else {
             if (keep) {  // checkpointing: keep only the inputs
@@ -255,7 +257,8 @@ size_t MMDiTActivations::bytes() const {
     return total;
 }
 
-ActivationPlan MMDiT::plan_activations(int64_t B, int64_t H, int64_t W, int64_t M, bool checkpoint) const {
+ActivationPlan MMDiT::plan_activations(int64_t B, int64_t H, int64_t W, int64_t M, bool checkpoint,
+                                       int64_t kept_blocks) const {
     const MMDiTConfig& c = config_;
     const int64_t p = c.patch_size, D = c.inner_dim(), N = (H / p) * (W / p), Hd = c.num_attention_heads;
     const size_t f = sizeof(float);
@@ -307,11 +310,14 @@ ActivationPlan MMDiT::plan_activations(int64_t B, int64_t H, int64_t W, int64_t 
         return n;
     };
     ActivationPlan plan;
-    for (const JointBlock& b : w_.blocks) {
+    const int64_t n_blocks = static_cast<int64_t>(w_.blocks.size());
+    for (int64_t i = 0; i < n_blocks; ++i) {
+        const JointBlock& b = w_.blocks[static_cast<size_t>(i)];
         const size_t inputs = B * N * D + B * M * D;  // each block's x and c are fresh tensors
         const size_t full = block_full(b);
-        plan.blocks += f * (inputs + (checkpoint ? 0 : full));
-        if (checkpoint) plan.recompute = std::max(plan.recompute, f * full);
+        const bool recomputed = checkpoint && i + kept_blocks < n_blocks;
+        plan.blocks += f * (inputs + (recomputed ? 0 : full));
+        if (recomputed) plan.recompute = std::max(plan.recompute, f * full);
     }
     size_t outer = 6 * B * D;  // time_pre, text_pre, temb, SiLU(temb), E_out
     bool tin = false, t2 = false, pin = false, p2 = false, cin = false, st = true, y = false;

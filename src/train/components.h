@@ -34,9 +34,10 @@ class TrainableModel {
                                    const Tensor& prompt_embeds, const Tensor& pooled, uint64_t rng_seed) = 0;
     // Accumulates d(loss)/d(lora params) given d(loss)/d(prediction) [B, 16, h, w] of the last forward.
     virtual Status backward(const Tensor& grad_pred) = 0;
-    // What a micro-batch of `batch` latents [16, h, w] with `context_len` text tokens will hold in memory (weights,
-    // LoRA, saved activations), one line for the start-up report; empty when the model cannot say.
-    virtual std::string memory_plan(int64_t /*batch*/, int64_t /*h*/, int64_t /*w*/, int64_t /*context_len*/) const {
+    // Plans memory for micro-batches of `batch` latents [16, h, w] with `context_len` text tokens (under a memory
+    // budget, how many blocks may skip their recompute) and says what they will hold (weights, LoRA, saved
+    // activations) in one line for the start-up report; empty when the model cannot say. Called before training.
+    virtual std::string plan_memory(int64_t /*batch*/, int64_t /*h*/, int64_t /*w*/, int64_t /*context_len*/) {
         return {};
     }
 };

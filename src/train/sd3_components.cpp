@@ -66,8 +66,10 @@ Tensor ids_tensor(const std::vector<int32_t>& ids) {
 // device buffer that is added to the host gradients (in float16 through the loss scale: train/loss_scale.h).
 class Sd3TrainableModel final : public TrainableModel {
   public:
-    Sd3TrainableModel(MMDiT model, LoraTrainable lora, bool checkpoint_blocks)
-        : model_(std::move(model)), lora_(std::move(lora)), checkpoint_blocks_(checkpoint_blocks) {}
+    // `budget`: the device bytes the transformer may use (--max-vram; SIZE_MAX: none). Under checkpointing, what
+    // its weights leave of it keeps whole blocks' activations, which then skip their recompute.
+    Sd3TrainableModel(MMDiT model, LoraTrainable lora, bool checkpoint_blocks, size_t budget)
+        : model_(std::move(model)), lora_(std::move(lora)), checkpoint_blocks_(checkpoint_blocks), budget_(budget) {}
     Status attach() {
         const nn::Placement& p = model_.placement();
         loss_scale_ = LossScale(p.dtype == DType::F16);
@@ -91,6 +93,7 @@ class Sd3TrainableModel final : public TrainableModel {
                            const Tensor& pooled, uint64_t rng_seed) override {
         saved_ = MMDiTActivations();
         saved_.checkpoint_blocks = checkpoint_blocks_;
+        saved_.kept_blocks = kept_blocks_;
         saved_.ctx = {true, rng_seed};
         const Tensor t = Tensor::from_vector({static_cast<int64_t>(timesteps.size())}, timesteps);  // [B]
         sync_params();
@@ -131,15 +134,24 @@ class Sd3TrainableModel final : public TrainableModel {
         return {};
     }
 
-    std::string memory_plan(int64_t batch, int64_t h, int64_t w, int64_t context_len) const override {
+    std::string plan_memory(int64_t batch, int64_t h, int64_t w, int64_t context_len) override {
         const nn::Placement& p = model_.placement();
-        const ActivationPlan a = model_.plan_activations(batch, h, w, context_len, checkpoint_blocks_);
         // The plan counts float32 bytes; activations are held in the compute dtype.
-        const double act = static_cast<double>(a.peak()) * dtype_size(p.dtype) / sizeof(float);
+        auto activation_bytes = [&](int64_t kept) {
+            const ActivationPlan a = model_.plan_activations(batch, h, w, context_len, checkpoint_blocks_, kept);
+            return static_cast<double>(a.peak()) * dtype_size(p.dtype) / sizeof(float);
+        };
         const double weights = static_cast<double>(model_.weight_bytes());
         // The device copy of the LoRA and its float32 gradients (on the CPU: the float32 masters and gradients).
         const double lora = static_cast<double>(lora_.numel) * (dtype_size(p.dtype) + sizeof(float));
         const int64_t blocks = model_.config().num_layers;
+        kept_blocks_ = 0;
+        if (checkpoint_blocks_ && budget_ != SIZE_MAX) {
+            while (kept_blocks_ < blocks &&
+                   weights + lora + activation_bytes(kept_blocks_ + 1) <= static_cast<double>(budget_))
+                ++kept_blocks_;
+        }
+        const double act = activation_bytes(kept_blocks_);
         const std::string streamed =
             model_.resident_blocks() < blocks
                 ? str_cat(" (", model_.resident_blocks(), " of ", blocks, " blocks resident, the rest streamed)")
@@ -147,7 +159,10 @@ class Sd3TrainableModel final : public TrainableModel {
         std::string s = str_cat("memory plan on ", p.device.str(), ": transformer weights ", format_bytes(weights),
                                 streamed, ", LoRA ", format_bytes(lora), ", saved activations of a micro-batch of ", batch,
                                 " up to ", format_bytes(act), " (",
-                                checkpoint_blocks_ ? "block inputs + one block recomputed" : "every block kept",
+                                !checkpoint_blocks_ ? std::string("every block kept")
+                                : kept_blocks_ == 0 ? std::string("block inputs + one block recomputed")
+                                                    : str_cat("block inputs + one block recomputed; the last ", kept_blocks_,
+                                                              " of ", blocks, " blocks keep theirs within --max-vram"),
                                 "); about ", format_bytes(weights + lora + act));
         if (!p.on_cpu()) {
             const MemoryStats m = memory_stats(p.device);
@@ -169,6 +184,8 @@ class Sd3TrainableModel final : public TrainableModel {
     MMDiT model_;
     LoraTrainable lora_;
     bool checkpoint_blocks_;
+    size_t budget_;
+    int64_t kept_blocks_ = 0;  // set by plan_memory
     MMDiTActivations saved_;
     Tensor device_params_;       // the LoRA params in the compute dtype on the GPU (undefined on the CPU)
     bool params_changed_ = true;
@@ -276,7 +293,7 @@ Result<TrainComponents> make_sd3_components(const ModelSpec& spec, const Sd3Comp
         SD3_ASSIGN_OR_RETURN(LoraTrainable trainable, model.make_trainable_lora(lora));
         TrainRng rng = TrainRng::for_purpose(init_seed, "lora_init");
         init_lora_gaussian(trainable, [&rng]() { return static_cast<float>(rng.normal()); });
-        auto m = std::make_unique<Sd3TrainableModel>(std::move(model), std::move(trainable), ckpt);
+        auto m = std::make_unique<Sd3TrainableModel>(std::move(model), std::move(trainable), ckpt, resident_bytes);
         SD3_TRY(m->attach());
         return std::unique_ptr<TrainableModel>(std::move(m));
     };

@@ -176,7 +176,7 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
         // A micro-batch holds the instance samples and, with prior preservation, as many class samples.
         const int64_t micro = o.train_batch_size * (o.data.with_prior_preservation ? 2 : 1);
         const Tensor& lat = inst_lat.at(0).mean;  // [16, h, w]
-        const std::string plan = model->memory_plan(micro, lat.size(1), lat.size(2), 77 + o.max_sequence_length);
+        const std::string plan = model->plan_memory(micro, lat.size(1), lat.size(2), 77 + o.max_sequence_length);
         if (!plan.empty()) phase(plan);
     }
     const int64_t P = model->lora_numel();

@@ -150,9 +150,10 @@ struct Grads {
     InputGrads in;
 };
 
-Grads run(Fixture& f, bool checkpoint, uint64_t seed) {
+Grads run(Fixture& f, bool checkpoint, uint64_t seed, int64_t kept_blocks = 0) {
     MMDiTActivations saved;
     saved.checkpoint_blocks = checkpoint;
+    saved.kept_blocks = kept_blocks;
     saved.ctx.seed = seed;
     auto pred = f.model.forward(f.x, f.t, f.ctx, f.pooled, &saved);
     EXPECT_TRUE(pred.ok()) << pred.status().message();
@@ -215,15 +216,19 @@ TEST(MMDiTBackward, CheckpointingIsBitIdenticalWithDropout) {
     testing::OneOmpThread one;
     std::mt19937 rng(13);
     Fixture f = make_fixture(0.3f, rng);
-    const Grads a = run(f, false, 5), b = run(f, true, 5), c = run(f, false, 6);
+    const Grads a = run(f, false, 5), c = run(f, false, 6);
     auto same = [](const Tensor& x, const Tensor& y) {
         return x.numel() == y.numel() && std::memcmp(x.contiguous().raw(), y.contiguous().raw(), x.nbytes()) == 0;
     };
-    EXPECT_TRUE(same(a.pred, b.pred));
-    EXPECT_TRUE(same(a.lora, b.lora));
-    EXPECT_TRUE(same(a.in.hidden_states, b.in.hidden_states));
-    EXPECT_TRUE(same(a.in.encoder_hidden_states, b.in.encoder_hidden_states));
-    EXPECT_TRUE(same(a.in.pooled_projections, b.in.pooled_projections));
+    for (int64_t kept : {0, 1, 2, 3}) {  // the last `kept` of the 3 blocks skip their recompute
+        SCOPED_TRACE(::testing::Message() << "kept blocks " << kept);
+        const Grads b = run(f, true, 5, kept);
+        EXPECT_TRUE(same(a.pred, b.pred));
+        EXPECT_TRUE(same(a.lora, b.lora));
+        EXPECT_TRUE(same(a.in.hidden_states, b.in.hidden_states));
+        EXPECT_TRUE(same(a.in.encoder_hidden_states, b.in.encoder_hidden_states));
+        EXPECT_TRUE(same(a.in.pooled_projections, b.in.pooled_projections));
+    }
     EXPECT_FALSE(same(a.lora, c.lora));  // another seed draws other dropout masks
 }
 
@@ -344,12 +349,14 @@ TEST(MMDiTBackward, ActivationPlanMatchesWhatForwardKeeps) {
             ASSERT_TRUE(m.attach_trainable(lora).ok());
             const Tensor x = random_tensor({2, 4, 4, 6}, rng), ctx = random_tensor({2, 3, 6}, rng);
             const Tensor t = Tensor::from_vector({2}, {1.0f, 2.0f}), pooled = random_tensor({2, 5}, rng);
-            for (bool ckpt : {false, true}) {
-                SCOPED_TRACE(::testing::Message() << "dropout " << dropout << " all " << all << " ckpt " << ckpt);
+            for (const auto& [ckpt, kept] : {std::pair{false, 0}, {true, 0}, {true, 1}}) {
+                SCOPED_TRACE(::testing::Message() << "dropout " << dropout << " all " << all << " ckpt " << ckpt
+                                                  << " kept " << kept);
                 MMDiTActivations s;
                 s.checkpoint_blocks = ckpt;
+                s.kept_blocks = kept;
                 ASSERT_TRUE(m.forward(x, t, ctx, pooled, &s).ok());
-                const ActivationPlan plan = m.plan_activations(2, 4, 6, 3, ckpt);
+                const ActivationPlan plan = m.plan_activations(2, 4, 6, 3, ckpt, kept);
                 // bytes() also counts the caller's inputs where an adapted Linear keeps them (context_embedder,
                 // text linear_1) and the sinusoid (time linear_1): the plan counts those as the layer's input too.
                 EXPECT_EQ(plan.total(), s.bytes());

@@ -3,6 +3,7 @@
 // down, two runs give identical LoRA bytes, interrupted + resumed equals uninterrupted, the LoRA loads back).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -450,6 +451,45 @@ TEST(TrainTiny, GoldenTrainingStepThroughTheTrainerPieces) {
             got, sd3::testing::golden_tensor(g, "train.param_after." + golden_name(s.name)), 2e-7, 1e-6))
             << s.name;
     }
+}
+
+// --max-vram under checkpointing: the blocks whose whole forward fits in what the weights leave of the budget
+// skip their recompute (the memory plan says how many), with the same gradients to the bit.
+TEST(TrainSd3Components, CheckpointingKeepsTheBlocksTheBudgetAllows) {
+    ModelSpec spec;
+    spec.model = data_path("tiny-a/model");
+    SafetensorsFile g = sd3::testing::open_golden("tiny-a/lora_and_training.safetensors");
+    const Tensor x0 = sd3::testing::golden_tensor(g, "train.x0");  // [2, 16, h, w]
+    const Tensor ctx = sd3::testing::golden_tensor(g, "train.encoder_hidden_states");
+    const Tensor pooled = sd3::testing::golden_tensor(g, "train.pooled_projections");
+    const std::vector<float> ts = sd3::testing::golden_tensor(g, "train.timesteps").to_float_vector();
+    auto train_step = [&](size_t budget, std::string* plan) {
+        Sd3ComponentOptions so;
+        so.gradient_checkpointing = true;
+        so.transformer_max_resident_bytes = budget;
+        auto comps = make_sd3_components(spec, so);
+        EXPECT_TRUE(comps.ok()) << comps.status().message();
+        auto model = comps->load_transformer(LoraSettings{}, 7);
+        EXPECT_TRUE(model.ok()) << model.status().message();
+        TrainableModel& m = **model;
+        for (int64_t i = 0; i < m.lora_numel(); ++i) m.lora_params()[i] = 0.01f * static_cast<float>(i % 17 - 8);
+        *plan = m.plan_memory(x0.size(0), x0.size(2), x0.size(3), ctx.size(1));
+        auto pred = m.forward(x0, ts, ctx, pooled, 0);
+        EXPECT_TRUE(pred.ok()) << pred.status().message();
+        std::fill(m.lora_grads(), m.lora_grads() + m.lora_numel(), 0.0f);
+        EXPECT_TRUE(m.backward(*pred).ok());  // d(0.5·|pred|²)/d(pred) = pred
+        return std::vector<float>(m.lora_grads(), m.lora_grads() + m.lora_numel());
+    };
+    std::string unbounded, tight, roomy;
+    const std::vector<float> a = train_step(SIZE_MAX, &unbounded);
+    const std::vector<float> b = train_step(1, &tight);             // every block streamed and recomputed
+    const std::vector<float> c = train_step(size_t{1} << 40, &roomy);  // room for every block's activations
+    EXPECT_EQ(unbounded.find("keep theirs"), std::string::npos) << unbounded;
+    EXPECT_EQ(tight.find("keep theirs"), std::string::npos) << tight;
+    EXPECT_NE(roomy.find("the last 2 of 2 blocks keep theirs within --max-vram"), std::string::npos) << roomy;
+    EXPECT_EQ(a, b);
+    EXPECT_EQ(a, c);
+    EXPECT_TRUE(std::any_of(a.begin(), a.end(), [](float v) { return v != 0.0f; }));
 }
 
 }  // namespace
