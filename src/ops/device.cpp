@@ -95,6 +95,14 @@ void reset_peak_memory(Device device) {
 #endif
 }
 
+void release_workspace(Device device) {
+#ifdef SD3_HAVE_CUDA
+    if (!device.is_cpu()) cuda::tensor_ops::release_workspace(device.index);
+#else
+    (void)device;
+#endif
+}
+
 Result<Tensor> to_device(const Tensor& t, Device device) {
     SD3_ASSERT(t.defined(), "to_device of an undefined tensor");
     if (t.device() == device && t.is_contiguous()) return t;

@@ -34,6 +34,10 @@ void synchronize(Device device);
 // The device's memory pool (all zero on the CPU): bytes in use, the peak since reset_peak_memory(), free/total.
 MemoryStats memory_stats(Device device);
 void reset_peak_memory(Device device);
+// Frees the device's kernel workspace, which keeps the size of the largest request so far (the next op that needs
+// one allocates it again): between phases whose workspaces differ, such as the VAE's convolutions and training.
+// Nothing on the CPU.
+void release_workspace(Device device);
 // The 16-bit storage dtype of a device: BF16 where the card has bf16 tensor cores (sm_80 and up), else F16
 // (sm_75, T4); F16 everywhere when the environment sets SD3_FORCE_FP16=1 (to exercise that path on big cards).
 DType half_dtype(Device device);

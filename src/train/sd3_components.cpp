@@ -286,6 +286,7 @@ Result<TrainComponents> make_sd3_components(const ModelSpec& spec, const Sd3Comp
     const size_t resident_bytes = opt.transformer_max_resident_bytes;
     c.load_transformer = [shared, ckpt, patch, placement, base_format, resident_bytes](const LoraSettings& lora,
                                         uint64_t init_seed) -> Result<std::unique_ptr<TrainableModel>> {
+        release_workspace(placement.device);  // the cache phase's (the VAE's convolutions) is not training's
         SD3_ASSIGN_OR_RETURN(const Component* tc, shared->require("transformer"));
         SD3_ASSIGN_OR_RETURN(MMDiT model, MMDiT::load(*tc, !placement.on_cpu()));
         if (patch) patch(model);
@@ -331,6 +332,7 @@ Result<TrainComponents> make_sd3_components(const ModelSpec& spec, const Sd3Comp
             }
             SD3_TRY(write_png(r.out_png, out.images.at(0), generation_text(g, {}, 0, "")));
         }
+        release_workspace(placement.device);  // the decoder's, before training goes on
         return {};
     };
     return c;

@@ -132,6 +132,12 @@ Exec Context::exec(size_t scratch_bytes) {
 
 void Context::synchronize() { SD3_RT_CHECK(cudaStreamSynchronize(stream_)); }
 
+void Context::release_scratch() {
+    if (scratch_ != nullptr) SD3_RT_CHECK(cudaFreeAsync(scratch_, stream_));
+    scratch_ = nullptr;
+    scratch_bytes_ = 0;
+}
+
 MemoryStats Context::memory_stats() {
     MemoryStats m;
     uint64_t v = 0;

@@ -33,6 +33,8 @@ class Context {
     // reset_peak_memory(), reserved by the pool; free/total as the driver reports them.
     MemoryStats memory_stats();
     void reset_peak_memory();
+    // Frees the scratch (stream-ordered); the next exec() that asks for scratch allocates it again.
+    void release_scratch();
 
     Context(const Context&) = delete;
     Context& operator=(const Context&) = delete;

@@ -61,6 +61,7 @@ std::string describe(int index) {
 void synchronize(int index) { Context::get(index).synchronize(); }
 MemoryStats memory_stats(int index) { return Context::get(index).memory_stats(); }
 void reset_peak_memory(int index) { Context::get(index).reset_peak_memory(); }
+void release_workspace(int index) { Context::get(index).release_scratch(); }
 
 Result<Tensor> to_device(const Tensor& t_in, Device device) {
     SD3_ASSERT(device.type == DeviceType::CUDA, "to_device: ", device.str());

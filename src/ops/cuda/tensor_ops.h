@@ -19,6 +19,7 @@ std::string describe(int index);
 void synchronize(int index);
 MemoryStats memory_stats(int index);
 void reset_peak_memory(int index);
+void release_workspace(int index);
 
 Result<Tensor> to_device(const Tensor& t, Device device);
 Tensor to_host(const Tensor& t);
