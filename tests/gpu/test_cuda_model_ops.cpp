@@ -13,24 +13,6 @@
 namespace sd3::gputest {
 namespace {
 
-Tensor cpu_randn(const Shape& shape, uint32_t seed, float scale = 1.0f, float shift = 0.0f) {
-    return Tensor::from_vector(shape, randn(shape_numel(shape), seed, scale, shift));
-}
-// A fresh copy even for f32 (Tensor::to returns itself then), so in-place ops on it leave the input alone.
-Tensor rounded(const Tensor& cpu_f32, DType dt) { return cpu_f32.to(dt).to(DType::F32).clone(); }
-Tensor on_gpu(const Tensor& cpu_f32, DType dt) {
-    auto r = to_device(cpu_f32.to(dt), kGPU);
-    EXPECT_TRUE(r.ok()) << r.status().message();
-    return r.value();
-}
-
-// The CUDA result (in `dt`, on the GPU) against the CPU op's f32 result.
-::testing::AssertionResult same_as_cpu(const Tensor& gpu_out, const Tensor& cpu_out, DType dt, double extra = 1.0) {
-    if (gpu_out.device().is_cpu()) return ::testing::AssertionFailure() << "result is not on the GPU";
-    if (gpu_out.dtype() != dt) return ::testing::AssertionFailure() << "result dtype " << gpu_out.describe();
-    return close(download(gpu_out), cpu_out.contiguous().to_float_vector(), dt, extra);
-}
-
 bool bit_identical(const Tensor& a, const Tensor& b) {
     const Tensor ha = to_host(a), hb = to_host(b);
     return ha.nbytes() == hb.nbytes() && std::memcmp(ha.raw(), hb.raw(), ha.nbytes()) == 0;
