@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <nlohmann/json.hpp>
+#include <string_view>
 
 #include "core/check.h"
 #include "io/json_file.h"
@@ -381,6 +382,9 @@ void place_block(nn::WeightPlacer& placer, JointBlock& b) {
         for (Tensor* t : {&a->norm_q, &a->norm_k, &a->norm_added_q, &a->norm_added_k}) placer.convert(*t);
 }
 
+// The Linears a quantized base stores quantized: the joint blocks' (by module path or weight name).
+bool in_joint_block(std::string_view name) { return name.starts_with("transformer_blocks."); }
+
 size_t block_bytes(const JointBlock& b, DType compute) {
     JointBlock copy = b;
     nn::WeightPlacer placer;
@@ -396,7 +400,7 @@ Status MMDiT::to(const nn::Placement& placement, std::optional<QuantFormat> base
             return make_error(ErrorCode::INVALID_ARGUMENT, "quantize the transformer before moving it to the device");
         std::vector<nn::Linear*> block_linears;
         for (nn::Linear* l : linears())
-            if (l->name.rfind("transformer_blocks.", 0) == 0 && l->weight.defined()) block_linears.push_back(l);
+            if (in_joint_block(l->name) && l->weight.defined()) block_linears.push_back(l);
         // Layers are independent: quantized in parallel (SD3-Medium holds ~2 G block weights).
 #pragma omp parallel for schedule(dynamic)
         for (size_t i = 0; i < block_linears.size(); ++i) {
@@ -431,6 +435,20 @@ Status MMDiT::to(const nn::Placement& placement, std::optional<QuantFormat> base
     placement_ = placement;
     resident_blocks_ = resident;
     return {};
+}
+
+size_t MMDiT::placed_bytes(const TensorSource& weights, const nn::Placement& placement,
+                           std::optional<QuantFormat> base_format) {
+    double bytes = 0;
+    for (const std::string& name : weights.names()) {
+        const Shape shape = weights.meta(name)->shape;
+        const bool quantized = base_format && shape.size() == 2 && in_joint_block(name) && name.ends_with(".weight");
+        const double per = !quantized                         ? static_cast<double>(dtype_size(placement.dtype))
+                           : *base_format == QuantFormat::NF4 ? 0.5
+                                                              : 1.0;
+        bytes += per * static_cast<double>(shape_numel(shape));
+    }
+    return static_cast<size_t>(bytes);
 }
 
 size_t MMDiT::weight_bytes() const {

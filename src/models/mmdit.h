@@ -159,6 +159,10 @@ class MMDiT {
     // block at a time (for cards smaller than the model; `--max-vram`).
     Status to(const nn::Placement& placement, std::optional<QuantFormat> base_format = std::nullopt,
               size_t max_resident_bytes = SIZE_MAX);
+    // What to() would place of a transformer's stored weights, read from their shapes alone (nothing loaded):
+    // every tensor in the compute dtype, the joint blocks' Linear weights in `base_format` (scales left out: <1%).
+    static size_t placed_bytes(const TensorSource& weights, const nn::Placement& placement,
+                               std::optional<QuantFormat> base_format);
     int resident_blocks() const { return resident_blocks_; }
     const nn::Placement& placement() const { return placement_; }
     // Bytes of every weight as held now (quantized block weights at their storage size), LoRA adapters excluded.

@@ -5,7 +5,6 @@
 #include <cmath>
 #include <filesystem>
 #include <memory>
-#include <span>
 
 #include "core/arena.h"
 #include "core/check.h"
@@ -19,6 +18,7 @@
 #include "models/vae.h"
 #include "ops/device.h"
 #include "ops/mmdit_ops.h"
+#include "ops/ops.h"
 #include "text/clip_tokenizer.h"
 #include "text/t5_tokenizer.h"
 #include "train/cache.h"
@@ -31,28 +31,6 @@ namespace sd3::train {
 namespace fs = std::filesystem;
 
 namespace {
-
-// The float32 host loss gradient times the loss scale (itself at scale 1).
-Tensor scaled(const Tensor& grad, float scale) {
-    if (scale == 1.0f) return grad;
-    Tensor out = grad.clone();
-    for (float& v : std::span<float>(out.data<float>(), static_cast<size_t>(out.numel()))) v *= scale;
-    return out;
-}
-
-// What MMDiT::to will place of these weights: every tensor in the compute dtype, the joint blocks' matrices in
-// the quantized base format when there is one (scales left out: under 1%).
-size_t placed_weight_bytes(const TensorSource& weights, const nn::Placement& p, std::optional<QuantFormat> base) {
-    double bytes = 0;
-    for (const std::string& name : weights.names()) {
-        const Shape shape = weights.meta(name)->shape;
-        const bool quantized = base.has_value() && shape.size() == 2 && name.starts_with("transformer_blocks.") &&
-                               name.ends_with(".weight");
-        const double per = quantized ? (*base == QuantFormat::NF4 ? 0.5 : 1.0) : static_cast<double>(dtype_size(p.dtype));
-        bytes += per * static_cast<double>(shape_numel(shape));
-    }
-    return static_cast<size_t>(bytes);
-}
 
 Tensor ids_tensor(const std::vector<int32_t>& ids) {
     Tensor t = Tensor::empty({1, static_cast<int64_t>(ids.size())}, DType::I32);  // [1, T]
@@ -111,7 +89,7 @@ class Sd3TrainableModel final : public TrainableModel {
             for (;;) {  // once, unless a float16 backward overflows at the current loss scale
                 const float scale = loss_scale_.value();
                 Tensor grads = ops::zeros({lora_.numel}, device_params_.device());  // f32
-                model_.backward(scaled(grad_pred, scale), saved_, grads, nullptr);
+                model_.backward(scale == 1.0f ? grad_pred : ops::scale(grad_pred, scale), saved_, grads, nullptr);
                 host = to_host(grads);
                 const float* d = host.data<float>();
                 const bool finite = std::all_of(d, d + lora_.numel, [](float v) { return std::isfinite(v); });
@@ -233,7 +211,7 @@ Result<TrainComponents> make_sd3_components(const ModelSpec& spec, const Sd3Comp
         // Without --max-vram, the cache phase's T5 holds at most what the transformer will hold in training: the
         // run's peak is then the training's, and T5's other blocks stream in (each once per pass over the prompts).
         SD3_ASSIGN_OR_RETURN(const Component* tc, shared->require("transformer"));
-        text_opt.t5_max_resident_bytes = placed_weight_bytes(*tc->weights, opt.placement, opt.base_format);
+        text_opt.t5_max_resident_bytes = MMDiT::placed_bytes(*tc->weights, opt.placement, opt.base_format);
     }
     text_opt.max_sequence_length = max_seq;
     c.encode_prompts = [shared, max_seq, text_opt](const std::vector<std::string>& prompts) -> Result<std::vector<EncodedPrompt>> {

@@ -85,6 +85,20 @@ TEST_P(BaseQuant, TrainingGradientsStayWithinTheFormatsError) {
     EXPECT_LT(rel, c.grad_bound);
 }
 
+// MMDiT::placed_bytes (the default T5 budget of train's cache phase) reads from the file's shapes alone what to()
+// places: the same bytes but the quantized layers' scales (int8's per row, nf4's per block; fp8 has none);
+// without a base format, exactly the same.
+TEST_P(BaseQuant, PlacedBytesAreWhatToPlacesLessTheScales) {
+    auto source = SafetensorsSource::open(testing::tiny_path("model/transformer/diffusion_pytorch_model.safetensors"));
+    ASSERT_TRUE(source.ok()) << source.status().message();
+    const MMDiT q = reference_model(GetParam().format);
+    size_t scales = 0;
+    for (const nn::Linear* l : q.linears())
+        if (l->qweight.scale.defined()) scales += l->qweight.scale.nbytes();
+    EXPECT_EQ(MMDiT::placed_bytes(**source, nn::Placement{}, GetParam().format) + scales, q.weight_bytes());
+    EXPECT_EQ(MMDiT::placed_bytes(**source, nn::Placement{}, std::nullopt), reference_model(std::nullopt).weight_bytes());
+}
+
 INSTANTIATE_TEST_SUITE_P(Formats, BaseQuant,
                          ::testing::Values(Case{QuantFormat::INT8_ROW, 1e-3, 2e-2}, Case{QuantFormat::FP8_E4M3, 1e-2, 0.13},
                                            Case{QuantFormat::NF4, 2.5e-2, 0.45}),
