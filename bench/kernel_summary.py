@@ -1,6 +1,6 @@
 """Adds up an Nsight Compute raw CSV (`ncu --metrics gpu__time_duration.sum --csv --page raw`): GPU time per
-kernel name, its launches, its share, and the time per update, as a Markdown table on stdout. The run's loading
-(weight conversion, LoRA set-up) is in the totals too; it is small next to the updates but not separated."""
+kernel name, its launches, its share, and the time per update, as a Markdown table on stdout. With capture
+limited to whole updates (SD3_PROFILE_UPDATE and ncu --profile-from-start off), nothing else is in the totals."""
 import argparse
 import collections
 import csv

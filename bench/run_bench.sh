@@ -7,7 +7,7 @@
 # $OUT/results.json and $OUT/table.md after each so a run cut short keeps what it measured.
 # Settings (environment):
 #   BENCH_WORKLOADS   subset, comma-separated, of train512,train1024,bound,generate,whole1024,t5,whole512 (default
-#                     all of these) and profile (never by default: sd3tune's kernels under ncu, profile512.md)
+#                     all of these) and profile (never by default: sd3tune's kernels of one update under ncu, profile512.md)
 #   BENCH_BUDGET_S    wall seconds for everything (default 540: the device tool stops a command at 600)
 #   BENCH_STEPS       updates per training-step workload, 2 of them warm-up (default 12)
 #   BENCH_WHOLE_STEPS updates of a whole run; the table adds the rest of 100 at the median rate (default 30)
@@ -182,16 +182,17 @@ if want t5; then
 fi
 want whole512 && whole $r512 4
 if want profile; then
-    # Where sd3tune's training step spends its GPU time: every kernel of 4 updates at 512², batch 4, with
-    # checkpointing, timed one by one by Nsight Compute (the machine has ncu, not nsys); the cache of train512 is
-    # reused when that ran. kernel_summary.py adds them up per kernel and per update.
+    # Where sd3tune's training step spends its GPU time: every kernel of update 3 of 4 at 512², batch 4, with
+    # checkpointing, timed one by one by Nsight Compute (the machine has ncu, not nsys; SD3_PROFILE_UPDATE has
+    # sd3tune start and stop the capture around that update); the cache of train512 is reused when that ran.
+    # kernel_summary.py adds them up per kernel; the run's JSON has the update's host-side phases.
     ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
     if [ -n "$ncu" ] && [ "${BENCH_DRY_RUN:-0}" != 1 ]; then
-        launcher=("$ncu" --metrics gpu__time_duration.sum --csv --page raw --clock-control none
-                  --log-file "$json/profile512.csv")
+        launcher=(env SD3_PROFILE_UPDATE=3 "$ncu" --profile-from-start off --metrics gpu__time_duration.sum --csv
+                  --page raw --clock-control none --log-file "$json/profile512.csv")
         train sd3_profile512 $r512 4 4 --gradient_checkpointing --cache_dir "$work/cache512"
         launcher=()
-        "$py" "$repo/bench/kernel_summary.py" "$json/profile512.csv" --updates 4 > "$out/profile512.md"
+        "$py" "$repo/bench/kernel_summary.py" "$json/profile512.csv" --updates 1 > "$out/profile512.md"
     else
         echo "== profile: skipped (no ncu, or a dry run)"
     fi

@@ -379,6 +379,7 @@ std::pair<CLI::App*, CommandRunner> setup_train(CLI::App& app) {
                 double cache_seconds = 0;
                 size_t cache_peak = 0;
                 std::vector<double> update_seconds;
+                std::vector<train::StepReport::Phases> update_phases;
                 cb.on_cache_done = [&]() {
                     synchronize(placement.device);
                     cache_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -387,6 +388,7 @@ std::pair<CLI::App*, CommandRunner> setup_train(CLI::App& app) {
                 };
                 cb.on_step = [&, tty](const train::StepReport& r) {
                     update_seconds.push_back(r.seconds);
+                    update_phases.push_back(r.phases);
                     if (c->quiet) return;
                     if (first_step < 0) first_step = r.step - 1;
                     const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -415,11 +417,21 @@ std::pair<CLI::App*, CommandRunner> setup_train(CLI::App& app) {
                 m["train_seconds"] = wall - cache_seconds;
                 m["updates"] = update_seconds.size();
                 // The median over updates after the first two (warm-up: cuBLASLt/cuDNN plans, pool growth).
-                std::vector<double> steady(update_seconds.begin() + std::min<size_t>(2, update_seconds.size() / 2),
-                                           update_seconds.end());
-                std::sort(steady.begin(), steady.end());
-                const double median = steady.empty() ? 0.0 : steady[steady.size() / 2];
+                const size_t warmup = std::min<size_t>(2, update_seconds.size() / 2);
+                auto steady_median = [&](auto seconds_of) {
+                    std::vector<double> v;
+                    for (size_t i = warmup; i < update_seconds.size(); ++i) v.push_back(seconds_of(i));
+                    std::sort(v.begin(), v.end());
+                    return v.empty() ? 0.0 : v[v.size() / 2];
+                };
+                const double median = steady_median([&](size_t i) { return update_seconds[i]; });
                 m["seconds_per_update"] = median;
+                // Where an update's time goes (train/trainer.h StepReport::Phases), each the median on its own.
+                m["phase_seconds_per_update"] = {
+                    {"batch", steady_median([&](size_t i) { return update_phases[i].batch; })},
+                    {"forward", steady_median([&](size_t i) { return update_phases[i].forward; })},
+                    {"backward", steady_median([&](size_t i) { return update_phases[i].backward; })},
+                    {"optimizer", steady_median([&](size_t i) { return update_phases[i].optimizer; })}};
                 const double images = static_cast<double>(c->o.train_batch_size * c->o.gradient_accumulation_steps);
                 m["images_per_second"] = median > 0 ? images / median : 0.0;
                 m["cache_peak_gpu_bytes"] = cache_peak;

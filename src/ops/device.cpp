@@ -103,6 +103,14 @@ void release_workspace(Device device) {
 #endif
 }
 
+void profiler_capture(bool on) {
+#ifdef SD3_HAVE_CUDA
+    cuda::tensor_ops::profiler_capture(on);
+#else
+    (void)on;
+#endif
+}
+
 Result<Tensor> to_device(const Tensor& t, Device device) {
     SD3_ASSERT(t.defined(), "to_device of an undefined tensor");
     if (t.device() == device && t.is_contiguous()) return t;

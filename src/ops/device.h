@@ -38,6 +38,9 @@ void reset_peak_memory(Device device);
 // one allocates it again): between phases whose workspaces differ, such as the VAE's convolutions and training.
 // Nothing on the CPU.
 void release_workspace(Device device);
+// Starts or stops the CUDA profiler's capture (cudaProfilerStart/Stop), for profilers started with capture off
+// (`ncu --profile-from-start off`, `nsys --capture-range=cudaProfilerApi`); nothing without CUDA.
+void profiler_capture(bool on);
 // The 16-bit storage dtype of a device: BF16 where the card has bf16 tensor cores (sm_80 and up), else F16
 // (sm_75, T4); F16 everywhere when the environment sets SD3_FORCE_FP16=1 (to exercise that path on big cards).
 DType half_dtype(Device device);

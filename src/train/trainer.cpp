@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -12,6 +13,7 @@
 
 #include "core/log.h"
 #include "io/name_map.h"
+#include "ops/device.h"
 #include "train/cache.h"
 #include "train/checkpoint.h"
 #include "train/flow_matching.h"
@@ -266,12 +268,25 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
     const int accum = o.gradient_accumulation_steps;
     std::vector<double> micro_losses;
     auto t_update = std::chrono::steady_clock::now();
+    StepReport::Phases phases;
+    using Clock = std::chrono::steady_clock;
+    auto lap = [](Clock::time_point& since) {  // seconds since `since`, which moves to now
+        const Clock::time_point now = Clock::now();
+        const double s = std::chrono::duration<double>(now - since).count();
+        since = now;
+        return s;
+    };
+    // SD3_PROFILE_UPDATE=N: the CUDA profiler captures update N alone (docs/benchmarks.md, the profile workload).
+    const char* profile_env = std::getenv("SD3_PROFILE_UPDATE");
+    const int64_t profiled_update = profile_env != nullptr ? std::atoll(profile_env) : 0;
     bool done = st.global_step >= rl.max_train_steps;
     for (int64_t epoch = st.epoch; epoch < rl.num_epochs && !done; ++epoch) {
         const std::vector<int64_t> perm = epoch_permutation(seed, epoch, len);
         const int64_t first_batch = epoch == st.epoch ? st.batch_in_epoch : 0;
         for (int64_t bi = first_batch; bi < rl.batches_per_epoch; ++bi) {
             const int64_t micro = st.micro_steps;
+            if (micro_losses.empty() && st.global_step + 1 == profiled_update) profiler_capture(true);
+            Clock::time_point t_phase = Clock::now();
             // batch: instance samples, then (prior preservation) their class samples
             std::vector<Sample> samples;
             TrainRng flip_rng = TrainRng::for_purpose(seed, str_cat("flip.", micro));
@@ -322,6 +337,7 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
                 pe.select(0, b).copy_from(samples[b].prompt->prompt_embeds);
                 pooled.select(0, b).copy_from(samples[b].prompt->pooled.view({-1}));
             }
+            phases.batch += lap(t_phase);
             SD3_ASSIGN_OR_RETURN(Tensor pred, model->forward(noisy, timesteps, pe, pooled,
                                                              TrainRng::for_purpose(seed, str_cat("dropout.", micro)).uniform_int(0, INT64_MAX)));
             LossInputs li;
@@ -338,7 +354,9 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
             if (!std::isfinite(lr_.loss))
                 return make_error(ErrorCode::INTERNAL, "the loss became ", lr_.loss, " at update ", st.global_step + 1,
                                   "; lower --learning_rate or check the data");
+            phases.forward += lap(t_phase);
             SD3_TRY(model->backward(lr_.grad_pred));
+            phases.backward += lap(t_phase);
             micro_losses.push_back(lr_.loss);
             ++st.micro_steps;
             st.batch_in_epoch = bi + 1;
@@ -351,6 +369,8 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
             const double lr = lr_for_update(sched, base_lr, st.global_step + 1);
             optimizer->step(model->lora_params(), grads, lr);
             std::fill(grads, grads + P, 0.0f);
+            phases.optimizer += lap(t_phase);
+            if (st.global_step + 1 == profiled_update) profiler_capture(false);
             ++st.global_step;
             double mean_loss = 0;
             for (double l : micro_losses) mean_loss += l / static_cast<double>(micro_losses.size());
@@ -361,8 +381,9 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
             }
             const auto now = std::chrono::steady_clock::now();
             StepReport rep{st.global_step, rl.max_train_steps, epoch, mean_loss, lr, norm,
-                           std::chrono::duration<double>(now - t_update).count()};
+                           std::chrono::duration<double>(now - t_update).count(), phases};
             t_update = now;
+            phases = {};
             result.losses.push_back(mean_loss);
             nlohmann::ordered_json j;
             j["step"] = st.global_step;
@@ -372,6 +393,8 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
             j["lr"] = lr;
             j["grad_norm"] = norm;
             j["seconds"] = rep.seconds;
+            j["phase_seconds"] = {{"batch", rep.phases.batch}, {"forward", rep.phases.forward},
+                                  {"backward", rep.phases.backward}, {"optimizer", rep.phases.optimizer}};
             SD3_TRY(write_json_line(jsonl, j));
             if (tensorboard) {
                 SD3_TRY(tb.scalar("loss", mean_loss, st.global_step));

@@ -2,6 +2,7 @@
 // around the launchers. Shape rules are ops.cpp's, so a model behaves the same on either device.
 #include "ops/cuda/tensor_ops.h"
 
+#include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 
 #include <cstdio>
@@ -62,6 +63,10 @@ void synchronize(int index) { Context::get(index).synchronize(); }
 MemoryStats memory_stats(int index) { return Context::get(index).memory_stats(); }
 void reset_peak_memory(int index) { Context::get(index).reset_peak_memory(); }
 void release_workspace(int index) { Context::get(index).release_scratch(); }
+void profiler_capture(bool on) {
+    const cudaError_t err = on ? cudaProfilerStart() : cudaProfilerStop();
+    SD3_ASSERT(err == cudaSuccess, "cudaProfiler", on ? "Start" : "Stop", " failed: ", cudaGetErrorString(err));
+}
 
 Result<Tensor> to_device(const Tensor& t_in, Device device) {
     SD3_ASSERT(device.type == DeviceType::CUDA, "to_device: ", device.str());

@@ -20,6 +20,7 @@ void synchronize(int index);
 MemoryStats memory_stats(int index);
 void reset_peak_memory(int index);
 void release_workspace(int index);
+void profiler_capture(bool on);
 
 Result<Tensor> to_device(const Tensor& t, Device device);
 Tensor to_host(const Tensor& t);
