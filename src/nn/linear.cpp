@@ -38,7 +38,7 @@ Tensor linear_forward(const Linear& layer, const Tensor& x, LinearSaved* saved, 
         Tensor xd;  // [..., in]
         if (ctx.training && a.dropout > 0.0f) xd = ops::dropout(x, a.dropout, dropout_seed(layer, i, ctx));
         const Tensor h = ops::linear(xd.defined() ? xd : x, a.A);  // [..., r]
-        ops::add_(y, ops::linear(h, a.B), a.scale);
+        ops::linear_acc_(y, h, a.B, a.scale);                      // y += s·h·Bᵀ
         if (saved != nullptr) {
             saved->xd[i] = xd;
             saved->h[i] = h;
@@ -70,13 +70,16 @@ Tensor linear_backward(const Linear& layer, const Tensor& dy, const LinearSaved&
             dB = grad_view(lora_grads, a.grad_offset_b, a.B.shape());
         }
         // y += s·B·h  =>  dB += s·dyᵀ·h,  dh = s·dy·B;   h = A·xd  =>  dA += dhᵀ·xd,  dxd = dh·A.
-        const Tensor dys = ops::scale(dy, a.scale);
-        const Tensor dh = ops::linear_backward(dys, saved.h[i], a.B, a.trainable() ? &dB : nullptr, nullptr, true);
+        const Tensor dh = ops::linear_backward(dy, saved.h[i], a.B, a.trainable() ? &dB : nullptr, nullptr, true, a.scale);
         const Tensor& xin = saved.xd[i].defined() ? saved.xd[i] : saved.x;
-        Tensor dxd = ops::linear_backward(dh, xin, a.A, a.trainable() ? &dA : nullptr, nullptr, need_dx);
+        if (a.trainable()) ops::linear_backward(dh, xin, a.A, &dA, nullptr, false);
         if (!need_dx) continue;
-        if (saved.xd[i].defined()) dxd = ops::dropout_backward(dxd, a.dropout, dropout_seed(layer, i, ctx));
-        ops::add_(dx, dxd);
+        if (saved.xd[i].defined()) {
+            const Tensor dxd = ops::linear_backward(dh, Tensor(), a.A, nullptr, nullptr, true);
+            ops::add_(dx, ops::dropout_backward(dxd, a.dropout, dropout_seed(layer, i, ctx)));
+        } else {
+            ops::linear_acc_(dx, dh, a.A, 1.0f, true);  // dx += dh·A
+        }
     }
     return dx;
 }

@@ -48,7 +48,7 @@ Tensor copy(const Tensor& x) {
 Tensor slice_copy(const Tensor& x, int dim, int64_t start, int64_t end) { return copy(x.slice(dim, start, end)); }
 
 Tensor linear_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& w_in, Tensor* dw, Tensor* db,
-                       bool need_dx) {
+                       bool need_dx, float alpha) {
     SD3_ASSERT(dy_in.defined() && w_in.defined(), "linear_backward: dy and w are required");
     SD3_ASSERT(x_in.defined() || dw == nullptr, "linear_backward: dw needs the forward input");
     const int64_t K = w_in.size(1), N = w_in.size(0), M = dy_in.numel() / N;
@@ -57,7 +57,8 @@ Tensor linear_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& w_
                w_in.describe());
     if (dw != nullptr) SD3_ASSERT(dw->is_contiguous() && dw->shape() == w_in.shape(), "linear_backward dw ", dw->describe());
     if (db != nullptr) SD3_ASSERT(db->is_contiguous() && db->numel() == N, "linear_backward db ", db->describe());
-    SD3_ON_CUDA(dy_in, linear_backward(dy_in, x_in, w_in, dw, db, need_dx));
+    SD3_ASSERT(db == nullptr || alpha == 1.0f, "linear_backward: a bias gradient with alpha ", alpha);
+    SD3_ON_CUDA(dy_in, linear_backward(dy_in, x_in, w_in, dw, db, need_dx, alpha));
     require_f32(dy_in, "linear_backward dy");
     const Tensor dy = dy_in.contiguous(), w = w_in.contiguous();
     const Tensor x = x_in.defined() ? x_in.contiguous() : Tensor();
@@ -69,8 +70,20 @@ Tensor linear_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& w_
     }
     cpu::linear_bwd(need_dx ? dx.data<float>() : nullptr, dw != nullptr ? dw->data<float>() : nullptr,
                     db != nullptr ? db->data<float>() : nullptr, dy.data<float>(),
-                    x.defined() ? x.data<float>() : nullptr, w.data<float>(), M, K, N);
+                    x.defined() ? x.data<float>() : nullptr, w.data<float>(), M, K, N, alpha);
     return dx;
+}
+
+void linear_acc_(Tensor& y, const Tensor& x, const Tensor& w, float alpha, bool w_is_kn) {
+    SD3_ASSERT(y.defined() && x.defined() && w.defined() && w.dim() == 2, "linear_acc_: y, x and a 2-D w are required");
+    const int64_t N = w_is_kn ? w.size(1) : w.size(0), K = w_is_kn ? w.size(0) : w.size(1);
+    SD3_ASSERT(y.is_contiguous() && x.size(-1) == K && y.size(-1) == N && x.numel() / K == y.numel() / N,
+               "linear_acc_: y ", y.describe(), " x ", x.describe(), " w ", w.describe(), w_is_kn ? " [K, N]" : " [N, K]");
+    SD3_ON_CUDA(y, linear_acc_(y, x, w, alpha, w_is_kn));
+    require_f32(y, "linear_acc_ y");
+    const Tensor xc = x.contiguous(), wc = w.contiguous();
+    cpu::gemm(false, !w_is_kn, y.numel() / N, N, K, alpha, xc.data<float>(), K, wc.data<float>(), w_is_kn ? N : K, 1.0f,
+              y.data<float>(), N);
 }
 
 Tensor layer_norm_fwd(const Tensor& x_in, float eps, Tensor* mean, Tensor* rstd) {

@@ -15,9 +15,15 @@ namespace sd3::ops {
 using cpu::PatchLayout;
 
 // ---- backward passes of ops.h ----
-// Returns dx [..., K] = dy·w (undefined when !need_dx). Accumulates dw [N, K] += dyᵀ·x and db [N] += Σ dy when given.
-// x may be undefined when dw is not asked for.
-Tensor linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor* dw, Tensor* db, bool need_dx = true);
+// Returns dx [..., K] = alpha·dy·w (undefined when !need_dx). Accumulates dw [N, K] += alpha·dyᵀ·x and db [N] += Σ dy
+// when given (db only with alpha 1). x may be undefined when dw is not asked for. alpha folds a scale of dy (a LoRA
+// adapter's) into the GEMMs instead of a pass over dy.
+Tensor linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor* dw, Tensor* db, bool need_dx = true,
+                       float alpha = 1.0f);
+// In place: y [..., N] += alpha·x [..., K]·wᵀ for w [N, K], or += alpha·x·w for w [K, N] when `w_is_kn`; y contiguous.
+// One GEMM that accumulates, where a product and an add_ would each pass over y: a LoRA adapter's up-projection
+// into the frozen layer's output, its input gradient into the layer's.
+void linear_acc_(Tensor& y, const Tensor& x, const Tensor& w, float alpha, bool w_is_kn = false);
 // LayerNorm without affine over the last dimension, saving mean and rstd [rows] for the backward.
 Tensor layer_norm_fwd(const Tensor& x, float eps, Tensor* mean, Tensor* rstd);
 Tensor layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& mean, const Tensor& rstd);

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "core/check.h"
 #include "train/optimizer_8bit.h"
@@ -22,13 +23,18 @@ const char* optimizer_kind_name(OptimizerKind k) {
 
 float global_grad_norm(const float* grads, const std::vector<ParamSegment>& segments) {
     // torch._foreach_norm per tensor (float32 result), then vector_norm of the stacked norms.
-    double total_sq = 0;
-    for (const ParamSegment& s : segments) {
+    // Each segment's sum runs in one thread in order, so the result does not depend on the thread count.
+    const int64_t n = static_cast<int64_t>(segments.size());
+    std::vector<float> norms(segments.size());
+#pragma omp parallel for schedule(dynamic)
+    for (int64_t k = 0; k < n; ++k) {
+        const ParamSegment& s = segments[k];
         double sq = 0;
         for (int64_t i = 0; i < s.numel; ++i) sq += static_cast<double>(grads[s.offset + i]) * grads[s.offset + i];
-        const float norm = static_cast<float>(std::sqrt(sq));
-        total_sq += static_cast<double>(norm) * norm;
+        norms[k] = static_cast<float>(std::sqrt(sq));
     }
+    double total_sq = 0;
+    for (float norm : norms) total_sq += static_cast<double>(norm) * norm;
     return static_cast<float>(std::sqrt(total_sq));
 }
 
@@ -37,8 +43,10 @@ float clip_grad_norm(float* grads, const std::vector<ParamSegment>& segments, do
     // clip_coef = max_norm / (total_norm + 1e-6) as float32 tensor math, clamped to 1.
     float coef = static_cast<float>(max_norm) / (norm + static_cast<float>(1e-6));
     if (coef > 1.0f) coef = 1.0f;
-    for (const ParamSegment& s : segments)
-        for (int64_t i = 0; i < s.numel; ++i) grads[s.offset + i] *= coef;
+    const int64_t n = static_cast<int64_t>(segments.size());
+#pragma omp parallel for schedule(dynamic)
+    for (int64_t k = 0; k < n; ++k)
+        for (int64_t i = 0; i < segments[k].numel; ++i) grads[segments[k].offset + i] *= coef;
     return norm;
 }
 
@@ -108,6 +116,7 @@ class AdamW final : public Optimizer {
         const float bc2_sqrt = static_cast<float>(std::sqrt(bc2));
         const float eps = static_cast<float>(c_.eps);
         const bool wd = c_.weight_decay != 0;
+#pragma omp parallel for
         for (int64_t i = 0; i < numel_; ++i) {
             if (wd) p[i] *= decay;
             // torch's lerp for weight < 0.5: self + weight * (end - self)

@@ -155,13 +155,21 @@ class AdamW8bit final : public Optimizer {
         ++steps_;
         const float lr = static_cast<float>(lr_d), b1 = static_cast<float>(c_.beta1), b2 = static_cast<float>(c_.beta2);
         const float eps = static_cast<float>(c_.eps), wd = static_cast<float>(c_.weight_decay);
-        int64_t block_index = 0;
-        for (const ParamSegment& s : segments_) {
+        // Segments are independent (each has its own blocks): one thread each, so any thread count gives the
+        // same bytes.
+        const int64_t n = static_cast<int64_t>(segments_.size());
+        std::vector<int64_t> first_block(segments_.size());
+        for (int64_t k = 0, blocks = 0; k < n; ++k) {
+            first_block[k] = blocks;
+            if (quantized(segments_[k])) blocks += (segments_[k].numel + c_.block_size - 1) / c_.block_size;
+        }
+#pragma omp parallel for schedule(dynamic)
+        for (int64_t k = 0; k < n; ++k) {
+            const ParamSegment& s = segments_[k];
             if (quantized(s)) {
                 Adam8bitBlockState st{m_codes_.data<uint8_t>() + s.offset, v_codes_.data<uint8_t>() + s.offset,
-                                      m_absmax_.data<float>() + block_index, v_absmax_.data<float>() + block_index};
+                                      m_absmax_.data<float>() + first_block[k], v_absmax_.data<float>() + first_block[k]};
                 adam8bit_update(p + s.offset, g + s.offset, s.numel, c_.block_size, st, b1, b2, eps, wd, lr, steps_);
-                block_index += (s.numel + c_.block_size - 1) / c_.block_size;
             } else {
                 adam32(p + s.offset, g + s.offset, s.numel, m32_.data<float>() + s.offset,
                        v32_.data<float>() + s.offset, b1, b2, eps, wd, lr);

@@ -92,13 +92,16 @@ class Sd3TrainableModel final : public TrainableModel {
                 model_.backward(scale == 1.0f ? grad_pred : ops::scale(grad_pred, scale), saved_, grads, nullptr);
                 host = to_host(grads);
                 const float* d = host.data<float>();
-                const bool finite = std::all_of(d, d + lora_.numel, [](float v) { return std::isfinite(v); });
+                bool finite = true;
+#pragma omp parallel for reduction(&& : finite)
+                for (int64_t i = 0; i < lora_.numel; ++i) finite = finite && std::isfinite(d[i]);
                 SD3_TRY(loss_scale_.record(finite));
                 if (finite) break;
             }
             float* g = lora_.grads.data<float>();
             const float* d = host.data<float>();
             const float unscale = 1.0f / loss_scale_.value();  // a power of two: exact
+#pragma omp parallel for
             for (int64_t i = 0; i < lora_.numel; ++i) g[i] += d[i] * unscale;
         }
         saved_ = MMDiTActivations();

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <memory>
 #include <nlohmann/json.hpp>
 
@@ -265,6 +266,72 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
 
     // 6. The loop.
     const int64_t bs = o.train_batch_size;
+    // A micro-batch's inputs on the host: latents sampled from the cached posteriors, noise, timesteps, the
+    // noisy input and the prompts. Every draw is keyed by the micro step, so it can be built ahead of its turn.
+    struct MicroBatch {
+        Tensor x0, noise, noisy, pe, pooled;  // [B, 16, h, w] x3, [B, T, D], [B, P]
+        std::vector<float> sigmas, timesteps, weighting;
+    };
+    auto build_micro_batch = [&](int64_t epoch, int64_t bi, int64_t micro) {
+        const std::vector<int64_t> perm = epoch_permutation(seed, epoch, len);
+        // batch: instance samples, then (prior preservation) their class samples
+        std::vector<Sample> samples;
+        TrainRng flip_rng = TrainRng::for_purpose(seed, str_cat("flip.", micro));
+        std::vector<Sample> class_samples;
+        for (int64_t k = bi * bs; k < std::min(len, (bi + 1) * bs); ++k) {
+            const SampleRef ref = sample_at(o.data, perm[k], static_cast<int64_t>(data.instance.size()),
+                                            static_cast<int64_t>(data.class_images.size()));
+            const bool flip = o.data.random_flip && flip_rng.uniform() < 0.5;
+            samples.push_back({flip ? &inst_lat_flip[ref.instance] : &inst_lat[ref.instance], &enc[ref.instance]});
+            if (o.data.with_prior_preservation) class_samples.push_back({&class_lat[ref.class_image], &enc.back()});
+        }
+        samples.insert(samples.end(), class_samples.begin(), class_samples.end());
+        const int64_t B = static_cast<int64_t>(samples.size());
+        const Shape lat_shape = samples[0].latent->mean.shape();  // [16, h, w]
+        const int64_t per = shape_numel(lat_shape);
+        Shape bshape = {B};
+        bshape.insert(bshape.end(), lat_shape.begin(), lat_shape.end());
+        Tensor x0 = Tensor::empty(bshape, DType::F32);     // [B, 16, h, w]
+        Tensor noise = Tensor::empty(bshape, DType::F32);  // [B, 16, h, w]
+        TrainRng vae_rng = TrainRng::for_purpose(seed, str_cat("vae.", micro));
+        TrainRng noise_rng = TrainRng::for_purpose(seed, str_cat("noise.", micro));
+        TrainRng t_rng = TrainRng::for_purpose(seed, str_cat("timesteps.", micro));
+        const float sf = static_cast<float>(c.vae_scaling_factor), sh = static_cast<float>(c.vae_shift_factor);
+        for (int64_t b = 0; b < B; ++b) {
+            const Tensor m = samples[b].latent->mean.contiguous(), lv = samples[b].latent->logvar.contiguous();
+            float* dst = x0.data<float>() + b * per;
+            for (int64_t i = 0; i < per; ++i) {
+                // DiagonalGaussianDistribution: logvar clamped to [-30, 20], z = mean + exp(logvar/2) * eps
+                const float l = std::clamp(lv.data<float>()[i], -30.0f, 20.0f);
+                const float z = m.data<float>()[i] + std::exp(0.5f * l) * static_cast<float>(vae_rng.normal());
+                dst[i] = (z - sh) * sf;  // upstream's fix: (z - shift_factor) * scaling_factor
+            }
+        }
+        noise_rng.normal_fill(noise.data<float>(), noise.numel());
+        const std::vector<float> u = sample_u(o.timesteps, B, t_rng);
+        std::vector<float> sigmas(B), timesteps(B), weighting(B);
+        for (int64_t b = 0; b < B; ++b) {
+            const int64_t idx = timestep_index(u[b], c.num_train_timesteps);
+            sigmas[b] = table.sigmas[idx];
+            timesteps[b] = table.timesteps[idx];
+            weighting[b] = loss_weighting(o.timesteps.scheme, sigmas[b]);
+        }
+        const Tensor noisy = noisy_input(x0, noise, sigmas);
+        const Shape pe_shape = samples[0].prompt->prompt_embeds.shape();  // [T, D]
+        Tensor pe = Tensor::empty({B, pe_shape[0], pe_shape[1]}, DType::F32);                     // [B, T, D]
+        Tensor pooled = Tensor::empty({B, samples[0].prompt->pooled.numel()}, DType::F32);       // [B, P]
+        for (int64_t b = 0; b < B; ++b) {
+            pe.select(0, b).copy_from(samples[b].prompt->prompt_embeds);
+            pooled.select(0, b).copy_from(samples[b].prompt->pooled.view({-1}));
+        }
+        return MicroBatch{x0, noise, noisy, pe, pooled, sigmas, timesteps, weighting};
+    };
+    // Where the micro-batch after (epoch, bi) is: the next batch of the epoch or the first of the next epoch.
+    auto following = [&](int64_t epoch, int64_t bi) -> std::pair<int64_t, int64_t> {
+        return bi + 1 < rl.batches_per_epoch ? std::pair{epoch, bi + 1} : std::pair{epoch + 1, int64_t{0}};
+    };
+    std::future<MicroBatch> ahead;  // the next micro-batch, built on another thread while the device works
+    int64_t ahead_micro = -1;
     const int accum = o.gradient_accumulation_steps;
     std::vector<double> micro_losses;
     auto t_update = std::chrono::steady_clock::now();
@@ -281,72 +348,26 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
     const int64_t profiled_update = profile_env != nullptr ? std::atoll(profile_env) : 0;
     bool done = st.global_step >= rl.max_train_steps;
     for (int64_t epoch = st.epoch; epoch < rl.num_epochs && !done; ++epoch) {
-        const std::vector<int64_t> perm = epoch_permutation(seed, epoch, len);
         const int64_t first_batch = epoch == st.epoch ? st.batch_in_epoch : 0;
         for (int64_t bi = first_batch; bi < rl.batches_per_epoch; ++bi) {
             const int64_t micro = st.micro_steps;
             if (micro_losses.empty() && st.global_step + 1 == profiled_update) profiler_capture(true);
             Clock::time_point t_phase = Clock::now();
-            // batch: instance samples, then (prior preservation) their class samples
-            std::vector<Sample> samples;
-            TrainRng flip_rng = TrainRng::for_purpose(seed, str_cat("flip.", micro));
-            std::vector<Sample> class_samples;
-            for (int64_t k = bi * bs; k < std::min(len, (bi + 1) * bs); ++k) {
-                const SampleRef ref = sample_at(o.data, perm[k], static_cast<int64_t>(data.instance.size()),
-                                                static_cast<int64_t>(data.class_images.size()));
-                const bool flip = o.data.random_flip && flip_rng.uniform() < 0.5;
-                samples.push_back({flip ? &inst_lat_flip[ref.instance] : &inst_lat[ref.instance], &enc[ref.instance]});
-                if (o.data.with_prior_preservation) class_samples.push_back({&class_lat[ref.class_image], &enc.back()});
-            }
-            samples.insert(samples.end(), class_samples.begin(), class_samples.end());
-            const int64_t B = static_cast<int64_t>(samples.size());
-            const Shape lat_shape = samples[0].latent->mean.shape();  // [16, h, w]
-            const int64_t per = shape_numel(lat_shape);
-            Shape bshape = {B};
-            bshape.insert(bshape.end(), lat_shape.begin(), lat_shape.end());
-            Tensor x0 = Tensor::empty(bshape, DType::F32);     // [B, 16, h, w]
-            Tensor noise = Tensor::empty(bshape, DType::F32);  // [B, 16, h, w]
-            TrainRng vae_rng = TrainRng::for_purpose(seed, str_cat("vae.", micro));
-            TrainRng noise_rng = TrainRng::for_purpose(seed, str_cat("noise.", micro));
-            TrainRng t_rng = TrainRng::for_purpose(seed, str_cat("timesteps.", micro));
-            const float sf = static_cast<float>(c.vae_scaling_factor), sh = static_cast<float>(c.vae_shift_factor);
-            for (int64_t b = 0; b < B; ++b) {
-                const Tensor m = samples[b].latent->mean.contiguous(), lv = samples[b].latent->logvar.contiguous();
-                float* dst = x0.data<float>() + b * per;
-                for (int64_t i = 0; i < per; ++i) {
-                    // DiagonalGaussianDistribution: logvar clamped to [-30, 20], z = mean + exp(logvar/2) * eps
-                    const float l = std::clamp(lv.data<float>()[i], -30.0f, 20.0f);
-                    const float z = m.data<float>()[i] + std::exp(0.5f * l) * static_cast<float>(vae_rng.normal());
-                    dst[i] = (z - sh) * sf;  // upstream's fix: (z - shift_factor) * scaling_factor
-                }
-            }
-            noise_rng.normal_fill(noise.data<float>(), noise.numel());
-            const std::vector<float> u = sample_u(o.timesteps, B, t_rng);
-            std::vector<float> sigmas(B), timesteps(B), weighting(B);
-            for (int64_t b = 0; b < B; ++b) {
-                const int64_t idx = timestep_index(u[b], c.num_train_timesteps);
-                sigmas[b] = table.sigmas[idx];
-                timesteps[b] = table.timesteps[idx];
-                weighting[b] = loss_weighting(o.timesteps.scheme, sigmas[b]);
-            }
-            const Tensor noisy = noisy_input(x0, noise, sigmas);
-            const Shape pe_shape = samples[0].prompt->prompt_embeds.shape();  // [T, D]
-            Tensor pe = Tensor::empty({B, pe_shape[0], pe_shape[1]}, DType::F32);                     // [B, T, D]
-            Tensor pooled = Tensor::empty({B, samples[0].prompt->pooled.numel()}, DType::F32);       // [B, P]
-            for (int64_t b = 0; b < B; ++b) {
-                pe.select(0, b).copy_from(samples[b].prompt->prompt_embeds);
-                pooled.select(0, b).copy_from(samples[b].prompt->pooled.view({-1}));
+            MicroBatch mb = ahead.valid() && ahead_micro == micro ? ahead.get() : build_micro_batch(epoch, bi, micro);
+            if (const auto [ne, nb] = following(epoch, bi); ne < rl.num_epochs) {
+                ahead = std::async(std::launch::async, build_micro_batch, ne, nb, micro + 1);
+                ahead_micro = micro + 1;
             }
             phases.batch += lap(t_phase);
-            SD3_ASSIGN_OR_RETURN(Tensor pred, model->forward(noisy, timesteps, pe, pooled,
+            SD3_ASSIGN_OR_RETURN(Tensor pred, model->forward(mb.noisy, mb.timesteps, mb.pe, mb.pooled,
                                                              TrainRng::for_purpose(seed, str_cat("dropout.", micro)).uniform_int(0, INT64_MAX)));
             LossInputs li;
             li.model_pred = pred;
-            li.noisy = noisy;
-            li.x0 = x0;
-            li.noise = noise;
-            li.sigmas = sigmas;
-            li.weighting = weighting;
+            li.noisy = mb.noisy;
+            li.x0 = mb.x0;
+            li.noise = mb.noise;
+            li.sigmas = mb.sigmas;
+            li.weighting = mb.weighting;
             li.precondition_outputs = o.precondition_outputs;
             li.with_prior_preservation = o.data.with_prior_preservation;
             li.prior_loss_weight = o.prior_loss_weight;

@@ -1,6 +1,8 @@
 // Every CUDA launcher (ops/cuda/cuda_ops.h), forward and backward, against its CPU specification
 // (ops/cpu/cpu_ops.h) on odd sizes (19, 45, 77, 111: tails of every tile), strided operands where the API takes
 // strides, in f32, bf16 and f16 (tolerances: gpu_testing.h), plus bit-identical reruns of the reductions.
+#include <cmath>
+
 #include "gpu/gpu_testing.h"
 #include "ops/cpu/cpu_ops.h"
 #include "ops/cuda/context.h"
@@ -245,6 +247,33 @@ TEST_P(CudaOps, ElementwiseAndStridedCopy) {
         for (int64_t j = 0; j < d0; ++j)
             for (int64_t k = 0; k < d1; ++k) ref[(i * d0 + j) * d1 + k] = src[(j * d1 + k) * d2 + i];
     EXPECT_EQ(download(gdst), ref);
+
+    // Same-dtype copies the launcher collapses to rows: tokens [2, 7) of a [3, 9, 8] tensor into the middle of a
+    // [3, 12, 8] one (a cat's step), and a broadcast row (stride 0), which is no 2-D copy. Exact.
+    const auto big = round_to(randn(3 * 9 * 8, 73), dt());
+    Tensor gbig = upload(big, dt(), {3, 9, 8});
+    Tensor gcat = upload(std::vector<float>(3 * 12 * 8, NAN), dt(), {3, 12, 8});
+    const Tensor from = gbig.slice(1, 2, 7), into = gcat.slice(1, 4, 9);  // [3, 5, 8] each
+    cuda::copy_strided(exec(), into.raw(), dt(), into.strides().data(), from.raw(), dt(), from.strides().data(),
+                       from.shape().data(), 3);
+    const std::vector<float> got = download(gcat);
+    for (int64_t b0 = 0; b0 < 3; ++b0)
+        for (int64_t t = 0; t < 12; ++t)
+            for (int64_t c = 0; c < 8; ++c) {
+                const float v = got[(b0 * 12 + t) * 8 + c];
+                if (t >= 4 && t < 9) {
+                    EXPECT_EQ(v, big[(b0 * 9 + t - 2) * 8 + c]) << b0 << "," << t << "," << c;
+                } else {
+                    EXPECT_TRUE(std::isnan(v)) << "written outside the slice at " << b0 << "," << t << "," << c;
+                }
+            }
+    const Tensor row = gbig.slice(0, 1, 2).view({9 * 8}).slice(0, 0, 8);  // [8]
+    const int64_t bshape[2] = {5, 8}, bstrides[2] = {0, 1};
+    Tensor grows = upload(std::vector<float>(5 * 8, NAN), dt(), {5, 8});
+    cuda::copy_strided(exec(), grows.raw(), dt(), grows.strides().data(), row.raw(), dt(), bstrides, bshape, 2);
+    const std::vector<float> rows = download(grows);
+    for (int64_t r = 0; r < 5; ++r)
+        for (int64_t c = 0; c < 8; ++c) EXPECT_EQ(rows[r * 8 + c], big[9 * 8 + c]);
 }
 
 // --- attention -------------------------------------------------------------------------------------------

@@ -193,6 +193,28 @@ TEST_P(CudaModelOps, LinearBackward) {
         EXPECT_TRUE(same_as_cpu(gdb, db, gdt, 3.0)) << "db";
     }
     EXPECT_FALSE(ops::linear_backward(gdy, Tensor(), gw, nullptr, nullptr, false).defined());
+    // A scale of dy folded into the GEMMs (a LoRA adapter's): dx and dw against the CPU's.
+    Tensor dw = rounded(cpu_randn({N, K}, 63), DType::F32), gdw = on_gpu(dw, DType::F32);
+    const Tensor dx = ops::linear_backward(dyr, xr, wr, &dw, nullptr, true, 0.75f);
+    const Tensor gdx = ops::linear_backward(gdy, gx, gw, &gdw, nullptr, true, 0.75f);
+    EXPECT_TRUE(same_as_cpu(gdx, dx, dt())) << "dx, alpha 0.75";
+    EXPECT_TRUE(same_as_cpu(gdw, dw, DType::F32, 3.0)) << "dw, alpha 0.75";
+}
+
+TEST_P(CudaModelOps, LinearAccumulate) {
+    // y += alpha·x·wᵀ and y += alpha·x·w (a LoRA up-projection and input gradient): one GEMM with beta 1, the
+    // sum rounded once to the dtype.
+    const int64_t K = 45, N = 111;
+    const Tensor x = cpu_randn({3, 19, K}, 65), w_nk = cpu_randn({N, K}, 66, 0.1f), w_kn = cpu_randn({K, N}, 67, 0.1f);
+    const Tensor y0 = cpu_randn({3, 19, N}, 68);
+    for (bool kn : {false, true}) {
+        SCOPED_TRACE(kn ? "w [K, N]" : "w [N, K]");
+        const Tensor& w = kn ? w_kn : w_nk;
+        Tensor y = rounded(y0, dt()), gy = on_gpu(y0, dt());
+        ops::linear_acc_(y, rounded(x, dt()), rounded(w, dt()), 0.5f, kn);
+        ops::linear_acc_(gy, on_gpu(x, dt()), on_gpu(w, dt()), 0.5f, kn);
+        EXPECT_TRUE(same_as_cpu(gy, y, dt()));
+    }
 }
 
 TEST_P(CudaModelOps, NormAndActivationBackward) {

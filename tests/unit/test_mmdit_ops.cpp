@@ -122,6 +122,31 @@ TEST(MMDiTOps, DropoutMaskIsDeterministicAndUnbiased) {
     EXPECT_NEAR(dot(ops::dropout(xr, 0.25f, 5), r), dot(xr, ops::dropout_backward(r, 0.25f, 5)), 1e-2);
 }
 
+TEST(MMDiTOps, LinearAccumulatesAndScales) {
+    // linear_acc_ and linear_backward's alpha against the plain products, both weight orientations: the same
+    // sums in another grouping, so float32-close.
+    std::mt19937 rng(8);
+    const Tensor x = random_tensor({2, 3, 5}, rng), w_nk = random_tensor({4, 5}, rng), w_kn = random_tensor({5, 4}, rng);
+    const Tensor y0 = random_tensor({2, 3, 4}, rng);
+    Tensor y = y0.clone();
+    ops::linear_acc_(y, x, w_nk, 0.5f);
+    Tensor ref = y0.clone();
+    ops::add_(ref, ops::linear(x, w_nk), 0.5f);
+    EXPECT_TRUE(all_close(y, ref, 1e-6, 1e-6));
+    y = y0.clone();
+    ops::linear_acc_(y, x, w_kn, -2.0f, true);
+    ref = y0.clone();
+    ops::add_(ref, ops::linear(x, w_kn.transpose(0, 1).contiguous()), -2.0f);
+    EXPECT_TRUE(all_close(y, ref, 1e-6, 1e-6));
+
+    const Tensor dy = random_tensor({2, 3, 4}, rng);
+    Tensor dw = Tensor::zeros({4, 5}), dw_ref = Tensor::zeros({4, 5});
+    const Tensor dx = ops::linear_backward(dy, x, w_nk, &dw, nullptr, true, 0.25f);
+    const Tensor dx_ref = ops::linear_backward(ops::scale(dy, 0.25f), x, w_nk, &dw_ref, nullptr, true);
+    EXPECT_TRUE(all_close(dx, dx_ref, 1e-6, 1e-6));
+    EXPECT_TRUE(all_close(dw, dw_ref, 1e-6, 1e-6));
+}
+
 // ---- nn blocks ----
 
 nn::Linear random_linear(const std::string& name, int64_t out, int64_t in, std::mt19937& rng) {

@@ -14,9 +14,10 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
 
 // y[M,N] = x[M,K] · w[N,K]ᵀ + b[N] (b may be null), PyTorch's nn.Linear.
 void linear_fwd(float* y, const float* x, const float* w, const float* b, int64_t M, int64_t K, int64_t N);
-// dx[M,K] = dy·w (overwrites; skipped when null); dw[N,K] += dyᵀ·x; db[N] += Σ_rows dy (each skipped when null).
+// dx[M,K] = alpha·dy·w (overwrites; skipped when null); dw[N,K] += alpha·dyᵀ·x; db[N] += alpha·Σ_rows dy (each
+// skipped when null).
 void linear_bwd(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w, int64_t M, int64_t K,
-                int64_t N);
+                int64_t N, float alpha = 1.0f);
 
 // LayerNorm over the last `cols` of each row, biased variance: y = (x - mean) * rstd * w + b.
 // w and b may be null (no affine). mean and rstd [rows] are saved for the backward (may be null).

@@ -23,12 +23,12 @@ void linear_fwd(float* y, const float* x, const float* w, const float* b, int64_
 }
 
 void linear_bwd(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w, int64_t M, int64_t K,
-                int64_t N) {
-    if (dx != nullptr) gemm(false, false, M, K, N, 1.0f, dy, N, w, K, 0.0f, dx, K);
-    if (dw != nullptr) gemm(true, false, N, K, M, 1.0f, dy, N, x, K, 1.0f, dw, K);
+                int64_t N, float alpha) {
+    if (dx != nullptr) gemm(false, false, M, K, N, alpha, dy, N, w, K, 0.0f, dx, K);
+    if (dw != nullptr) gemm(true, false, N, K, M, alpha, dy, N, x, K, 1.0f, dw, K);
     if (db != nullptr) {
         for (int64_t i = 0; i < M; ++i)
-            for (int64_t j = 0; j < N; ++j) db[j] += dy[i * N + j];
+            for (int64_t j = 0; j < N; ++j) db[j] += alpha * dy[i * N + j];
     }
 }
 

@@ -57,11 +57,11 @@ void gemm(const Exec& ex, bool trans_a, bool trans_b, int64_t M, int64_t N, int6
 // y[M,N] = x[M,K]·w[N,K]ᵀ + b[N] (b may be null).
 void linear_fwd(const Exec& ex, void* y, const void* x, const void* w, const void* b, int64_t M, int64_t K, int64_t N,
                 DType dt);
-// dx[M,K] = dy·w (overwrites, dtype dt); dw[N,K] += dyᵀ·x and db[N] += Σ_rows dy in dtype `grad_dt` (F32 for
-// master gradients, or dt). Each output is skipped when null.
+// dx[M,K] = alpha·dy·w (overwrites, dtype dt); dw[N,K] += alpha·dyᵀ·x and db[N] += Σ_rows dy in dtype `grad_dt`
+// (F32 for master gradients, or dt). Each output is skipped when null; db only with alpha 1.
 size_t linear_bwd_workspace(int64_t M, int64_t N);
 void linear_bwd(const Exec& ex, void* dx, void* dw, void* db, const void* dy, const void* x, const void* w, int64_t M,
-                int64_t K, int64_t N, DType dt, DType grad_dt);
+                int64_t K, int64_t N, DType dt, DType grad_dt, float alpha = 1.0f);
 
 // --- frozen weights stored quantized (DESIGN.md "Numerics"; formats and spec: ops/cpu/quant_ops.h) --------
 // The view's data and scale point at device memory. Dequantized layer by layer for cuBLASLt.

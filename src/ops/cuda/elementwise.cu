@@ -156,16 +156,41 @@ void scale(const Exec& ex, void* y, const void* x, float s, int64_t n, DType dt)
 void copy_strided(const Exec& ex, void* dst, DType dst_dt, const int64_t* dst_strides, const void* src, DType src_dt,
                   const int64_t* src_strides, const int64_t* shape, int ndim) {
     SD3_ASSERT(ndim >= 0 && ndim <= kMaxDims, "copy_strided: ", ndim, " dimensions (at most ", kMaxDims, ")");
+    // Collapse the layout first: size-1 dimensions go, and a dimension merges into the next where both tensors
+    // step over it as one run. A cat or a token slice then becomes rows of contiguous elements, and the copy
+    // does fewer index divisions per element (or none: the memcpy below).
     StridedLayout l{};
-    l.ndim = ndim;
     int64_t n = 1;
     for (int d = 0; d < ndim; ++d) {
-        l.shape[d] = shape[d];
-        l.src_strides[d] = src_strides[d];
-        l.dst_strides[d] = dst_strides[d];
         n *= shape[d];
+        if (shape[d] == 1) continue;
+        const int k = l.ndim - 1;
+        if (k >= 0 && l.src_strides[k] == shape[d] * src_strides[d] && l.dst_strides[k] == shape[d] * dst_strides[d]) {
+            l.shape[k] *= shape[d];
+            l.src_strides[k] = src_strides[d];
+            l.dst_strides[k] = dst_strides[d];
+            continue;
+        }
+        l.shape[l.ndim] = shape[d];
+        l.src_strides[l.ndim] = src_strides[d];
+        l.dst_strides[l.ndim] = dst_strides[d];
+        ++l.ndim;
     }
     if (n == 0) return;
+    const int last = l.ndim - 1;
+    if (dst_dt == src_dt && l.ndim <= 2 && (last < 0 || (l.src_strides[last] == 1 && l.dst_strides[last] == 1))) {
+        // Rows of contiguous elements of one dtype that do not overlap (no broadcast): the runtime's 2-D copy.
+        const size_t es = dtype_size(dst_dt);
+        const size_t width = static_cast<size_t>(last < 0 ? 1 : l.shape[last]) * es;
+        const size_t rows = l.ndim == 2 ? static_cast<size_t>(l.shape[0]) : 1;
+        const size_t dpitch = l.ndim == 2 ? static_cast<size_t>(l.dst_strides[0]) * es : width;
+        const size_t spitch = l.ndim == 2 ? static_cast<size_t>(l.src_strides[0]) * es : width;
+        if (dpitch >= width && spitch >= width) {
+            SD3_CUDA_CHECK(
+                cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, rows, cudaMemcpyDeviceToDevice, ex.stream));
+            return;
+        }
+    }
     SD3_DISPATCH_FLOAT(dst_dt, D,
                        SD3_DISPATCH_FLOAT(src_dt, S,
                                           copy_strided_kernel<D, S><<<grid_for(n, kThreads), kThreads, 0, ex.stream>>>(

@@ -169,10 +169,11 @@ size_t linear_bwd_workspace(int64_t M, int64_t N) {
 }
 
 void linear_bwd(const Exec& ex, void* dx, void* dw, void* db, const void* dy, const void* x, const void* w, int64_t M,
-                int64_t K, int64_t N, DType dt, DType grad_dt) {
-    if (dx != nullptr) gemm(ex, false, false, M, K, N, 1.0f, dy, N, w, K, 0.0f, dx, K, dt, dt);
-    if (dw != nullptr) gemm(ex, true, false, N, K, M, 1.0f, dy, N, x, K, 1.0f, dw, K, dt, grad_dt);
+                int64_t K, int64_t N, DType dt, DType grad_dt, float alpha) {
+    if (dx != nullptr) gemm(ex, false, false, M, K, N, alpha, dy, N, w, K, 0.0f, dx, K, dt, dt);
+    if (dw != nullptr) gemm(ex, true, false, N, K, M, alpha, dy, N, x, K, 1.0f, dw, K, dt, grad_dt);
     if (db != nullptr) {
+        SD3_ASSERT(alpha == 1.0f, "linear_bwd: a bias gradient with alpha ", alpha);
         SD3_ASSERT(ex.scratch_bytes >= linear_bwd_workspace(M, N), "linear_bwd: scratch of ", ex.scratch_bytes,
                    " bytes, needs ", linear_bwd_workspace(M, N));
         float* partial = static_cast<float*>(ex.scratch);

@@ -72,7 +72,7 @@ Tensor copy(const Tensor& x) {
 }
 
 Tensor linear_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& w_in, Tensor* dw, Tensor* db,
-                       bool need_dx) {
+                       bool need_dx, float alpha) {
     require(dy_in, dy_in, "linear_backward dy");
     require(w_in, dy_in, "linear_backward weight");
     if (x_in.defined()) require(x_in, dy_in, "linear_backward x");
@@ -90,8 +90,18 @@ Tensor linear_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& w_
     const DType grad_dt = grad_dtype(dw, db, dy.dtype());
     cuda::linear_bwd(ctx_of(dy).exec(db != nullptr ? linear_bwd_workspace(M, N) : 0), need_dx ? dx.raw() : nullptr,
                      raw_or_null(dw), raw_or_null(db), dy.raw(), x.defined() ? x.raw() : nullptr, w.raw(), M, K, N,
-                     dy.dtype(), grad_dt);
+                     dy.dtype(), grad_dt, alpha);
     return dx;
+}
+
+void linear_acc_(Tensor& y, const Tensor& x_in, const Tensor& w_in, float alpha, bool w_is_kn) {
+    require(y, y, "linear_acc_ y");
+    require(x_in, y, "linear_acc_ x");
+    require(w_in, y, "linear_acc_ w");
+    const Tensor x = contiguous(x_in), w = contiguous(w_in);
+    const int64_t N = y.size(-1), K = x.size(-1);
+    cuda::gemm(ctx_of(y).exec(), false, !w_is_kn, y.numel() / N, N, K, alpha, x.raw(), K, w.raw(), w_is_kn ? N : K,
+               1.0f, y.raw(), N, y.dtype(), y.dtype());
 }
 
 Tensor layer_norm_fwd(const Tensor& x_in, float eps, Tensor* mean, Tensor* rstd) {

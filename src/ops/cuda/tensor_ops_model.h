@@ -18,7 +18,9 @@ Tensor zeros(const Shape& shape, Device device, DType dtype);
 Tensor copy(const Tensor& x);
 
 // ---- backward passes of ops.h ----
-Tensor linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor* dw, Tensor* db, bool need_dx);
+Tensor linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor* dw, Tensor* db, bool need_dx,
+                       float alpha);
+void linear_acc_(Tensor& y, const Tensor& x, const Tensor& w, float alpha, bool w_is_kn);
 Tensor layer_norm_fwd(const Tensor& x, float eps, Tensor* mean, Tensor* rstd);
 Tensor layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& mean, const Tensor& rstd);
 Tensor rms_norm_fwd(const Tensor& x, const Tensor& w, float eps, Tensor* rstd);
