@@ -12,7 +12,9 @@
 #   BENCH_STEPS       updates per training-step workload, 2 of them warm-up (default 12)
 #   BENCH_WHOLE_STEPS updates of a whole run; the table adds the rest of 100 at the median rate (default 30)
 #   BENCH_BASE_DTYPE  quantized base weights of the second whole run per resolution: int8 or fp8 (default int8)
-#   BENCH_QUANT_MAX_VRAM  that run's --max-vram in GiB (default none: T5 then holds what the transformer will)
+#   BENCH_WHOLE_MAX_VRAM  --max-vram in GiB of the whole runs with bf16 base weights (default 4)
+#   BENCH_QUANT_MAX_VRAM  the same for the quantized base (default 3.5). Without --max-vram, checkpointing keeps
+#                     every block the GPU has room for, which on an H100 is all of them: fast, not lean.
 #   BENCH_DRY_RUN=1   the tiny preset on the CPU at 1/8 of the resolutions, to try the script without a GPU
 set -uo pipefail
 repo=$PWD
@@ -25,7 +27,9 @@ workloads=",${BENCH_WORKLOADS:-train512,train1024,bound,generate,whole1024,t5,wh
 steps=${BENCH_STEPS:-12}
 whole_steps=${BENCH_WHOLE_STEPS:-30}
 base_q=${BENCH_BASE_DTYPE:-int8}
-quant_max_vram=${BENCH_QUANT_MAX_VRAM:-}
+whole_max_vram=${BENCH_WHOLE_MAX_VRAM:-4}
+quant_max_vram=${BENCH_QUANT_MAX_VRAM:-3.5}
+recompute_max_vram=4.5  # the training-step runs that recompute every block: what the weights and one block fit
 preset=sd3-medium device=cuda precision=bf16 div=1 val_steps=28 captions=100
 if [ "${BENCH_DRY_RUN:-0}" = 1 ]; then  # sd3tune computes in float32 on the CPU
     preset=tiny device=cpu precision=no div=8 val_steps=2 captions=10
@@ -61,7 +65,7 @@ done
 # 3. What this run is, for the table's header.
 driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -1)
 "$py" - "$json/env.json" "${driver:-?}" "$(cat "$bundle/COMMIT" 2>/dev/null || echo unknown)" \
-    "$whole_steps" "$base_q" "$captions" "$quant_max_vram" <<'PY'
+    "$whole_steps" "$base_q" "$captions" "$quant_max_vram" "$whole_max_vram" "$recompute_max_vram" <<'PY'
 import json, sys, time
 import torch
 gpu = "none (CPU dry run)"
@@ -69,7 +73,8 @@ if torch.cuda.is_available():
     p = torch.cuda.get_device_properties(0)
     gpu = f"{p.name}, {p.total_memory / 2**30:.0f} GiB, driver {sys.argv[2]}"
 env = {"gpu": gpu, "commit": sys.argv[3], "whole_steps": int(sys.argv[4]), "base_dtype": sys.argv[5],
-       "captions": int(sys.argv[6]), "quant_max_vram_gib": float(sys.argv[7] or 0), "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+       "captions": int(sys.argv[6]), "quant_max_vram_gib": float(sys.argv[7] or 0),
+       "whole_max_vram_gib": float(sys.argv[8] or 0), "recompute_max_vram_gib": float(sys.argv[9]), "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 for mod in ("torch", "diffusers", "transformers", "peft", "bitsandbytes"):
     try:
         env[mod] = __import__(mod).__version__
@@ -132,12 +137,16 @@ if want train512; then
     run ref_train512 120 "$py" "$rb/train_step.py" "${on[@]}" --out "$json/ref_train512.json" \
         --resolution $r512 --batch 4 --steps $ts --warmup 2
     train sd3_train512_ckpt $r512 4 "$steps" --gradient_checkpointing --cache_dir "$work/cache512"
+    train sd3_train512_recompute $r512 4 "$steps" --gradient_checkpointing --cache_dir "$work/cache512" \
+        --max-vram $recompute_max_vram
     train sd3_train512_nockpt $r512 4 "$steps" --cache_dir "$work/cache512"
 fi
 if want train1024; then
     run ref_train1024 120 "$py" "$rb/train_step.py" "${on[@]}" --out "$json/ref_train1024.json" \
         --resolution $r1024 --batch 1 --steps $ts --warmup 2
     train sd3_train1024_ckpt $r1024 1 "$steps" --gradient_checkpointing --cache_dir "$work/cache1024"
+    train sd3_train1024_recompute $r1024 1 "$steps" --gradient_checkpointing --cache_dir "$work/cache1024" \
+        --max-vram $recompute_max_vram
     train sd3_train1024_nockpt $r1024 1 "$steps" --cache_dir "$work/cache1024"
 fi
 if want bound; then
@@ -165,6 +174,7 @@ whole() {  # whole RES BATCH
         local q=()
         [ "$base" = bf16 ] || q=(--base-dtype "$base")
         [ "$base" = bf16 ] || [ -z "$quant_max_vram" ] || q+=(--max-vram "$quant_max_vram")
+        [ "$base" != bf16 ] || [ -z "$whole_max_vram" ] || q+=(--max-vram "$whole_max_vram")
         train sd3_whole${tag}_$base "$res" "$batch" "$whole_steps" --gradient_checkpointing --t5-dtype int8 \
             "${q[@]}" --validation_prompt "$val_prompt" --num_validation_images 1 \
             --validation_steps $((whole_steps + 1))

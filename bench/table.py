@@ -45,7 +45,16 @@ def rows(runs, env):
             out.append((f"{name}, {label}", "peak GPU memory", "GiB",
                         gib(get(runs, ref, f"modes.{mode}.peak_gpu_bytes")),
                         gib(get(runs, sd3, "train_peak_gpu_bytes")), None))
-        for mode, sd3 in (("checkpointing", f"sd3_train{res}_ckpt"), ("no_checkpointing", f"sd3_train{res}_nockpt")):
+        # sd3tune's checkpointing recomputes only what memory forces; under a --max-vram that leaves room for no
+        # kept block it recomputes them all, as the reference does.
+        label = f"{name}, checkpointing, every block recomputed (--max-vram {env.get('recompute_max_vram_gib', 0):g})"
+        sd3 = f"sd3_train{res}_recompute"
+        out.append((label, "throughput", "img/s", get(runs, ref, "modes.checkpointing.images_per_second"),
+                    get(runs, sd3, "images_per_second"), None))
+        out.append((label, "peak GPU memory", "GiB", gib(get(runs, ref, "modes.checkpointing.peak_gpu_bytes")),
+                    gib(get(runs, sd3, "train_peak_gpu_bytes")), None))
+        # The bound of checkpointing counts every block's forward twice: set against the run that recomputes all.
+        for mode, sd3 in (("checkpointing", f"sd3_train{res}_recompute"), ("no_checkpointing", f"sd3_train{res}_nockpt")):
             bound = get(runs, f"ref_bound{res}", f"modes.{mode}.seconds_per_update")
             mine = get(runs, sd3, "seconds_per_update")
             out.append((f"{name}, {mode.replace('_', ' ')}: kernel bound", "time per update",
@@ -58,8 +67,9 @@ def rows(runs, env):
             sd3 = f"sd3_whole{res}_{base}"
             op = "max<=" if res == "1024" else "max<"
             label = f"whole run {res}², base {base}, T5 int8"
-            if base != "bf16" and env.get("quant_max_vram_gib"):
-                label += f", --max-vram {env['quant_max_vram_gib']:g}"
+            max_vram = env.get("whole_max_vram_gib" if base == "bf16" else "quant_max_vram_gib")
+            if max_vram:
+                label += f", --max-vram {max_vram:g}"
             ref_t5 = get(runs, ref, "t5_dtype")
             if base == "bf16" and ref_t5 not in (None, "int8"):
                 label += f" (reference: T5 {ref_t5})"

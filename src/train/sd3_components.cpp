@@ -126,10 +126,21 @@ class Sd3TrainableModel final : public TrainableModel {
         // The device copy of the LoRA and its float32 gradients (on the CPU: the float32 masters and gradients).
         const double lora = static_cast<double>(lora_.numel) * (dtype_size(p.dtype) + sizeof(float));
         const int64_t blocks = model_.config().num_layers;
+        // Recompute only what memory forces: under checkpointing, the last blocks whose saved activations fit keep
+        // them. The budget is --max-vram, or without it what the device has free now less 1 GiB + 5% (validation
+        // images, fragmentation). What the plan leaves out must fit too: the backward's transient gradients and
+        // workspaces, measured at 2.6-4x one block's saved activations at SD3-Medium size (docs/benchmarks.md).
         kept_blocks_ = 0;
-        if (checkpoint_blocks_ && budget_ != SIZE_MAX) {
-            while (kept_blocks_ < blocks &&
-                   weights + lora + activation_bytes(kept_blocks_ + 1) <= static_cast<double>(budget_))
+        if (checkpoint_blocks_ && (budget_ != SIZE_MAX || !p.on_cpu())) {
+            double budget = static_cast<double>(budget_);
+            if (budget_ == SIZE_MAX) {
+                const MemoryStats m = memory_stats(p.device);
+                budget = weights + lora + static_cast<double>(m.available()) - double(1ull << 30) -
+                         0.05 * static_cast<double>(m.total);
+            }
+            const double per_block = (activation_bytes(blocks) - activation_bytes(0)) / static_cast<double>(blocks);
+            const double transient = 4.0 * per_block + double(256ull << 20);
+            while (kept_blocks_ < blocks && weights + lora + activation_bytes(kept_blocks_ + 1) + transient <= budget)
                 ++kept_blocks_;
         }
         const double act = activation_bytes(kept_blocks_);
@@ -142,8 +153,12 @@ class Sd3TrainableModel final : public TrainableModel {
                                 " up to ", format_bytes(act), " (",
                                 !checkpoint_blocks_ ? std::string("every block kept")
                                 : kept_blocks_ == 0 ? std::string("block inputs + one block recomputed")
-                                                    : str_cat("block inputs + one block recomputed; the last ", kept_blocks_,
-                                                              " of ", blocks, " blocks keep theirs within --max-vram"),
+                                : kept_blocks_ == blocks
+                                    ? str_cat("every block kept: ", budget_ == SIZE_MAX ? "the free memory" : "--max-vram",
+                                              " holds them all, nothing is recomputed")
+                                    : str_cat("block inputs + one block recomputed; the last ", kept_blocks_, " of ",
+                                              blocks, " blocks keep theirs within ",
+                                              budget_ == SIZE_MAX ? "the free memory" : "--max-vram"),
                                 "); about ", format_bytes(weights + lora + act));
         if (!p.on_cpu()) {
             const MemoryStats m = memory_stats(p.device);
