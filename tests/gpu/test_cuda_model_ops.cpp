@@ -64,6 +64,38 @@ TEST_P(CudaModelOps, ModulateForwardBackward) {
     }
 }
 
+TEST_P(CudaModelOps, VectorizedElementwiseMatchesCpu) {
+    // D = 64 and whole tensors of 16-byte vectors take the Vec kernels (common.cuh) of modulate, gated_add_,
+    // add_, the activations and layer_norm_fwd; the odd sizes above take the scalar ones.
+    const int64_t B = 2, T = 33, D = 64;
+    const Tensor x = cpu_randn({B, T, D}, 15, 1.5f), a = cpu_randn({B, T, D}, 16), E = cpu_randn({B, 4 * D}, 17, 0.5f);
+    const Tensor xr = rounded(x, dt()), ar = rounded(a, dt()), Er = rounded(E, dt());
+    const Tensor gx = on_gpu(x, dt()), ga = on_gpu(a, dt()), gE = on_gpu(E, dt());
+    auto ch = [D](const Tensor& t, int i) { return t.slice(1, i * D, (i + 1) * D); };
+    EXPECT_TRUE(same_as_cpu(ops::modulate(gx, ch(gE, 0), ch(gE, 1)), ops::modulate(xr, ch(Er, 0), ch(Er, 1)), dt()))
+        << "modulate";
+    Tensor ref = xr.clone(), gy = ops::copy(gx);
+    ops::gated_add_(ref, ch(Er, 2), ar);
+    ops::gated_add_(gy, ch(gE, 2), ga);
+    EXPECT_TRUE(same_as_cpu(gy, ref, dt())) << "gated_add_";
+    ref = xr.clone();
+    gy = ops::copy(gx);
+    ops::add_(ref, ar, -0.5f);
+    ops::add_(gy, ga, -0.5f);
+    EXPECT_TRUE(same_as_cpu(gy, ref, dt())) << "add_";
+    EXPECT_TRUE(same_as_cpu(ops::activation(gx, ops::Activation::GELU_TANH),
+                            ops::activation(xr, ops::Activation::GELU_TANH), dt(), 2.0))
+        << "gelu";  // device and C library transcendental functions: 2x, as CudaOps.Activations
+    EXPECT_TRUE(same_as_cpu(ops::activation_backward(ga, gx, ops::Activation::GELU_TANH),
+                            ops::activation_backward(ar, xr, ops::Activation::GELU_TANH), dt(), 2.0))
+        << "gelu backward";
+    Tensor mean, rstd, gmean, grstd;
+    EXPECT_TRUE(same_as_cpu(ops::layer_norm_fwd(gx, 1e-6f, &gmean, &grstd), ops::layer_norm_fwd(xr, 1e-6f, &mean, &rstd),
+                            dt()))
+        << "layer_norm_fwd";
+    EXPECT_TRUE(same_as_cpu(grstd, rstd, DType::F32)) << "rstd";
+}
+
 TEST_P(CudaModelOps, GatedAddForwardBackward) {
     const int64_t B = 3, T = 77, D = 111;
     const Tensor x = cpu_randn({B, T, D}, 10), a = cpu_randn({B, T, D}, 11), E = cpu_randn({B, 3 * D}, 12, 0.5f);

@@ -6,6 +6,9 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cstdint>
+#include <initializer_list>
+
 #include "core/check.h"
 #include "core/dtype.h"
 
@@ -56,6 +59,36 @@ __device__ __forceinline__ F block_sum(F v, F* shared) {
 }
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// 16-byte vectors of a storage dtype (8 bf16/f16 or 4 f32 elements) as float32 lanes: element-wise kernels move
+// whole vectors where every operand is aligned to them, the same math per element, so the same results.
+template <typename T>
+struct Vec {
+    static constexpr int kLanes = 16 / sizeof(T);
+    float v[kLanes];
+    __device__ __forceinline__ void load(const T* p) {
+        const uint4 raw = *reinterpret_cast<const uint4*>(p);
+        const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+        for (int k = 0; k < kLanes; ++k) v[k] = to_f(e[k]);
+    }
+    __device__ __forceinline__ void store(T* p) const {
+        uint4 raw;
+        T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+        for (int k = 0; k < kLanes; ++k) e[k] = from_f<T>(v[k]);
+        *reinterpret_cast<uint4*>(p) = raw;
+    }
+};
+
+// True when every pointer given is 16-byte aligned (null ones count as aligned) and `n` elements of `dt` make
+// whole vectors: the condition for the Vec kernels.
+inline bool vectorizable(int64_t n, DType dt, std::initializer_list<const void*> ptrs) {
+    if (n % (16 / static_cast<int64_t>(dtype_size(dt))) != 0) return false;
+    for (const void* p : ptrs)
+        if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+    return true;
+}
 
 // Grid size for a grid-stride loop over n elements.
 inline unsigned grid_for(int64_t n, int threads) {

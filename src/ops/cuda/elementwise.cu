@@ -62,6 +62,31 @@ __global__ void activation_bwd_kernel(T* dx, const T* dy, const T* x, int64_t n,
 }
 
 template <typename T>
+__global__ void activation_fwd_vec_kernel(T* y, const T* x, int64_t vecs, Activation act) {
+    constexpr int L = Vec<T>::kLanes;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < vecs; i += (int64_t)gridDim.x * blockDim.x) {
+        Vec<T> v;
+        v.load(x + i * L);
+#pragma unroll
+        for (int k = 0; k < L; ++k) v.v[k] = act_fwd(v.v[k], act);
+        v.store(y + i * L);
+    }
+}
+
+template <typename T>
+__global__ void activation_bwd_vec_kernel(T* dx, const T* dy, const T* x, int64_t vecs, Activation act) {
+    constexpr int L = Vec<T>::kLanes;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < vecs; i += (int64_t)gridDim.x * blockDim.x) {
+        Vec<T> g, v;
+        g.load(dy + i * L);
+        v.load(x + i * L);
+#pragma unroll
+        for (int k = 0; k < L; ++k) g.v[k] = g.v[k] * act_grad(v.v[k], act);
+        g.store(dx + i * L);
+    }
+}
+
+template <typename T>
 __global__ void binary_kernel(T* y, const T* a, const T* b, int64_t n, Binary op) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         const float va = to_f(a[i]), vb = to_f(b[i]);
@@ -127,6 +152,13 @@ __global__ void fill_rows_kernel(T* y, const T* bias, int64_t rows, int64_t cols
 
 void activation_fwd(const Exec& ex, void* y, const void* x, int64_t n, Activation act, DType dt) {
     if (n == 0) return;
+    if (vectorizable(n, dt, {y, x})) {
+        const int64_t vecs = n / (16 / static_cast<int64_t>(dtype_size(dt)));
+        SD3_DISPATCH_FLOAT(dt, T, activation_fwd_vec_kernel<T><<<grid_for(vecs, kThreads), kThreads, 0, ex.stream>>>(
+                                      static_cast<T*>(y), static_cast<const T*>(x), vecs, act));
+        SD3_CUDA_LAUNCHED();
+        return;
+    }
     SD3_DISPATCH_FLOAT(dt, T, activation_fwd_kernel<T><<<grid_for(n, kThreads), kThreads, 0, ex.stream>>>(
                                   static_cast<T*>(y), static_cast<const T*>(x), n, act));
     SD3_CUDA_LAUNCHED();
@@ -134,6 +166,14 @@ void activation_fwd(const Exec& ex, void* y, const void* x, int64_t n, Activatio
 
 void activation_bwd(const Exec& ex, void* dx, const void* dy, const void* x, int64_t n, Activation act, DType dt) {
     if (n == 0) return;
+    if (vectorizable(n, dt, {dx, dy, x})) {
+        const int64_t vecs = n / (16 / static_cast<int64_t>(dtype_size(dt)));
+        SD3_DISPATCH_FLOAT(dt, T, activation_bwd_vec_kernel<T><<<grid_for(vecs, kThreads), kThreads, 0, ex.stream>>>(
+                                      static_cast<T*>(dx), static_cast<const T*>(dy), static_cast<const T*>(x), vecs,
+                                      act));
+        SD3_CUDA_LAUNCHED();
+        return;
+    }
     SD3_DISPATCH_FLOAT(dt, T, activation_bwd_kernel<T><<<grid_for(n, kThreads), kThreads, 0, ex.stream>>>(
                                   static_cast<T*>(dx), static_cast<const T*>(dy), static_cast<const T*>(x), n, act));
     SD3_CUDA_LAUNCHED();

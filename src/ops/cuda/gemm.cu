@@ -3,6 +3,9 @@
 // nn.Linear forward/backward and conv2d (im2col in pixel chunks + GEMM) built on it.
 #include <cublasLt.h>
 
+#include <mutex>
+#include <unordered_map>
+
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/internal.h"
 
@@ -79,6 +82,83 @@ void gemm_fallback(const Exec& ex, bool ta, bool tb, int64_t M, int64_t N, int64
     SD3_CUDA_LAUNCHED();
 }
 
+// What a cuBLASLt call depends on besides its pointers: the descriptors and the heuristic's algorithm are made once
+// per distinct key and reused (creating them and asking the heuristic costs more host time than a small GEMM
+// runs on the device; a training step makes about two thousand GEMMs of a few hundred shapes).
+struct GemmKey {
+    cublasLtHandle_t blas;
+    bool trans_a, trans_b, bias;
+    int64_t M, N, K, lda, ldb, ldc;
+    DType ab, c;
+    uint32_t al_a, al_b, al_c;
+    size_t workspace;
+    bool operator==(const GemmKey&) const = default;
+};
+
+struct GemmKeyHash {
+    size_t operator()(const GemmKey& k) const {
+        uint64_t h = 1469598103934665603ull;  // FNV-1a over the fields
+        auto mix = [&h](uint64_t v) { h = (h ^ v) * 1099511628211ull; };
+        mix(reinterpret_cast<uint64_t>(k.blas));
+        mix(k.trans_a | k.trans_b << 1 | k.bias << 2);
+        for (int64_t v : {k.M, k.N, k.K, k.lda, k.ldb, k.ldc}) mix(static_cast<uint64_t>(v));
+        mix(static_cast<uint64_t>(k.ab) << 8 | static_cast<uint64_t>(k.c));
+        mix(uint64_t{k.al_a} << 32 | uint64_t{k.al_b} << 16 | k.al_c);
+        mix(k.workspace);
+        return static_cast<size_t>(h);
+    }
+};
+
+struct GemmPlan {
+    cublasLtMatmulDesc_t desc = nullptr;
+    cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
+    cublasLtMatmulAlgo_t algo{};
+    bool found = false;  // false: cuBLASLt has no algorithm for it, the tiled kernel runs
+};
+
+GemmPlan make_plan(const GemmKey& k) {
+    GemmPlan p;
+    // Row-major C[M,N] is column-major Cᵀ[N,M] = op(B)ᵀ·op(A)ᵀ: cuBLASLt's "A" is our B and its "B" our A.
+    SD3_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));  // fp32 math, TF32 off
+    const cublasOperation_t op_a = k.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, op_b = k.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    SD3_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof(op_a)));
+    SD3_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof(op_b)));
+    if (k.bias) {
+        const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+        SD3_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+        const cudaDataType_t bt = cuda_type(k.c);
+        SD3_CUBLAS_CHECK(
+            cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)));
+    }
+    SD3_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.la, cuda_type(k.ab), k.trans_b ? k.K : k.N, k.trans_b ? k.N : k.K,
+                                                k.ldb));
+    SD3_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.lb, cuda_type(k.ab), k.trans_a ? k.M : k.K, k.trans_a ? k.K : k.M,
+                                                k.lda));
+    SD3_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.lc, cuda_type(k.c), k.N, k.M, k.ldc));
+    cublasLtMatmulPreference_t pref = nullptr;
+    SD3_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    const size_t ws = k.workspace;
+    SD3_CUBLAS_CHECK(
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+    // Odd sizes and views are not 256-byte aligned (cuBLASLt's default assumption): state the real alignment.
+    SD3_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &k.al_a,
+                                                          sizeof(k.al_a)));
+    SD3_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &k.al_b,
+                                                          sizeof(k.al_b)));
+    SD3_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &k.al_c,
+                                                          sizeof(k.al_c)));
+    SD3_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &k.al_c,
+                                                          sizeof(k.al_c)));
+    cublasLtMatmulHeuristicResult_t heur{};
+    int found = 0;
+    const cublasStatus_t hs = cublasLtMatmulAlgoGetHeuristic(k.blas, p.desc, p.la, p.lb, p.lc, p.lc, pref, 1, &heur,
+                                                             &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    p.found = hs == CUBLAS_STATUS_SUCCESS && found > 0;
+    if (p.found) p.algo = heur.algo;
+    return p;
+}
+
 // Tries cuBLASLt; false when it has no algorithm for this problem.
 bool gemm_lt(const Exec& ex, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const void* A,
              int64_t lda, const void* B, int64_t ldb, float beta, void* C, int64_t ldc, DType ab, DType c,
@@ -86,55 +166,23 @@ bool gemm_lt(const Exec& ex, bool trans_a, bool trans_b, int64_t M, int64_t N, i
     if (ex.blas == nullptr || K == 0) return false;
     // A mix cuBLASLt supports: equal dtypes, or 16-bit operands with an f32 result.
     if (ab != c && !(c == DType::F32 && (ab == DType::BF16 || ab == DType::F16))) return false;
-    // Row-major C[M,N] is column-major Cᵀ[N,M] = op(B)ᵀ·op(A)ᵀ: cuBLASLt's "A" is our B and its "B" our A.
-    cublasLtMatmulDesc_t desc = nullptr;
-    cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
-    cublasLtMatmulPreference_t pref = nullptr;
-    SD3_CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));  // fp32 math, TF32 off
-    const cublasOperation_t op_a = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, op_b = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
-    SD3_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof(op_a)));
-    SD3_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof(op_b)));
-    if (bias != nullptr) {
-        const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
-        SD3_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
-        SD3_CUBLAS_CHECK(
-            cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
-        const cudaDataType_t bt = cuda_type(c);
-        SD3_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)));
-    }
-    SD3_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, cuda_type(ab), trans_b ? K : N, trans_b ? N : K, ldb));
-    SD3_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, cuda_type(ab), trans_a ? M : K, trans_a ? K : M, lda));
-    SD3_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lc, cuda_type(c), N, M, ldc));
-    SD3_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-    const size_t ws = ex.blas_workspace_bytes;
-    SD3_CUBLAS_CHECK(
-        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
-    // Odd sizes and views are not 256-byte aligned (cuBLASLt's default assumption): state the real alignment.
-    const uint32_t al_a = alignment_of(B, ldb, ab), al_b = alignment_of(A, lda, ab), al_c = alignment_of(C, ldc, c);
-    SD3_CUBLAS_CHECK(
-        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof(al_a)));
-    SD3_CUBLAS_CHECK(
-        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof(al_b)));
-    SD3_CUBLAS_CHECK(
-        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof(al_c)));
-    SD3_CUBLAS_CHECK(
-        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof(al_c)));
-    cublasLtMatmulHeuristicResult_t heur{};
-    int found = 0;
-    const cublasStatus_t hs =
-        cublasLtMatmulAlgoGetHeuristic(ex.blas, desc, la, lb, lc, lc, pref, 1, &heur, &found);
-    bool ran = false;
-    if (hs == CUBLAS_STATUS_SUCCESS && found > 0) {
-        SD3_CUBLAS_CHECK(cublasLtMatmul(ex.blas, desc, &alpha, B, la, A, lb, &beta, C, lc, C, lc, &heur.algo,
-                                        ex.blas_workspace, ws, ex.stream));
-        ran = true;
-    }
-    cublasLtMatmulPreferenceDestroy(pref);
-    cublasLtMatrixLayoutDestroy(lc);
-    cublasLtMatrixLayoutDestroy(lb);
-    cublasLtMatrixLayoutDestroy(la);
-    cublasLtMatmulDescDestroy(desc);
-    return ran;
+    const GemmKey key{ex.blas, trans_a, trans_b, bias != nullptr, M, N, K, lda, ldb, ldc, ab, c,
+                      alignment_of(B, ldb, ab), alignment_of(A, lda, ab), alignment_of(C, ldc, c),
+                      ex.blas_workspace_bytes};
+    // Plans live as long as the process (their handles' lifetime); one host thread issues a device's work, but
+    // the lock keeps concurrent callers correct.
+    static std::mutex mutex;
+    static std::unordered_map<GemmKey, GemmPlan, GemmKeyHash> plans;
+    std::unique_lock<std::mutex> lock(mutex);
+    auto it = plans.find(key);
+    if (it == plans.end()) it = plans.emplace(key, make_plan(key)).first;
+    const GemmPlan& p = it->second;
+    if (!p.found) return false;
+    if (bias != nullptr)
+        SD3_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    SD3_CUBLAS_CHECK(cublasLtMatmul(ex.blas, p.desc, &alpha, B, p.la, A, p.lb, &beta, C, p.lc, C, p.lc, &p.algo,
+                                    ex.blas_workspace, ex.blas_workspace_bytes, ex.stream));
+    return true;
 }
 
 template <typename T>

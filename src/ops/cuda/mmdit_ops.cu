@@ -58,6 +58,52 @@ __global__ void gated_add_fwd_kernel(T* x, const T* gate, const T* a, int64_t to
     }
 }
 
+// The Vec forms of the three kernels above (common.cuh): the same math, L elements per thread.
+template <typename T>
+__global__ void modulate_fwd_vec_kernel(T* y, const T* x, const T* shift, const T* scale, int64_t tokens, int64_t dim,
+                                        int64_t stride, int64_t vecs) {
+    constexpr int L = Vec<T>::kLanes;
+    SD3_GRID_STRIDE(i, vecs) {
+        const int64_t e = i * L, d = e % dim, b = e / (tokens * dim);
+        Vec<T> v, sc, sh;
+        v.load(x + e);
+        sc.load(scale + b * stride + d);
+        sh.load(shift + b * stride + d);
+#pragma unroll
+        for (int k = 0; k < L; ++k) v.v[k] = v.v[k] * (1.0f + sc.v[k]) + sh.v[k];
+        v.store(y + e);
+    }
+}
+
+template <typename T>
+__global__ void gated_add_fwd_vec_kernel(T* x, const T* gate, const T* a, int64_t tokens, int64_t dim, int64_t stride,
+                                         int64_t vecs) {
+    constexpr int L = Vec<T>::kLanes;
+    SD3_GRID_STRIDE(i, vecs) {
+        const int64_t e = i * L, d = e % dim, b = e / (tokens * dim);
+        Vec<T> v, g, av;
+        v.load(x + e);
+        g.load(gate + b * stride + d);
+        av.load(a + e);
+#pragma unroll
+        for (int k = 0; k < L; ++k) v.v[k] = v.v[k] + g.v[k] * av.v[k];
+        v.store(x + e);
+    }
+}
+
+template <typename T>
+__global__ void axpy_vec_kernel(T* y, const T* x, float a, int64_t vecs) {
+    constexpr int L = Vec<T>::kLanes;
+    SD3_GRID_STRIDE(i, vecs) {
+        Vec<T> vy, vx;
+        vy.load(y + i * L);
+        vx.load(x + i * L);
+#pragma unroll
+        for (int k = 0; k < L; ++k) vy.v[k] = __fadd_rn(vy.v[k], __fmul_rn(a, vx.v[k]));
+        vy.store(y + i * L);
+    }
+}
+
 // Stage 1 for gated_add_bwd: da = dx * gate, partial = Σ dx * a.
 template <typename T>
 __global__ void gated_add_bwd_kernel(T* da, float* partial, const T* dx, const T* a, const T* gate, int64_t tokens,
@@ -225,6 +271,14 @@ void modulate_fwd(const Exec& ex, void* y, const void* x, const void* shift, con
                   int64_t tokens, int64_t dim, int64_t stride, DType dt) {
     const int64_t n = batch * tokens * dim;
     if (n == 0) return;
+    if (vectorizable(dim, dt, {y, x, shift, scale}) && vectorizable(stride, dt, {})) {
+        const int64_t vecs = n / (16 / static_cast<int64_t>(dtype_size(dt)));
+        SD3_DISPATCH_FLOAT(dt, T, modulate_fwd_vec_kernel<T><<<blocks(vecs), kThreads, 0, ex.stream>>>(
+                                      static_cast<T*>(y), static_cast<const T*>(x), static_cast<const T*>(shift),
+                                      static_cast<const T*>(scale), tokens, dim, stride, vecs));
+        SD3_CUDA_LAUNCHED();
+        return;
+    }
     SD3_DISPATCH_FLOAT(dt, T, modulate_fwd_kernel<T><<<blocks(n), kThreads, 0, ex.stream>>>(
                                   static_cast<T*>(y), static_cast<const T*>(x), static_cast<const T*>(shift),
                                   static_cast<const T*>(scale), tokens, dim, stride, n));
@@ -267,6 +321,14 @@ void gated_add_fwd(const Exec& ex, void* x, const void* gate, const void* a, int
                    int64_t dim, int64_t stride, DType dt) {
     const int64_t n = batch * tokens * dim;
     if (n == 0) return;
+    if (vectorizable(dim, dt, {x, gate, a}) && vectorizable(stride, dt, {})) {
+        const int64_t vecs = n / (16 / static_cast<int64_t>(dtype_size(dt)));
+        SD3_DISPATCH_FLOAT(dt, T, gated_add_fwd_vec_kernel<T><<<blocks(vecs), kThreads, 0, ex.stream>>>(
+                                      static_cast<T*>(x), static_cast<const T*>(gate), static_cast<const T*>(a),
+                                      tokens, dim, stride, vecs));
+        SD3_CUDA_LAUNCHED();
+        return;
+    }
     SD3_DISPATCH_FLOAT(dt, T, gated_add_fwd_kernel<T><<<blocks(n), kThreads, 0, ex.stream>>>(
                                   static_cast<T*>(x), static_cast<const T*>(gate), static_cast<const T*>(a), tokens,
                                   dim, stride, n));
@@ -339,6 +401,13 @@ void add_pos_embed(const Exec& ex, void* x, const void* pos, int64_t batch, int6
 
 void axpy(const Exec& ex, void* y, const void* x, float a, int64_t n, DType dt) {
     if (n == 0) return;
+    if (vectorizable(n, dt, {y, x})) {
+        const int64_t vecs = n / (16 / static_cast<int64_t>(dtype_size(dt)));
+        SD3_DISPATCH_FLOAT(dt, T, axpy_vec_kernel<T><<<blocks(vecs), kThreads, 0, ex.stream>>>(
+                                      static_cast<T*>(y), static_cast<const T*>(x), a, vecs));
+        SD3_CUDA_LAUNCHED();
+        return;
+    }
     SD3_DISPATCH_FLOAT(dt, T, axpy_kernel<T><<<blocks(n), kThreads, 0, ex.stream>>>(
                                   static_cast<T*>(y), static_cast<const T*>(x), a, n));
     SD3_CUDA_LAUNCHED();
