@@ -99,10 +99,10 @@ void joint_attention_forward(const JointAttention& a, const Tensor& nx, const Te
     }
     const float scale = 1.0f / std::sqrt(static_cast<float>(a.head_dim));  // SDPA default scale
     s.O = ops::attention_fwd(s.Q, s.K, s.V, a.heads, scale, &s.lse);     // [B, Tq, D]
-    const Tensor o_img = ops::slice_copy(s.O, 1, 0, N);                 // [B, N, D]
+    const Tensor o_img = ops::slice_contiguous(s.O, 1, 0, N);                 // [B, N, D]
     *ax = linear_forward(a.to_out, o_img, &s.out, ctx);
     if (ctx_stream && !a.context_pre_only) {
-        const Tensor o_ctx = ops::slice_copy(s.O, 1, N, s.O.size(1));  // [B, M, D]
+        const Tensor o_ctx = ops::slice_contiguous(s.O, 1, N, s.O.size(1));  // [B, M, D]
         *ac = linear_forward(a.to_add_out, o_ctx, &s.add_out, ctx);
     } else if (ac != nullptr) {
         *ac = Tensor();
@@ -124,9 +124,9 @@ void joint_attention_backward(const JointAttention& a, const Tensor& dax, const 
     const float scale = 1.0f / std::sqrt(static_cast<float>(a.head_dim));
     ops::attention_backward(dO, s.Q, s.K, s.V, s.O, s.lse, a.heads, scale, &dQ, &dK, &dV);
     const int64_t Tk = s.K.size(1);
-    const Tensor dq = ctx_queries ? ops::slice_copy(dQ, 1, 0, N) : dQ;
-    const Tensor dk = ctx_stream ? ops::slice_copy(dK, 1, 0, N) : dK;
-    const Tensor dv = ctx_stream ? ops::slice_copy(dV, 1, 0, N) : dV;
+    const Tensor dq = ctx_queries ? ops::slice_contiguous(dQ, 1, 0, N) : dQ;
+    const Tensor dk = ctx_stream ? ops::slice_contiguous(dK, 1, 0, N) : dK;
+    const Tensor dv = ctx_stream ? ops::slice_contiguous(dV, 1, 0, N) : dV;
     Tensor gx = project_backward(a, a.to_q, dq, a.norm_q, s.q, s.q_raw, s.q_rstd, ctx, lora_grads);
     ops::add_(gx, project_backward(a, a.to_k, dk, a.norm_k, s.k, s.k_raw, s.k_rstd, ctx, lora_grads));
     ops::add_(gx, linear_backward(a.to_v, dv, s.v, ctx, lora_grads));
@@ -135,12 +135,12 @@ void joint_attention_backward(const JointAttention& a, const Tensor& dax, const 
         if (dnc != nullptr) *dnc = Tensor();
         return;
     }
-    const Tensor dkc = ops::slice_copy(dK, 1, N, Tk);
-    const Tensor dvc = ops::slice_copy(dV, 1, N, Tk);
+    const Tensor dkc = ops::slice_contiguous(dK, 1, N, Tk);
+    const Tensor dvc = ops::slice_contiguous(dV, 1, N, Tk);
     Tensor gc = project_backward(a, a.add_k_proj, dkc, a.norm_added_k, s.kc, s.kc_raw, s.kc_rstd, ctx, lora_grads);
     ops::add_(gc, linear_backward(a.add_v_proj, dvc, s.vc, ctx, lora_grads));
     if (ctx_queries) {
-        const Tensor dqc = ops::slice_copy(dQ, 1, N, dQ.size(1));
+        const Tensor dqc = ops::slice_contiguous(dQ, 1, N, dQ.size(1));
         ops::add_(gc, project_backward(a, a.add_q_proj, dqc, a.norm_added_q, s.qc, s.qc_raw, s.qc_rstd, ctx,
                                        lora_grads));
     }

@@ -45,7 +45,10 @@ Tensor copy(const Tensor& x) {
     return x.clone();
 }
 
-Tensor slice_copy(const Tensor& x, int dim, int64_t start, int64_t end) { return copy(x.slice(dim, start, end)); }
+Tensor slice_contiguous(const Tensor& x, int dim, int64_t start, int64_t end) {
+    const Tensor view = x.slice(dim, start, end);
+    return view.is_contiguous() ? view : copy(view);
+}
 
 Tensor linear_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& w_in, Tensor* dw, Tensor* db,
                        bool need_dx, float alpha) {

@@ -41,8 +41,9 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
 Tensor zeros(const Shape& shape, Device device, DType dtype = DType::F32);
 // A contiguous copy of x on its device.
 Tensor copy(const Tensor& x);
-// A contiguous copy of x.slice(dim, start, end).
-Tensor slice_copy(const Tensor& x, int dim, int64_t start, int64_t end);
+// x.slice(dim, start, end) when that view is contiguous (a batch of one's token range: it shares x's memory),
+// else a contiguous copy of it.
+Tensor slice_contiguous(const Tensor& x, int dim, int64_t start, int64_t end);
 
 // ---- MMDiT ops ----
 // x [B, T, D]; shift and scale [B, D] (row-strided views of the adaLN output are fine).

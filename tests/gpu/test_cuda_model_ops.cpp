@@ -94,6 +94,17 @@ TEST_P(CudaModelOps, VectorizedElementwiseMatchesCpu) {
                             dt()))
         << "layer_norm_fwd";
     EXPECT_TRUE(same_as_cpu(grstd, rstd, DType::F32)) << "rstd";
+    // The backward reductions with two columns per thread: dx and the adaLN gradients (float32).
+    Tensor dE = Tensor::zeros({B, 4 * D}), gdE = ops::zeros({B, 4 * D}, kGPU);
+    Tensor dsh = ch(dE, 0), dsc = ch(dE, 1), gdsh = ch(gdE, 0), gdsc = ch(gdE, 1);
+    EXPECT_TRUE(same_as_cpu(ops::modulate_backward(ga, gx, ch(gE, 1), &gdsh, &gdsc),
+                            ops::modulate_backward(ar, xr, ch(Er, 1), &dsh, &dsc), dt()))
+        << "modulate_backward dx";
+    Tensor dg = ch(dE, 2), gdg = ch(gdE, 2);
+    EXPECT_TRUE(same_as_cpu(ops::gated_add_backward(ga, gx, ch(gE, 3), &gdg), ops::gated_add_backward(ar, xr, ch(Er, 3), &dg),
+                            dt()))
+        << "gated_add_backward da";
+    EXPECT_TRUE(same_as_cpu(gdE, dE, DType::F32, 3.0)) << "adaLN gradients";  // token sums, as above
 }
 
 TEST_P(CudaModelOps, GatedAddForwardBackward) {
@@ -202,8 +213,16 @@ TEST_P(CudaModelOps, ZerosCopies) {
     const Tensor c = ops::copy(gview);
     EXPECT_TRUE(c.is_contiguous());
     EXPECT_EQ(download(c), rounded(src, dt()).permute({2, 0, 1}).contiguous().to_float_vector());
-    EXPECT_EQ(download(ops::slice_copy(on_gpu(src, dt()), 1, 2, 5)),
-              rounded(src, dt()).slice(1, 2, 5).contiguous().to_float_vector());
+    // A token range of a batch of several is strided: copied. Of a batch of one it is contiguous: a view.
+    const Tensor gsrc = on_gpu(src, dt());
+    const Tensor strided = ops::slice_contiguous(gsrc, 1, 2, 5);
+    EXPECT_TRUE(strided.is_contiguous());
+    EXPECT_NE(strided.raw(), gsrc.slice(1, 2, 5).raw());
+    EXPECT_EQ(download(strided), rounded(src, dt()).slice(1, 2, 5).contiguous().to_float_vector());
+    const Tensor one = gsrc.slice(0, 1, 2);  // [1, 6, 7]
+    const Tensor view = ops::slice_contiguous(one, 1, 2, 5);
+    EXPECT_EQ(view.raw(), one.slice(1, 2, 5).raw());
+    EXPECT_EQ(download(view), rounded(src, dt()).slice(0, 1, 2).slice(1, 2, 5).contiguous().to_float_vector());
 }
 
 // --- backward passes of ops.h ---------------------------------------------------------------------------------

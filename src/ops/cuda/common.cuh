@@ -62,22 +62,39 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // 16-byte vectors of a storage dtype (8 bf16/f16 or 4 f32 elements) as float32 lanes: element-wise kernels move
 // whole vectors where every operand is aligned to them, the same math per element, so the same results.
-template <typename T>
+// Vec<T, 2> is a pair of elements (one 4- or 8-byte access) for kernels whose threads own two columns.
+template <int kBytes>
+struct RawBytes;
+template <>
+struct RawBytes<4> {
+    using type = uint32_t;
+};
+template <>
+struct RawBytes<8> {
+    using type = uint2;
+};
+template <>
+struct RawBytes<16> {
+    using type = uint4;
+};
+
+template <typename T, int kCount = 16 / sizeof(T)>
 struct Vec {
-    static constexpr int kLanes = 16 / sizeof(T);
+    static constexpr int kLanes = kCount;
+    using Raw = typename RawBytes<kCount * sizeof(T)>::type;
     float v[kLanes];
     __device__ __forceinline__ void load(const T* p) {
-        const uint4 raw = *reinterpret_cast<const uint4*>(p);
+        const Raw raw = *reinterpret_cast<const Raw*>(p);
         const T* e = reinterpret_cast<const T*>(&raw);
 #pragma unroll
         for (int k = 0; k < kLanes; ++k) v[k] = to_f(e[k]);
     }
     __device__ __forceinline__ void store(T* p) const {
-        uint4 raw;
+        Raw raw;
         T* e = reinterpret_cast<T*>(&raw);
 #pragma unroll
         for (int k = 0; k < kLanes; ++k) e[k] = from_f<T>(v[k]);
-        *reinterpret_cast<uint4*>(p) = raw;
+        *reinterpret_cast<Raw*>(p) = raw;
     }
 };
 

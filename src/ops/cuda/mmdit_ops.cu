@@ -27,26 +27,62 @@ __global__ void modulate_fwd_kernel(T* y, const T* x, const T* shift, const T* s
     }
 }
 
-// Stage 1 of the token reductions: block (x: kThreads columns, y: a chunk of tokens, z: batch element). Writes
-// dx (when asked) and one f32 partial per (b, chunk, d): p1 = Σ dy, p2 = Σ dy * x.
-template <typename T>
+// kCols adjacent elements as float32, in one access when kCols is 2 (the reduction kernels below give each
+// thread two columns where rows allow it, so a warp reads 128 bytes of a bf16 row instead of 64).
+template <typename T, int kCols>
+__device__ __forceinline__ void load_cols(const T* p, float (&v)[kCols]) {
+    if constexpr (kCols == 1) {
+        v[0] = to_f(*p);
+    } else {
+        Vec<T, kCols> w;
+        w.load(p);
+#pragma unroll
+        for (int k = 0; k < kCols; ++k) v[k] = w.v[k];
+    }
+}
+template <typename T, int kCols>
+__device__ __forceinline__ void store_cols(T* p, const float (&v)[kCols]) {
+    if constexpr (kCols == 1) {
+        *p = from_f<T>(v[0]);
+    } else {
+        Vec<T, kCols> w;
+#pragma unroll
+        for (int k = 0; k < kCols; ++k) w.v[k] = v[k];
+        w.store(p);
+    }
+}
+
+// Stage 1 of the token reductions: block (x: kThreads * kCols columns, y: a chunk of tokens, z: batch element).
+// Writes dx (when asked) and one f32 partial per (b, chunk, d): p1 = Σ dy, p2 = Σ dy * x.
+template <typename T, int kCols>
 __global__ void modulate_bwd_kernel(T* dx, float* p1, float* p2, const T* dy, const T* x, const T* scale,
                                     int64_t tokens, int64_t dim, int64_t stride, int64_t per_chunk) {
-    const int64_t d = blockIdx.x * (int64_t)blockDim.x + threadIdx.x, b = blockIdx.z;
+    const int64_t d = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) * kCols, b = blockIdx.z;
     if (d >= dim) return;
     const int64_t t0 = blockIdx.y * per_chunk, t1 = min(tokens, t0 + per_chunk);
-    const float sc = 1.0f + to_f(scale[b * stride + d]);
-    float s1 = 0.0f, s2 = 0.0f;
+    float sc[kCols], s1[kCols] = {}, s2[kCols] = {};
+    load_cols<T, kCols>(scale + b * stride + d, sc);
+#pragma unroll
+    for (int k = 0; k < kCols; ++k) sc[k] = 1.0f + sc[k];
     for (int64_t t = t0; t < t1; ++t) {
         const int64_t i = (b * tokens + t) * dim + d;
-        const float g = to_f(dy[i]);
-        if (dx != nullptr) dx[i] = from_f<T>(g * sc);
-        s1 += g;
-        s2 += g * to_f(x[i]);
+        float g[kCols], xv[kCols], out[kCols];
+        load_cols<T, kCols>(dy + i, g);
+        load_cols<T, kCols>(x + i, xv);
+#pragma unroll
+        for (int k = 0; k < kCols; ++k) {
+            out[k] = g[k] * sc[k];
+            s1[k] += g[k];
+            s2[k] += g[k] * xv[k];
+        }
+        if (dx != nullptr) store_cols<T, kCols>(dx + i, out);
     }
     const int64_t at = (b * gridDim.y + blockIdx.y) * dim + d;
-    if (p1 != nullptr) p1[at] = s1;
-    if (p2 != nullptr) p2[at] = s2;
+#pragma unroll
+    for (int k = 0; k < kCols; ++k) {
+        if (p1 != nullptr) p1[at + k] = s1[k];
+        if (p2 != nullptr) p2[at + k] = s2[k];
+    }
 }
 
 template <typename T>
@@ -104,22 +140,31 @@ __global__ void axpy_vec_kernel(T* y, const T* x, float a, int64_t vecs) {
     }
 }
 
-// Stage 1 for gated_add_bwd: da = dx * gate, partial = Σ dx * a.
-template <typename T>
+// Stage 1 for gated_add_bwd: da = dx * gate, partial = Σ dx * a (kCols as modulate_bwd_kernel).
+template <typename T, int kCols>
 __global__ void gated_add_bwd_kernel(T* da, float* partial, const T* dx, const T* a, const T* gate, int64_t tokens,
                                      int64_t dim, int64_t stride, int64_t per_chunk) {
-    const int64_t d = blockIdx.x * (int64_t)blockDim.x + threadIdx.x, b = blockIdx.z;
+    const int64_t d = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) * kCols, b = blockIdx.z;
     if (d >= dim) return;
     const int64_t t0 = blockIdx.y * per_chunk, t1 = min(tokens, t0 + per_chunk);
-    const float g = to_f(gate[b * stride + d]);
-    float s = 0.0f;
+    float g[kCols], s[kCols] = {};
+    load_cols<T, kCols>(gate + b * stride + d, g);
     for (int64_t t = t0; t < t1; ++t) {
         const int64_t i = (b * tokens + t) * dim + d;
-        const float v = to_f(dx[i]);
-        if (da != nullptr) da[i] = from_f<T>(v * g);
-        s += v * to_f(a[i]);
+        float v[kCols], av[kCols], out[kCols];
+        load_cols<T, kCols>(dx + i, v);
+        load_cols<T, kCols>(a + i, av);
+#pragma unroll
+        for (int k = 0; k < kCols; ++k) {
+            out[k] = v[k] * g[k];
+            s[k] += v[k] * av[k];
+        }
+        if (da != nullptr) store_cols<T, kCols>(da + i, out);
     }
-    if (partial != nullptr) partial[(b * gridDim.y + blockIdx.y) * dim + d] = s;
+    if (partial != nullptr) {
+#pragma unroll
+        for (int k = 0; k < kCols; ++k) partial[(b * gridDim.y + blockIdx.y) * dim + d + k] = s[k];
+    }
 }
 
 // Stage 2: dst[b * stride + d] += Σ_k partial[(b * chunks + k) * dim + d], chunks in order.
@@ -259,10 +304,20 @@ void sum_token_partials(const Exec& ex, void* dst, DType grad_dt, const float* p
     SD3_CUDA_LAUNCHED();
 }
 
-dim3 reduce_grid(int64_t batch, int64_t tokens, int64_t dim) {
+dim3 reduce_grid(int64_t batch, int64_t tokens, int64_t dim, int cols) {
     SD3_ASSERT(batch <= 65535, "adaLN gradient reduction over a batch of ", batch, ": at most 65535 (grid z)");
-    return dim3(static_cast<unsigned>(ceil_div(dim, kThreads)), static_cast<unsigned>(detail::reduce_chunks(tokens)),
-                static_cast<unsigned>(batch));
+    return dim3(static_cast<unsigned>(ceil_div(dim, kThreads * cols)),
+                static_cast<unsigned>(detail::reduce_chunks(tokens)), static_cast<unsigned>(batch));
+}
+
+// Two columns per thread where every row and adaLN chunk starts on a pair: an even dim and stride, and
+// pointers aligned to a pair.
+bool paired(int64_t dim, int64_t stride, DType dt, std::initializer_list<const void*> ptrs) {
+    const size_t pair = 2 * dtype_size(dt);
+    if (dim % 2 != 0 || stride % 2 != 0) return false;
+    for (const void* p : ptrs)
+        if (reinterpret_cast<uintptr_t>(p) % pair != 0) return false;
+    return true;
 }
 
 }  // namespace
@@ -304,10 +359,13 @@ void modulate_bwd(const Exec& ex, void* dx, void* dshift, void* dscale, const vo
         if (dscale != nullptr) p2 = static_cast<float*>(ex.scratch) + half;
     }
     if (tokens > 0) {
-        SD3_DISPATCH_FLOAT(dt, T, modulate_bwd_kernel<T><<<reduce_grid(batch, tokens, dim), kThreads, 0, ex.stream>>>(
-                                      static_cast<T*>(dx), p1, p2, static_cast<const T*>(dy),
-                                      static_cast<const T*>(x), static_cast<const T*>(scale), tokens, dim, stride,
-                                      ceil_div(tokens, chunks)));
+        const int cols = paired(dim, stride, dt, {dx, dy, x, scale}) ? 2 : 1;
+        SD3_DISPATCH_FLOAT(dt, T, {
+            const auto kernel = cols == 2 ? modulate_bwd_kernel<T, 2> : modulate_bwd_kernel<T, 1>;
+            kernel<<<reduce_grid(batch, tokens, dim, cols), kThreads, 0, ex.stream>>>(
+                static_cast<T*>(dx), p1, p2, static_cast<const T*>(dy), static_cast<const T*>(x),
+                static_cast<const T*>(scale), tokens, dim, stride, ceil_div(tokens, chunks));
+        });
         SD3_CUDA_LAUNCHED();
     } else {
         if (p1 != nullptr) SD3_CUDA_CHECK(cudaMemsetAsync(p1, 0, half * sizeof(float), ex.stream));
@@ -350,10 +408,13 @@ void gated_add_bwd(const Exec& ex, void* da, void* dgate, const void* dx, const 
         partial = static_cast<float*>(ex.scratch);
     }
     if (tokens > 0) {
-        SD3_DISPATCH_FLOAT(dt, T, gated_add_bwd_kernel<T><<<reduce_grid(batch, tokens, dim), kThreads, 0, ex.stream>>>(
-                                      static_cast<T*>(da), partial, static_cast<const T*>(dx),
-                                      static_cast<const T*>(a), static_cast<const T*>(gate), tokens, dim, stride,
-                                      ceil_div(tokens, chunks)));
+        const int cols = paired(dim, stride, dt, {da, dx, a, gate}) ? 2 : 1;
+        SD3_DISPATCH_FLOAT(dt, T, {
+            const auto kernel = cols == 2 ? gated_add_bwd_kernel<T, 2> : gated_add_bwd_kernel<T, 1>;
+            kernel<<<reduce_grid(batch, tokens, dim, cols), kThreads, 0, ex.stream>>>(
+                static_cast<T*>(da), partial, static_cast<const T*>(dx), static_cast<const T*>(a),
+                static_cast<const T*>(gate), tokens, dim, stride, ceil_div(tokens, chunks));
+        });
         SD3_CUDA_LAUNCHED();
     } else if (partial != nullptr) {
         SD3_CUDA_CHECK(cudaMemsetAsync(partial, 0, gated_add_bwd_workspace(batch, tokens, dim), ex.stream));
