@@ -135,7 +135,17 @@ Tensor Tensor::view_of(std::shared_ptr<Storage> storage, size_t offset_bytes, co
     return t;
 }
 
-bool Tensor::is_contiguous() const { return strides_ == contiguous_strides(shape_) || numel() <= 1; }
+bool Tensor::is_contiguous() const {
+    // Row-major without gaps; a dimension of size 1 is never stepped over, so its stride does not matter (a
+    // token range of a batch of one is contiguous).
+    int64_t expected = 1;
+    for (int d = dim() - 1; d >= 0; --d) {
+        if (shape_[d] == 1) continue;
+        if (strides_[d] != expected) return numel() == 0;
+        expected *= shape_[d];
+    }
+    return true;
+}
 
 Tensor Tensor::slice(int d, int64_t start, int64_t end) const {
     d = wrap_dim(d);

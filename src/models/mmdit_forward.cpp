@@ -278,9 +278,11 @@ ActivationPlan MMDiT::plan_activations(int64_t B, int64_t H, int64_t W, int64_t 
     };
     auto attention = [&](const nn::JointAttention& a, int64_t ctx_rows) {
         size_t n = 0;
-        bool nx = false, nc = false, o_img = false, o_ctx = false;
-        n += linear(a.to_q, B * N, nx) + linear(a.to_k, B * N, nx) + linear(a.to_v, B * N, nx);
         const bool ctx = a.has_context, ctx_q = ctx && !a.context_pre_only;
+        // The output projections read token ranges of O: views of it (counted with O) where they are contiguous,
+        // a batch of one or O's whole range (ops::slice_contiguous), else copies.
+        bool nx = false, nc = false, o_img = B == 1 || !ctx_q, o_ctx = B == 1;
+        n += linear(a.to_q, B * N, nx) + linear(a.to_k, B * N, nx) + linear(a.to_v, B * N, nx);
         if (ctx) n += linear(a.add_k_proj, B * ctx_rows, nc) + linear(a.add_v_proj, B * ctx_rows, nc);
         if (ctx_q) n += linear(a.add_q_proj, B * ctx_rows, nc);
         n += linear(a.to_out, B * N, o_img);

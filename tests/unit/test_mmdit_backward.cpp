@@ -347,20 +347,25 @@ TEST(MMDiTBackward, ActivationPlanMatchesWhatForwardKeeps) {
             if (all) lc.target_modules = kAllLinears;
             LoraTrainable lora = m.make_trainable_lora(lc).value();
             ASSERT_TRUE(m.attach_trainable(lora).ok());
-            const Tensor x = random_tensor({2, 4, 4, 6}, rng), ctx = random_tensor({2, 3, 6}, rng);
-            const Tensor t = Tensor::from_vector({2}, {1.0f, 2.0f}), pooled = random_tensor({2, 5}, rng);
-            for (const auto& [ckpt, kept] : {std::pair{false, 0}, {true, 0}, {true, 1}}) {
-                SCOPED_TRACE(::testing::Message() << "dropout " << dropout << " all " << all << " ckpt " << ckpt
-                                                  << " kept " << kept);
-                MMDiTActivations s;
-                s.checkpoint_blocks = ckpt;
-                s.kept_blocks = kept;
-                ASSERT_TRUE(m.forward(x, t, ctx, pooled, &s).ok());
-                const ActivationPlan plan = m.plan_activations(2, 4, 6, 3, ckpt, kept);
-                // bytes() also counts the caller's inputs where an adapted Linear keeps them (context_embedder,
-                // text linear_1) and the sinusoid (time linear_1): the plan counts those as the layer's input too.
-                EXPECT_EQ(plan.total(), s.bytes());
-                if (ckpt) EXPECT_GT(plan.recompute, 0u);
+            // A batch of one: the output projections read views of the attention output, not copies.
+            for (int64_t B : {1, 2}) {
+                const Tensor x = random_tensor({B, 4, 4, 6}, rng), ctx = random_tensor({B, 3, 6}, rng);
+                std::vector<float> steps = {1.0f, 2.0f};
+                steps.resize(B);
+                const Tensor t = Tensor::from_vector({B}, steps), pooled = random_tensor({B, 5}, rng);
+                for (const auto& [ckpt, kept] : {std::pair{false, 0}, {true, 0}, {true, 1}}) {
+                    SCOPED_TRACE(::testing::Message() << "batch " << B << " dropout " << dropout << " all " << all
+                                                      << " ckpt " << ckpt << " kept " << kept);
+                    MMDiTActivations s;
+                    s.checkpoint_blocks = ckpt;
+                    s.kept_blocks = kept;
+                    ASSERT_TRUE(m.forward(x, t, ctx, pooled, &s).ok());
+                    const ActivationPlan plan = m.plan_activations(B, 4, 6, 3, ckpt, kept);
+                    // bytes() also counts the caller's inputs where an adapted Linear keeps them (context_embedder,
+                    // text linear_1) and the sinusoid (time linear_1): the plan counts those as the layer's input too.
+                    EXPECT_EQ(plan.total(), s.bytes());
+                    if (ckpt) EXPECT_GT(plan.recompute, 0u);
+                }
             }
         }
     }

@@ -37,6 +37,16 @@ TEST(Tensor, SliceSelectPermuteAreViews) {
     EXPECT_EQ(t.item_at({0, 1, 0}), 4);
 }
 
+TEST(Tensor, ContiguityIgnoresDimensionsOfSizeOne) {
+    const Tensor t = arange({2, 5, 3});
+    EXPECT_FALSE(t.slice(1, 1, 4).is_contiguous());            // rows of two batch elements, a gap between
+    const Tensor one = t.slice(0, 1, 2).slice(1, 1, 4);         // [1, 3, 3]: one run of 9 elements
+    EXPECT_TRUE(one.is_contiguous());
+    EXPECT_EQ(one.contiguous().raw(), one.raw());               // no copy
+    EXPECT_EQ(one.view({9}).item_at({0}), 1 * 15 + 1 * 3);
+    EXPECT_FALSE(t.slice(0, 1, 2).slice(2, 0, 2).is_contiguous());  // a gap inside each row
+}
+
 TEST(Tensor, ContiguousCopyOfPermutedView) {
     Tensor t = arange({2, 3});
     Tensor c = t.transpose(0, 1).contiguous();
