@@ -57,50 +57,6 @@ TEST_P(CudaOps, GemmF32Result) {
     EXPECT_TRUE(close(download(dC), ref, DType::F32, dt() == DType::F32 ? 1.0 : 3.0));
 }
 
-// The skinny shapes gemm() runs on its own kernels (gemm_skinny.cu): a LoRA adapter's h = x·Aᵀ and dh = dy·B
-// (N <= 16 outputs per row), and its dA = dhᵀ·x and dB = dyᵀ·h (reductions over >= 256 rows), with padded
-// strides, vector and scalar loads, beta 0 over a poisoned C and beta 1 into float32 gradients.
-std::vector<float> block(const std::vector<float>& m, int64_t rows, int64_t cols, int64_t ld) {
-    std::vector<float> out;
-    for (int64_t i = 0; i < rows; ++i) out.insert(out.end(), m.begin() + i * ld, m.begin() + i * ld + cols);
-    return out;
-}
-
-TEST_P(CudaOps, GemmSkinny) {
-    struct Case {
-        bool ta, tb;
-        int64_t M, N, K;
-        DType c;
-        float beta;
-    };
-    const Case cases[] = {{false, true, 300, 4, 1536, dt(), 0.0f},   {false, true, 257, 13, 333, dt(), 0.5f},
-                          {false, false, 300, 4, 1536, dt(), 0.0f},  {false, false, 270, 16, 40, dt(), 1.0f},
-                          {true, false, 4, 1536, 300, DType::F32, 1.0f}, {true, false, 777, 5, 333, DType::F32, 1.0f},
-                          {true, false, 16, 45, 1000, dt(), 0.0f}};
-    for (const Case& k : cases) {
-        SCOPED_TRACE(::testing::Message() << "trans_a " << k.ta << " trans_b " << k.tb << " " << k.M << "x" << k.N
-                                          << "x" << k.K << " beta " << k.beta);
-        const int64_t pad = k.K % 8 == 0 ? 8 : 3;  // keeps vector alignment where K allows it
-        const int64_t lda = (k.ta ? k.M : k.K) + pad, ldb = (k.tb ? k.K : k.N) + pad, ldc = k.N + 2;
-        const auto A = round_to(randn((k.ta ? k.K : k.M) * lda, 30), dt());
-        const auto B = round_to(randn((k.tb ? k.N : k.K) * ldb, 31, 0.1f), dt());
-        const auto C0 = round_to(randn(k.M * ldc, 32), k.c);
-        auto ref = C0;
-        cpu::gemm(k.ta, k.tb, k.M, k.N, k.K, 0.75f, A.data(), lda, B.data(), ldb, k.beta, ref.data(), ldc);
-        Tensor dA = upload(A, dt()), dB = upload(B, dt());
-        auto run = [&]() {
-            Tensor dC = upload(k.beta == 0.0f ? std::vector<float>(k.M * ldc, NAN) : C0, k.c);
-            cuda::gemm(exec(), k.ta, k.tb, k.M, k.N, k.K, 0.75f, dA.raw(), lda, dB.raw(), ldb, k.beta, dC.raw(), ldc,
-                       dt(), k.c);
-            return block(download(dC), k.M, k.N, ldc);  // the padding columns are not written
-        };
-        const std::vector<float> got = run();
-        // Sums of up to 1536 products in another order than the CPU's: 3x, as the other long reductions.
-        EXPECT_TRUE(close(got, block(ref, k.M, k.N, ldc), k.c, 3.0));
-        EXPECT_EQ(run(), got) << "rerun";
-    }
-}
-
 TEST_P(CudaOps, Linear) {
     const int64_t M = 57, K = 111, N = 45;
     const auto x = round_to(randn(M * K, 10), dt()), w = round_to(randn(N * K, 11, 0.1f), dt());

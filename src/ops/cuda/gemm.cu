@@ -1,6 +1,5 @@
-// GEMM through cuBLASLt (llm.c's row-major-over-column-major mapping, research/gpu-components.md §2.1), own kernels
-// for the skinny shapes of LoRA (gemm_skinny.cu), and a plain shared-memory tiled kernel for the shapes,
-// alignments or dtype mixes cuBLASLt has no algorithm for;
+// GEMM through cuBLASLt (llm.c's row-major-over-column-major mapping, research/gpu-components.md §2.1), with a
+// plain shared-memory tiled kernel for the shapes, alignments or dtype mixes cuBLASLt has no algorithm for;
 // nn.Linear forward/backward and conv2d (im2col in pixel chunks + GEMM) built on it.
 #include <cublasLt.h>
 
@@ -204,8 +203,6 @@ void gemm(const Exec& ex, bool trans_a, bool trans_b, int64_t M, int64_t N, int6
           int64_t lda, const void* B, int64_t ldb, float beta, void* C, int64_t ldc, DType ab, DType c,
           const void* bias) {
     if (M == 0 || N == 0) return;
-    if (bias == nullptr && detail::skinny_gemm(ex, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ab, c))
-        return;
     if (gemm_lt(ex, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ab, c, bias)) return;
     gemm_fallback(ex, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ab, c, bias);
 }

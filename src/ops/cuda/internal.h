@@ -20,12 +20,6 @@ void column_partials(const Exec& ex, float* partial, const void* src, DType dt, 
 // y[rows, cols] = bias[r] broadcast along each row (conv bias before the GEMM accumulates onto it).
 void fill_rows(const Exec& ex, void* y, const void* bias, int64_t rows, int64_t cols, DType dt);
 
-// The GEMMs of gemm() with a side of at most 16 (LoRA ranks) where own kernels beat cuBLASLt (gemm_skinny.cu):
-// true when it ran the problem, false when the shape is not one of those (no bias epilogue).
-bool skinny_gemm(const Exec& ex, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                 const void* A, int64_t lda, const void* B, int64_t ldb, float beta, void* C, int64_t ldc, DType ab,
-                 DType c);
-
 // Whether attention_fwd_tc runs this problem (head dim 64, 16-bit storage, bf16 only from sm_80).
 bool attention_fwd_tc_supported(const Exec& ex, const AttentionShape& s, DType dt);
 // The tensor-core forward of attention_fwd (attention_tc.cu); row strides already resolved (non-zero).
