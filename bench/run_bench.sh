@@ -13,7 +13,7 @@
 #   BENCH_WHOLE_STEPS updates of a whole run; the table adds the rest of 100 at the median rate (default 30)
 #   BENCH_BASE_DTYPE  quantized base weights of the second whole run per resolution: int8 or fp8 (default int8)
 #   BENCH_WHOLE_MAX_VRAM  --max-vram in GiB of the whole runs with bf16 base weights (default 4)
-#   BENCH_QUANT_MAX_VRAM  the same for the quantized base (default 3.5). Without --max-vram, checkpointing keeps
+#   BENCH_QUANT_MAX_VRAM  the same for the quantized base (default 3). Without --max-vram, checkpointing keeps
 #                     every block the GPU has room for, which on an H100 is all of them: fast, not lean.
 #   BENCH_DRY_RUN=1   the tiny preset on the CPU at 1/8 of the resolutions, to try the script without a GPU
 set -uo pipefail
@@ -28,7 +28,7 @@ steps=${BENCH_STEPS:-12}
 whole_steps=${BENCH_WHOLE_STEPS:-30}
 base_q=${BENCH_BASE_DTYPE:-int8}
 whole_max_vram=${BENCH_WHOLE_MAX_VRAM:-4}
-quant_max_vram=${BENCH_QUANT_MAX_VRAM:-3.5}
+quant_max_vram=${BENCH_QUANT_MAX_VRAM:-3}
 recompute_max_vram=4.5  # the training-step runs that recompute every block: what the weights and one block fit
 preset=sd3-medium device=cuda precision=bf16 div=1 val_steps=28 captions=100
 if [ "${BENCH_DRY_RUN:-0}" = 1 ]; then  # sd3tune computes in float32 on the CPU
