@@ -32,6 +32,10 @@ class TrainableModel {
     // pooled [B, P]. Keeps what backward needs. `rng_seed` seeds LoRA dropout for this call.
     virtual Result<Tensor> forward(const Tensor& x_t, const std::vector<float>& timesteps,
                                    const Tensor& prompt_embeds, const Tensor& pooled, uint64_t rng_seed) = 0;
+    // A forward input (x_t, prompt_embeds, pooled) brought to where the model runs, ahead of its forward: the
+    // trainer calls it from the thread that builds the next micro-batch, so the upload leaves the critical path.
+    // The input itself where there is nothing to do (the CPU) or the device cannot take it now.
+    virtual Tensor stage_input(const Tensor& host) { return host; }
     // Accumulates d(loss)/d(lora params) given d(loss)/d(prediction) [B, 16, h, w] of the last forward.
     virtual Status backward(const Tensor& grad_pred) = 0;
     // Plans memory for micro-batches of `batch` latents [16, h, w] with `context_len` text tokens (under a memory

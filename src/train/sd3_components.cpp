@@ -66,6 +66,12 @@ class Sd3TrainableModel final : public TrainableModel {
         return lora_.params.data<float>();
     }
     float* lora_grads() override { return lora_.grads.data<float>(); }
+    Tensor stage_input(const Tensor& host) override {
+        const nn::Placement& p = model_.placement();
+        if (p.on_cpu()) return host;
+        Result<Tensor> d = to_device(host, p.device);  // float32 as given; the forward converts on the device
+        return d.ok() ? *d : host;                       // out of memory: the forward uploads it and says so
+    }
 
     Result<Tensor> forward(const Tensor& x_t, const std::vector<float>& timesteps, const Tensor& prompt_embeds,
                            const Tensor& pooled, uint64_t rng_seed) override {

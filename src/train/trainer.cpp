@@ -271,6 +271,7 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
     struct MicroBatch {
         Tensor x0, noise, noisy, pe, pooled;  // [B, 16, h, w] x3, [B, T, D], [B, P]
         std::vector<float> sigmas, timesteps, weighting;
+        Tensor noisy_in, pe_in, pooled_in;    // the forward's inputs, staged where the model runs
     };
     auto build_micro_batch = [&](int64_t epoch, int64_t bi, int64_t micro) {
         const std::vector<int64_t> perm = epoch_permutation(seed, epoch, len);
@@ -324,7 +325,9 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
             pe.select(0, b).copy_from(samples[b].prompt->prompt_embeds);
             pooled.select(0, b).copy_from(samples[b].prompt->pooled.view({-1}));
         }
-        return MicroBatch{x0, noise, noisy, pe, pooled, sigmas, timesteps, weighting};
+        return MicroBatch{x0,     noise,     noisy,     pe,
+                          pooled, sigmas,    timesteps, weighting,
+                          model->stage_input(noisy), model->stage_input(pe), model->stage_input(pooled)};
     };
     // Where the micro-batch after (epoch, bi) is: the next batch of the epoch or the first of the next epoch.
     auto following = [&](int64_t epoch, int64_t bi) -> std::pair<int64_t, int64_t> {
@@ -359,7 +362,7 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
                 ahead_micro = micro + 1;
             }
             phases.batch += lap(t_phase);
-            SD3_ASSIGN_OR_RETURN(Tensor pred, model->forward(mb.noisy, mb.timesteps, mb.pe, mb.pooled,
+            SD3_ASSIGN_OR_RETURN(Tensor pred, model->forward(mb.noisy_in, mb.timesteps, mb.pe_in, mb.pooled_in,
                                                              TrainRng::for_purpose(seed, str_cat("dropout.", micro)).uniform_int(0, INT64_MAX)));
             LossInputs li;
             li.model_pred = pred;
