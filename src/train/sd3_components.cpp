@@ -135,7 +135,8 @@ class Sd3TrainableModel final : public TrainableModel {
         // Recompute only what memory forces: under checkpointing, the last blocks whose saved activations fit keep
         // them. The budget is --max-vram, or without it what the device has free now less 1 GiB + 5% (validation
         // images, fragmentation). What the plan leaves out must fit too: the backward's transient gradients and
-        // workspaces, measured at 2.6-4x one block's saved activations at SD3-Medium size (docs/benchmarks.md).
+        // workspaces: at SD3-Medium size the first micro-batch's peak exceeded the plan by 2.6-4x one block's saved
+        // activations (0.55 GiB at 512², batch 4; 0.8 GiB at 1024², batch 1; the log line of backward()).
         kept_blocks_ = 0;
         if (checkpoint_blocks_ && (budget_ != SIZE_MAX || !p.on_cpu())) {
             double budget = static_cast<double>(budget_);
