@@ -172,6 +172,34 @@ TEST(TrainLoop, RunLengthBookkeeping) {
     EXPECT_EQ(compute_run_length(o, 20).num_epochs, 4);
 }
 
+TEST(TrainLoop, StepReportsSplitTheUpdateIntoPhases) {
+    // The phases are parts of the update's wall time: each non-negative, together at most the whole, the forward
+    // and backward (the mock's model work) never zero; and the JSONL log carries them.
+    const fs::path dir = temp_dir("mock_phases");
+    TrainComponents c = mock_components();
+    TrainOptions o = mock_options(dir);
+    o.max_train_steps = 3;
+    std::vector<StepReport> reports;
+    TrainCallbacks cb;
+    cb.on_step = [&](const StepReport& r) { reports.push_back(r); };
+    ASSERT_TRUE(run_training(o, c, file_decoder(), cb).ok());
+    ASSERT_EQ(reports.size(), 3u);
+    for (const StepReport& r : reports) {
+        const StepReport::Phases& p = r.phases;
+        EXPECT_GE(p.batch, 0.0);
+        EXPECT_GT(p.forward, 0.0);
+        EXPECT_GT(p.backward, 0.0);
+        EXPECT_GE(p.optimizer, 0.0);
+        EXPECT_LE(p.batch + p.forward + p.backward + p.optimizer, r.seconds + 1e-9);
+    }
+    std::ifstream log(dir / "logs" / "train_log.jsonl");
+    std::string line;
+    int with_phases = 0;
+    while (std::getline(log, line)) with_phases += line.find("\"phase_seconds\":{\"batch\"") != std::string::npos;
+    EXPECT_EQ(with_phases, 3);
+    fs::remove_all(dir);
+}
+
 TEST(TrainLoop, MockRunsAreBitIdenticalAndLossFalls) {
     const fs::path a = temp_dir("mock_a"), b = temp_dir("mock_b");
     TrainComponents c = mock_components();
