@@ -16,6 +16,8 @@
 #   BENCH_QUANT_MAX_VRAM  the same for the quantized base (default 3). Without --max-vram, checkpointing keeps
 #                     every block the GPU has room for, which on an H100 is all of them: fast, not lean.
 #   BENCH_DRY_RUN=1   the tiny preset on the CPU at 1/8 of the resolutions, to try the script without a GPU
+#   BENCH_BUNDLE      the bundle folder (default .bench); a .gpu bundle of tests/gpu/pack_gpu.sh serves too once
+#                     the diffusers wheel (whl/) and COMMIT are added to it, so one upload runs tests and bench
 set -uo pipefail
 repo=$PWD
 out=${OUT:-/tmp/bench-out}
