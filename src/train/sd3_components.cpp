@@ -151,6 +151,7 @@ class Sd3TrainableModel final : public TrainableModel {
                 ++kept_blocks_;
         }
         const double act = activation_bytes(kept_blocks_);
+        const char* budget_name = budget_ == SIZE_MAX ? "the free memory" : "--max-vram";
         const std::string streamed =
             model_.resident_blocks() < blocks
                 ? str_cat(" (", model_.resident_blocks(), " of ", blocks, " blocks resident, the rest streamed)")
@@ -161,11 +162,9 @@ class Sd3TrainableModel final : public TrainableModel {
                                 !checkpoint_blocks_ ? std::string("every block kept")
                                 : kept_blocks_ == 0 ? std::string("block inputs + one block recomputed")
                                 : kept_blocks_ == blocks
-                                    ? str_cat("every block kept: ", budget_ == SIZE_MAX ? "the free memory" : "--max-vram",
-                                              " holds them all, nothing is recomputed")
+                                    ? str_cat("every block kept: ", budget_name, " holds them all, nothing is recomputed")
                                     : str_cat("block inputs + one block recomputed; the last ", kept_blocks_, " of ",
-                                              blocks, " blocks keep theirs within ",
-                                              budget_ == SIZE_MAX ? "the free memory" : "--max-vram"),
+                                              blocks, " blocks keep theirs within ", budget_name),
                                 "); about ", format_bytes(weights + lora + act));
         if (!p.on_cpu()) {
             const MemoryStats m = memory_stats(p.device);

@@ -98,13 +98,24 @@ struct Vec {
     }
 };
 
-// True when every pointer given is 16-byte aligned (null ones count as aligned) and `n` elements of `dt` make
-// whole vectors: the condition for the Vec kernels.
-inline bool vectorizable(int64_t n, DType dt, std::initializer_list<const void*> ptrs) {
-    if (n % (16 / static_cast<int64_t>(dtype_size(dt))) != 0) return false;
+// Elements of `dt` in one 16-byte vector: Vec<T>'s lanes.
+inline int64_t vec_lanes(DType dt) { return 16 / static_cast<int64_t>(dtype_size(dt)); }
+
+// True when every count (elements of `dt`) is a whole number of `lanes`-element runs and every pointer (null ones
+// count as aligned) is aligned to such a run: the condition for kernels that move `lanes` elements at once.
+inline bool aligned_runs(int64_t lanes, DType dt, std::initializer_list<int64_t> counts,
+                         std::initializer_list<const void*> ptrs) {
+    for (int64_t n : counts)
+        if (n % lanes != 0) return false;
+    const uintptr_t bytes = static_cast<uintptr_t>(lanes) * dtype_size(dt);
     for (const void* p : ptrs)
-        if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+        if (reinterpret_cast<uintptr_t>(p) % bytes != 0) return false;
     return true;
+}
+
+// `n` elements make whole 16-byte vectors and every pointer is aligned to one: the condition for the Vec kernels.
+inline bool vectorizable(int64_t n, DType dt, std::initializer_list<const void*> ptrs) {
+    return aligned_runs(vec_lanes(dt), dt, {n}, ptrs);
 }
 
 // Grid size for a grid-stride loop over n elements.

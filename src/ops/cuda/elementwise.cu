@@ -153,7 +153,7 @@ __global__ void fill_rows_kernel(T* y, const T* bias, int64_t rows, int64_t cols
 void activation_fwd(const Exec& ex, void* y, const void* x, int64_t n, Activation act, DType dt) {
     if (n == 0) return;
     if (vectorizable(n, dt, {y, x})) {
-        const int64_t vecs = n / (16 / static_cast<int64_t>(dtype_size(dt)));
+        const int64_t vecs = n / vec_lanes(dt);
         SD3_DISPATCH_FLOAT(dt, T, activation_fwd_vec_kernel<T><<<grid_for(vecs, kThreads), kThreads, 0, ex.stream>>>(
                                       static_cast<T*>(y), static_cast<const T*>(x), vecs, act));
         SD3_CUDA_LAUNCHED();
@@ -167,7 +167,7 @@ void activation_fwd(const Exec& ex, void* y, const void* x, int64_t n, Activatio
 void activation_bwd(const Exec& ex, void* dx, const void* dy, const void* x, int64_t n, Activation act, DType dt) {
     if (n == 0) return;
     if (vectorizable(n, dt, {dx, dy, x})) {
-        const int64_t vecs = n / (16 / static_cast<int64_t>(dtype_size(dt)));
+        const int64_t vecs = n / vec_lanes(dt);
         SD3_DISPATCH_FLOAT(dt, T, activation_bwd_vec_kernel<T><<<grid_for(vecs, kThreads), kThreads, 0, ex.stream>>>(
                                       static_cast<T*>(dx), static_cast<const T*>(dy), static_cast<const T*>(x), vecs,
                                       act));

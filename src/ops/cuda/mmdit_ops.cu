@@ -310,15 +310,6 @@ dim3 reduce_grid(int64_t batch, int64_t tokens, int64_t dim, int cols) {
                 static_cast<unsigned>(detail::reduce_chunks(tokens)), static_cast<unsigned>(batch));
 }
 
-// Two columns per thread where every row and adaLN chunk starts on a pair: an even dim and stride, and
-// pointers aligned to a pair.
-bool paired(int64_t dim, int64_t stride, DType dt, std::initializer_list<const void*> ptrs) {
-    const size_t pair = 2 * dtype_size(dt);
-    if (dim % 2 != 0 || stride % 2 != 0) return false;
-    for (const void* p : ptrs)
-        if (reinterpret_cast<uintptr_t>(p) % pair != 0) return false;
-    return true;
-}
 
 }  // namespace
 
@@ -326,8 +317,8 @@ void modulate_fwd(const Exec& ex, void* y, const void* x, const void* shift, con
                   int64_t tokens, int64_t dim, int64_t stride, DType dt) {
     const int64_t n = batch * tokens * dim;
     if (n == 0) return;
-    if (vectorizable(dim, dt, {y, x, shift, scale}) && vectorizable(stride, dt, {})) {
-        const int64_t vecs = n / (16 / static_cast<int64_t>(dtype_size(dt)));
+    if (aligned_runs(vec_lanes(dt), dt, {dim, stride}, {y, x, shift, scale})) {
+        const int64_t vecs = n / vec_lanes(dt);
         SD3_DISPATCH_FLOAT(dt, T, modulate_fwd_vec_kernel<T><<<blocks(vecs), kThreads, 0, ex.stream>>>(
                                       static_cast<T*>(y), static_cast<const T*>(x), static_cast<const T*>(shift),
                                       static_cast<const T*>(scale), tokens, dim, stride, vecs));
@@ -359,7 +350,8 @@ void modulate_bwd(const Exec& ex, void* dx, void* dshift, void* dscale, const vo
         if (dscale != nullptr) p2 = static_cast<float*>(ex.scratch) + half;
     }
     if (tokens > 0) {
-        const int cols = paired(dim, stride, dt, {dx, dy, x, scale}) ? 2 : 1;
+        // Two columns per thread where every row and adaLN chunk starts on an aligned pair.
+        const int cols = aligned_runs(2, dt, {dim, stride}, {dx, dy, x, scale}) ? 2 : 1;
         SD3_DISPATCH_FLOAT(dt, T, {
             const auto kernel = cols == 2 ? modulate_bwd_kernel<T, 2> : modulate_bwd_kernel<T, 1>;
             kernel<<<reduce_grid(batch, tokens, dim, cols), kThreads, 0, ex.stream>>>(
@@ -379,8 +371,8 @@ void gated_add_fwd(const Exec& ex, void* x, const void* gate, const void* a, int
                    int64_t dim, int64_t stride, DType dt) {
     const int64_t n = batch * tokens * dim;
     if (n == 0) return;
-    if (vectorizable(dim, dt, {x, gate, a}) && vectorizable(stride, dt, {})) {
-        const int64_t vecs = n / (16 / static_cast<int64_t>(dtype_size(dt)));
+    if (aligned_runs(vec_lanes(dt), dt, {dim, stride}, {x, gate, a})) {
+        const int64_t vecs = n / vec_lanes(dt);
         SD3_DISPATCH_FLOAT(dt, T, gated_add_fwd_vec_kernel<T><<<blocks(vecs), kThreads, 0, ex.stream>>>(
                                       static_cast<T*>(x), static_cast<const T*>(gate), static_cast<const T*>(a),
                                       tokens, dim, stride, vecs));
@@ -408,7 +400,7 @@ void gated_add_bwd(const Exec& ex, void* da, void* dgate, const void* dx, const 
         partial = static_cast<float*>(ex.scratch);
     }
     if (tokens > 0) {
-        const int cols = paired(dim, stride, dt, {da, dx, a, gate}) ? 2 : 1;
+        const int cols = aligned_runs(2, dt, {dim, stride}, {da, dx, a, gate}) ? 2 : 1;
         SD3_DISPATCH_FLOAT(dt, T, {
             const auto kernel = cols == 2 ? gated_add_bwd_kernel<T, 2> : gated_add_bwd_kernel<T, 1>;
             kernel<<<reduce_grid(batch, tokens, dim, cols), kThreads, 0, ex.stream>>>(
@@ -463,7 +455,7 @@ void add_pos_embed(const Exec& ex, void* x, const void* pos, int64_t batch, int6
 void axpy(const Exec& ex, void* y, const void* x, float a, int64_t n, DType dt) {
     if (n == 0) return;
     if (vectorizable(n, dt, {y, x})) {
-        const int64_t vecs = n / (16 / static_cast<int64_t>(dtype_size(dt)));
+        const int64_t vecs = n / vec_lanes(dt);
         SD3_DISPATCH_FLOAT(dt, T, axpy_vec_kernel<T><<<blocks(vecs), kThreads, 0, ex.stream>>>(
                                       static_cast<T*>(y), static_cast<const T*>(x), a, vecs));
         SD3_CUDA_LAUNCHED();
