@@ -101,6 +101,8 @@ struct MMDiTActivations {
     int64_t kept_blocks = 0;         // under checkpointing, the last N blocks keep their whole forward all the
                                      // same (what a memory budget leaves room for: they are not recomputed)
     nn::RunContext ctx{true, 0};     // training (LoRA dropout on) and the step's dropout seed
+    bool device_output = false;      // the prediction stays where the model runs, in its compute dtype (the
+                                     // trainer's loss runs there); otherwise it comes back as host float32
 
     // Filled by forward():
     int64_t batch = 0, height = 0, width = 0, hp = 0, wp = 0;

@@ -215,7 +215,8 @@ Result<Tensor> MMDiT::forward(const Tensor& x_in, const Tensor& timestep_in, con
     const Tensor y = ops::modulate(xhat, chunk(s.E_out, 1, D), chunk(s.E_out, 0, D));
     const Tensor o = nn::linear_forward(w_.proj_out, y, keep ? &s.proj_out : nullptr, rc);  // [B, N, p*p*out]
     if (!keep) s.blocks.clear();
-    return host_f32(ops::unpatchify(o, c.out_channels, H, W, p, ops::PatchLayout::CHANNEL_LAST));
+    Tensor out = ops::unpatchify(o, c.out_channels, H, W, p, ops::PatchLayout::CHANNEL_LAST);  // [B, C, H, W]
+    return s.device_output ? out : host_f32(out);
 }
 
 size_t MMDiTActivations::bytes() const {

@@ -8,6 +8,7 @@
 #ifdef SD3_HAVE_CUDA
 #include "ops/cuda/tensor_ops.h"
 #include "ops/cuda/tensor_ops_model.h"
+#include "ops/cuda/tensor_ops_train.h"
 #define SD3_ON_CUDA(t, call) \
     if ((t).defined() && (t).device().type == ::sd3::DeviceType::CUDA) return ::sd3::cuda::tensor_ops::call
 // The same for ops that take a Device instead of a tensor (allocation).

@@ -20,23 +20,28 @@ using LoraSettings = sd3::LoraTrainConfig;
 using LoraSlot = sd3::LoraSlot;
 
 // The frozen MMDiT with trainable LoRA adapters. Params and grads each live in ONE contiguous float32 buffer laid
-// out by slots(); backward accumulates (+=) into grads.
+// out by slots(), on the device the model runs on, where the optimizer updates them; backward accumulates (+=)
+// into grads.
 class TrainableModel {
   public:
     virtual ~TrainableModel() = default;
     virtual const std::vector<LoraSlot>& slots() const = 0;
     virtual int64_t lora_numel() const = 0;
-    virtual float* lora_params() = 0;  // [P]
-    virtual float* lora_grads() = 0;   // [P]
+    // [P] f32 master params. The caller may write them (optimizer step, resume): the model's compute copy follows.
+    virtual Tensor lora_params() = 0;
+    virtual Tensor lora_grads() = 0;  // [P] f32
     // Velocity prediction for x_t [B, 16, h, w], timesteps [B] (= 1000 sigma), prompt_embeds [B, T, D],
-    // pooled [B, P]. Keeps what backward needs. `rng_seed` seeds LoRA dropout for this call.
+    // pooled [B, P], on the model's device (in its compute dtype there). Keeps what backward needs. `rng_seed`
+    // seeds LoRA dropout for this call.
     virtual Result<Tensor> forward(const Tensor& x_t, const std::vector<float>& timesteps,
                                    const Tensor& prompt_embeds, const Tensor& pooled, uint64_t rng_seed) = 0;
-    // A forward input (x_t, prompt_embeds, pooled) brought to where the model runs, ahead of its forward: the
-    // trainer calls it from the thread that builds the next micro-batch, so the upload leaves the critical path.
+    // A forward or loss input (x_t, prompt_embeds, pooled, x0, noise) brought to where the model runs, ahead of
+    // its use: the trainer calls it from the thread that builds the next micro-batch, so the upload leaves the
+    // critical path.
     // The input itself where there is nothing to do (the CPU) or the device cannot take it now.
     virtual Tensor stage_input(const Tensor& host) { return host; }
-    // Accumulates d(loss)/d(lora params) given d(loss)/d(prediction) [B, 16, h, w] of the last forward.
+    // Accumulates d(loss)/d(lora params) given d(loss)/d(prediction) [B, 16, h, w] (f32, any device) of the last
+    // forward.
     virtual Status backward(const Tensor& grad_pred) = 0;
     // Plans memory for micro-batches of `batch` latents [16, h, w] with `context_len` text tokens (under a memory
     // budget, how many blocks may skip their recompute) and says what they will hold (weights, LoRA, saved

@@ -6,6 +6,8 @@
 #include <numbers>
 
 #include "core/check.h"
+#include "ops/device.h"
+#include "ops/train_ops.h"
 
 namespace sd3::train {
 
@@ -106,51 +108,54 @@ Tensor noisy_input(const Tensor& x0, const Tensor& noise, const std::vector<floa
     return out;
 }
 
-LossResult flow_matching_loss(const LossInputs& in, double grad_scale) {
-    const Tensor pred = in.model_pred.contiguous(), noisy = in.noisy.contiguous(), x0 = in.x0.contiguous(),
-                 noise = in.noise.contiguous();
+DeferredLoss flow_matching_loss_deferred(const LossInputs& in, double grad_scale) {
+    const Tensor& pred = in.model_pred;
     const int64_t B = pred.size(0);
-    SD3_ASSERT(noisy.shape() == pred.shape() && x0.shape() == pred.shape() && noise.shape() == pred.shape());
     SD3_ASSERT(static_cast<int64_t>(in.sigmas.size()) == B && static_cast<int64_t>(in.weighting.size()) == B);
     SD3_ASSERT(!in.with_prior_preservation || B % 2 == 0, "prior preservation needs an even batch");
-    const int64_t per = pred.numel() / B;
-    const int64_t half = in.with_prior_preservation ? B / 2 : B;
-
-    LossResult r;
-    r.grad_pred = Tensor::empty(pred.shape(), DType::F32);  // [B, C, H, W]
-    double inst_sum = 0, prior_sum = 0;
+    DeferredLoss r;
+    r.per_sample = pred.numel() / B;
+    r.half = in.with_prior_preservation ? B / 2 : B;
+    r.with_prior_preservation = in.with_prior_preservation;
+    r.prior_loss_weight = in.prior_loss_weight;
+    std::vector<cpu::LossSample> samples(B);
     for (int64_t b = 0; b < B; ++b) {
-        const bool prior = b >= half;
-        const float s = in.sigmas[b], w = in.weighting[b];
-        const float* p = pred.data<float>() + b * per;
-        const float* xt = noisy.data<float>() + b * per;
-        const float* xa = x0.data<float>() + b * per;
-        const float* xe = noise.data<float>() + b * per;
-        float* gp = r.grad_pred.data<float>() + b * per;
         // d(total)/d(sample mean) = 1/half (mean over the half), times prior_loss_weight for the prior half.
-        const double part_weight = (prior ? in.prior_loss_weight : 1.0) / static_cast<double>(half);
-        const double elem_scale = grad_scale * part_weight * 2.0 * static_cast<double>(w) / static_cast<double>(per);
-        double sum = 0;
-        for (int64_t i = 0; i < per; ++i) {
-            float out, target;
-            if (in.precondition_outputs) {
-                out = p[i] * (-s) + xt[i];  // model_pred * (-sigmas) + noisy_model_input
-                target = xa[i];
-            } else {
-                out = p[i];
-                target = xe[i] - xa[i];
-            }
-            const float d = out - target;
-            sum += static_cast<double>(w * (d * d));
-            const double g = elem_scale * d;
-            gp[i] = static_cast<float>(in.precondition_outputs ? g * -static_cast<double>(s) : g);
-        }
-        const double sample_mean = sum / static_cast<double>(per);
-        (prior ? prior_sum : inst_sum) += sample_mean;
+        const double part_weight = (b >= r.half ? in.prior_loss_weight : 1.0) / static_cast<double>(r.half);
+        samples[b] = {in.sigmas[b], in.weighting[b],
+                      grad_scale * part_weight * 2.0 * static_cast<double>(in.weighting[b]) /
+                          static_cast<double>(r.per_sample)};
     }
+    // The inputs where the prediction is (they are already there unless staging them ran out of memory).
+    auto here = [&pred](const Tensor& t) {
+        if (t.device() == pred.device()) return t;
+        Tensor d = Tensor::empty(t.shape(), t.dtype(), pred.device());
+        copy_into(d, t);
+        return d;
+    };
+    r.sample_sums = ops::flow_matching_loss(pred, here(in.noisy), here(in.x0), here(in.noise), samples,
+                                            in.precondition_outputs, &r.grad_pred);
+    return r;
+}
+
+LossResult DeferredLoss::value() const {
+    const Tensor sums = to_host(sample_sums);
+    double inst_sum = 0, prior_sum = 0;
+    for (int64_t b = 0; b < sums.numel(); ++b) {
+        const double sample_mean = sums.data<double>()[b] / static_cast<double>(per_sample);
+        (b >= half ? prior_sum : inst_sum) += sample_mean;
+    }
+    LossResult r;
     r.instance_loss = inst_sum / static_cast<double>(half);
-    r.prior_loss = in.with_prior_preservation ? prior_sum / static_cast<double>(half) : 0.0;
-    r.loss = r.instance_loss + (in.with_prior_preservation ? in.prior_loss_weight * r.prior_loss : 0.0);
+    r.prior_loss = with_prior_preservation ? prior_sum / static_cast<double>(half) : 0.0;
+    r.loss = r.instance_loss + (with_prior_preservation ? prior_loss_weight * r.prior_loss : 0.0);
+    return r;
+}
+
+LossResult flow_matching_loss(const LossInputs& in, double grad_scale) {
+    const DeferredLoss d = flow_matching_loss_deferred(in, grad_scale);
+    LossResult r = d.value();
+    r.grad_pred = d.grad_pred;
     return r;
 }
 

@@ -45,6 +45,7 @@ float loss_weighting(WeightingScheme s, float sigma);
 // x_t = sigma_b * noise + (1 - sigma_b) * x0, per sample b. x0, noise [B, ...]; sigmas [B].
 Tensor noisy_input(const Tensor& x0, const Tensor& noise, const std::vector<float>& sigmas);
 
+// model_pred may be on a GPU (in its compute dtype); noisy, x0 and noise are f32 on the same device.
 struct LossInputs {
     Tensor model_pred;   // [B, C, H, W] the transformer's output (velocity)
     Tensor noisy;        // [B, C, H, W] x_t
@@ -66,7 +67,20 @@ struct LossResult {
     Tensor grad_pred;          // [B, C, H, W] d(loss * grad_scale) / d(model_pred)
 };
 
+// The loss as the device computes it: the gradient is ready for the backward in the device's order, and the
+// value is read when asked (which waits for the device), so the trainer reads it once per update.
+struct DeferredLoss {
+    Tensor grad_pred;    // [B, C, H, W] f32, where model_pred is
+    Tensor sample_sums;  // [B] f64: Σ w·(out - target)² of each sample
+    int64_t per_sample = 0, half = 0;
+    bool with_prior_preservation = false;
+    double prior_loss_weight = 1.0;
+    // loss, instance_loss and prior_loss (grad_pred left empty).
+    LossResult value() const;
+};
+
 // grad_scale multiplies the gradient only (1 / gradient_accumulation_steps, as accelerator.backward divides).
+DeferredLoss flow_matching_loss_deferred(const LossInputs& in, double grad_scale = 1.0);
 LossResult flow_matching_loss(const LossInputs& in, double grad_scale = 1.0);
 
 }  // namespace sd3::train

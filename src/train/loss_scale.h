@@ -19,6 +19,7 @@ class LossScale {
     explicit LossScale(bool enabled) : scale_(enabled ? kInitial : 1.0f), enabled_(enabled) {}
 
     float value() const { return scale_; }
+    bool enabled() const { return enabled_; }
 
     // After a backward at value(): its gradients were all finite (the scale may grow) or not (it halves, and the
     // caller repeats the backward). An overflow at scale 1 means the gradient itself is not finite: an error.

@@ -1,6 +1,6 @@
 // Gradient norm/clipping and the float32 AdamW of torch.optim (single-tensor CPU path, torch/optim/adam.py
 // _single_tensor_adam with decoupled_weight_decay): scalars in double as Python computes them, cast to float
-// where torch wraps them, elementwise math in float32 in torch's operation order.
+// where torch wraps them; the element math is ops/cpu/train_ops.h's, run where the optimizer lives.
 #include "train/optimizer.h"
 
 #include <cmath>
@@ -8,7 +8,9 @@
 #include <vector>
 
 #include "core/check.h"
-#include "train/optimizer_8bit.h"
+#include "ops/device.h"
+#include "ops/mmdit_ops.h"
+#include "ops/train_ops.h"
 
 namespace sd3::train {
 
@@ -21,42 +23,75 @@ const char* optimizer_kind_name(OptimizerKind k) {
     return "?";
 }
 
-float global_grad_norm(const float* grads, const std::vector<ParamSegment>& segments) {
-    // torch._foreach_norm per tensor (float32 result), then vector_norm of the stacked norms.
-    // Each segment's sum runs in one thread in order, so the result does not depend on the thread count.
-    const int64_t n = static_cast<int64_t>(segments.size());
-    std::vector<float> norms(segments.size());
-#pragma omp parallel for schedule(dynamic)
-    for (int64_t k = 0; k < n; ++k) {
-        const ParamSegment& s = segments[k];
-        double sq = 0;
-        for (int64_t i = 0; i < s.numel; ++i) sq += static_cast<double>(grads[s.offset + i]) * grads[s.offset + i];
-        norms[k] = static_cast<float>(std::sqrt(sq));
+namespace {
+
+Tensor segment_table(const std::vector<ParamSegment>& segments) {
+    Tensor t = Tensor::empty({static_cast<int64_t>(segments.size()), 2}, DType::I64);  // [S, 2]
+    for (size_t k = 0; k < segments.size(); ++k) {
+        t.data<int64_t>()[2 * k] = segments[k].offset;
+        t.data<int64_t>()[2 * k + 1] = segments[k].numel;
     }
+    return t;
+}
+
+// torch._foreach_norm per tensor (float32 results, ops::segment_norms), then vector_norm of the stacked norms,
+// summed here in segment order.
+float combined_norm(const Tensor& grads, const Tensor& table) {
     double total_sq = 0;
-    for (float norm : norms) total_sq += static_cast<double>(norm) * norm;
+    for (float norm : ops::segment_norms(grads, table)) total_sq += static_cast<double>(norm) * norm;
     return static_cast<float>(std::sqrt(total_sq));
 }
 
-float clip_grad_norm(float* grads, const std::vector<ParamSegment>& segments, double max_norm) {
-    const float norm = global_grad_norm(grads, segments);
+float clip(const Tensor& grads, const Tensor& table, double max_norm) {
+    const float norm = combined_norm(grads, table);
     // clip_coef = max_norm / (total_norm + 1e-6) as float32 tensor math, clamped to 1.
-    float coef = static_cast<float>(max_norm) / (norm + static_cast<float>(1e-6));
-    if (coef > 1.0f) coef = 1.0f;
-    const int64_t n = static_cast<int64_t>(segments.size());
-#pragma omp parallel for schedule(dynamic)
-    for (int64_t k = 0; k < n; ++k)
-        for (int64_t i = 0; i < segments[k].numel; ++i) grads[segments[k].offset + i] *= coef;
+    const float coef = static_cast<float>(max_norm) / (norm + static_cast<float>(1e-6));
+    if (coef < 1.0f) ops::scale_(grads, coef);
     return norm;
 }
 
-Optimizer::Optimizer(std::vector<ParamSegment> segments) : segments_(std::move(segments)) {
+Tensor borrow(const float* data, int64_t n) {
+    return Tensor::borrow(const_cast<float*>(data), {n}, DType::F32, kCPU);
+}
+
+int64_t total_numel(const std::vector<ParamSegment>& segments) {
+    return segments.empty() ? 0 : segments.back().offset + segments.back().numel;
+}
+
+}  // namespace
+
+float global_grad_norm(const float* grads, const std::vector<ParamSegment>& segments) {
+    return combined_norm(borrow(grads, total_numel(segments)), segment_table(segments));
+}
+
+float clip_grad_norm(float* grads, const std::vector<ParamSegment>& segments, double max_norm) {
+    return clip(borrow(grads, total_numel(segments)), segment_table(segments), max_norm);
+}
+
+Optimizer::Optimizer(std::vector<ParamSegment> segments, Device device)
+    : segments_(std::move(segments)), device_(device) {
     int64_t expect = 0;
     for (const ParamSegment& s : segments_) {
         SD3_ASSERT(s.offset == expect && s.numel >= 0, "optimizer segments must tile the buffer in order");
         expect += s.numel;
     }
     numel_ = expect;
+    segment_table_ = detail::on_device(segment_table(segments_), device_);
+}
+
+void Optimizer::step(const Tensor& params, const Tensor& grads, double lr) {
+    for (const Tensor* t : {&params, &grads})
+        SD3_ASSERT(t->dtype() == DType::F32 && t->numel() == numel_ && t->is_contiguous() && t->device() == device_,
+                   "optimizer step: expected contiguous f32 [", numel_, "] on ", device_.str(), ", got ", t->describe());
+    update(params, grads, lr);
+}
+
+void Optimizer::step(float* params, const float* grads, double lr) { step(borrow(params, numel_), borrow(grads, numel_), lr); }
+
+float Optimizer::clip_grad_norm(const Tensor& grads, double max_norm) const {
+    SD3_ASSERT(grads.dtype() == DType::F32 && grads.numel() == numel_ && grads.device() == device_,
+               "clip_grad_norm: expected f32 [", numel_, "] on ", device_.str(), ", got ", grads.describe());
+    return clip(grads, segment_table_, max_norm);
 }
 
 namespace detail {
@@ -91,45 +126,28 @@ Tensor scalars_f64(const std::vector<double>& v) {
     return t;
 }
 
+Tensor on_device(const Tensor& t, Device device) {
+    if (device.is_cpu()) return t;
+    Tensor d = Tensor::empty(t.shape(), t.dtype(), device);
+    copy_into(d, t);
+    return d;
+}
+
 }  // namespace detail
 
 namespace {
 
 class AdamW final : public Optimizer {
   public:
-    AdamW(const OptimizerConfig& c, std::vector<ParamSegment> segments) : Optimizer(std::move(segments)), c_(c) {
-        m_ = Tensor::zeros({numel_});  // [n]
-        v_ = Tensor::zeros({numel_});  // [n]
-    }
-
-    void step(float* p, const float* g, double lr) override {
-        ++steps_;
-        float* m = m_.data<float>();
-        float* v = v_.data<float>();
-        const float decay = static_cast<float>(1.0 - lr * c_.weight_decay);  // param.mul_(1 - lr*wd)
-        const float w1 = static_cast<float>(1.0 - c_.beta1);                // exp_avg.lerp_(grad, 1 - beta1)
-        const float b2 = static_cast<float>(c_.beta2);
-        const float one_minus_b2 = static_cast<float>(1.0 - c_.beta2);
-        const double bc1 = 1.0 - std::pow(c_.beta1, static_cast<double>(steps_));
-        const double bc2 = 1.0 - std::pow(c_.beta2, static_cast<double>(steps_));
-        const float neg_step_size = static_cast<float>(-(lr / bc1));
-        const float bc2_sqrt = static_cast<float>(std::sqrt(bc2));
-        const float eps = static_cast<float>(c_.eps);
-        const bool wd = c_.weight_decay != 0;
-#pragma omp parallel for
-        for (int64_t i = 0; i < numel_; ++i) {
-            if (wd) p[i] *= decay;
-            // torch's lerp for weight < 0.5: self + weight * (end - self)
-            m[i] = m[i] + w1 * (g[i] - m[i]);
-            v[i] = v[i] * b2;
-            v[i] = v[i] + one_minus_b2 * g[i] * g[i];  // addcmul: self + value * t1 * t2
-            const float denom = std::sqrt(v[i]) / bc2_sqrt + eps;
-            p[i] = p[i] + neg_step_size * m[i] / denom;  // addcdiv: self + value * t1 / t2
-        }
+    AdamW(const OptimizerConfig& c, std::vector<ParamSegment> segments, Device device)
+        : Optimizer(std::move(segments), device), c_(c) {
+        m_ = ops::zeros({numel_}, device_);  // [n]
+        v_ = ops::zeros({numel_}, device_);  // [n]
     }
 
     NamedTensors state() const override {
-        return {{"adamw.step", detail::scalar_i64(steps_)}, {"adamw.exp_avg", m_}, {"adamw.exp_avg_sq", v_}};
+        return {{"adamw.step", detail::scalar_i64(steps_)}, {"adamw.exp_avg", to_host(m_)},
+                {"adamw.exp_avg_sq", to_host(v_)}};
     }
 
     Status load_state(const NamedTensors& st) override {
@@ -138,28 +156,46 @@ class AdamW final : public Optimizer {
         SD3_TRY(detail::expect_state(st, "adamw.exp_avg", DType::F32, numel_, &m));
         SD3_TRY(detail::expect_state(st, "adamw.exp_avg_sq", DType::F32, numel_, &v));
         steps_ = *s->data<int64_t>();
-        m_.copy_from(*m);
-        v_.copy_from(*v);
+        copy_into(m_, *m);
+        copy_into(v_, *v);
         return {};
     }
 
     int64_t state_bytes() const override { return 2 * numel_ * 4; }
 
   private:
+    void update(const Tensor& params, const Tensor& grads, double lr) override {
+        ++steps_;
+        // Python's scalars in double, cast to float where torch wraps them.
+        const double bc1 = 1.0 - std::pow(c_.beta1, static_cast<double>(steps_));
+        const double bc2 = 1.0 - std::pow(c_.beta2, static_cast<double>(steps_));
+        cpu::AdamWStep s;
+        s.weight_decay = c_.weight_decay != 0;
+        s.decay = static_cast<float>(1.0 - lr * c_.weight_decay);  // param.mul_(1 - lr*wd)
+        s.one_minus_beta1 = static_cast<float>(1.0 - c_.beta1);
+        s.beta2 = static_cast<float>(c_.beta2);
+        s.one_minus_beta2 = static_cast<float>(1.0 - c_.beta2);
+        s.neg_step_size = static_cast<float>(-(lr / bc1));
+        s.bias_correction2_sqrt = static_cast<float>(std::sqrt(bc2));
+        s.eps = static_cast<float>(c_.eps);
+        ops::adamw_update_(params, grads, m_, v_, s);
+    }
+
     OptimizerConfig c_;
-    Tensor m_, v_;  // [n] exp_avg, exp_avg_sq
+    Tensor m_, v_;  // [n] exp_avg, exp_avg_sq on device_
 };
 
 }  // namespace
 
-std::unique_ptr<Optimizer> make_adamw8bit(const OptimizerConfig& c, std::vector<ParamSegment> segments);
-std::unique_ptr<Optimizer> make_prodigy(const OptimizerConfig& c, std::vector<ParamSegment> segments);
+std::unique_ptr<Optimizer> make_adamw8bit(const OptimizerConfig& c, std::vector<ParamSegment> segments, Device device);
+std::unique_ptr<Optimizer> make_prodigy(const OptimizerConfig& c, std::vector<ParamSegment> segments, Device device);
 
-std::unique_ptr<Optimizer> make_optimizer(const OptimizerConfig& config, std::vector<ParamSegment> segments) {
+std::unique_ptr<Optimizer> make_optimizer(const OptimizerConfig& config, std::vector<ParamSegment> segments,
+                                          Device device) {
     switch (config.kind) {
-        case OptimizerKind::ADAMW: return std::make_unique<AdamW>(config, std::move(segments));
-        case OptimizerKind::ADAMW_8BIT: return make_adamw8bit(config, std::move(segments));
-        case OptimizerKind::PRODIGY: return make_prodigy(config, std::move(segments));
+        case OptimizerKind::ADAMW: return std::make_unique<AdamW>(config, std::move(segments), device);
+        case OptimizerKind::ADAMW_8BIT: return make_adamw8bit(config, std::move(segments), device);
+        case OptimizerKind::PRODIGY: return make_prodigy(config, std::move(segments), device);
     }
     return nullptr;
 }

@@ -1,7 +1,8 @@
 // Optimizers over flat float32 buffers (DESIGN.md "Memory": LoRA params, grads and moments each one contiguous
 // buffer): gradient global norm and clipping (torch.nn.utils.clip_grad_norm_), AdamW (torch.optim.AdamW),
-// 8-bit blockwise AdamW (bitsandbytes AdamW8bit, see optimizer_8bit.h and docs/optimizers.md) and Prodigy
-// (prodigyopt.Prodigy). All are deterministic CPU loops (the specification the CUDA kernels must match) and
+// 8-bit blockwise AdamW (bitsandbytes AdamW8bit, docs/optimizers.md) and Prodigy (prodigyopt.Prodigy). An
+// optimizer lives on one device with its state: on a GPU the norm, clipping, AdamW and AdamW8bit run as kernels
+// (ops/train_ops.h) that give the CPU loops' bits; Prodigy updates on the host. All are deterministic and
 // save/restore their complete state for checkpoints (reference-training.md 3.6, 3.8).
 #pragma once
 
@@ -23,11 +24,12 @@ struct ParamSegment {
 };
 
 // Global L2 norm over all segments the way torch computes it: per-tensor norms (float32), then the norm of
-// those. Returned in float32 precision.
+// those. Returned in float32 precision. CPU buffers; Optimizer::clip_grad_norm does it where the optimizer is.
 float global_grad_norm(const float* grads, const std::vector<ParamSegment>& segments);
 
 // torch.nn.utils.clip_grad_norm_(params, max_norm): coef = max_norm / (norm + 1e-6) clamped to 1, applied to
-// every gradient (also when coef is 1, as torch does: a multiply by 1 changes nothing). Returns the norm before.
+// every gradient (torch multiplies by a coef of 1 too, which changes nothing, so that multiply is skipped).
+// Returns the norm before.
 float clip_grad_norm(float* grads, const std::vector<ParamSegment>& segments, double max_norm);
 
 enum class OptimizerKind { ADAMW, ADAMW_8BIT, PRODIGY };
@@ -54,26 +56,37 @@ struct OptimizerConfig {
 class Optimizer {
   public:
     virtual ~Optimizer() = default;
-    // One update of params [n] from grads [n] at learning rate `lr` (the scheduled group LR).
-    virtual void step(float* params, const float* grads, double lr) = 0;
+    // One update of params [n] from grads [n] at learning rate `lr` (the scheduled group LR): contiguous float32
+    // tensors on device().
+    void step(const Tensor& params, const Tensor& grads, double lr);
+    // The same on CPU buffers, for an optimizer made for the CPU.
+    void step(float* params, const float* grads, double lr);
+    // clip_grad_norm over this optimizer's segments of grads [n] (on device()).
+    float clip_grad_norm(const Tensor& grads, double max_norm) const;
+    Device device() const { return device_; }
     int64_t steps() const { return steps_; }
     int64_t numel() const { return numel_; }
-    // Complete state (moments, step counter, scalars) as named CPU tensors, and its inverse. load_state checks
-    // that the state matches this optimizer's kind and layout.
+    // Complete state (moments, step counter, scalars) as named CPU tensors, and its inverse (which copies them to
+    // device()). load_state checks that the state matches this optimizer's kind and layout.
     virtual NamedTensors state() const = 0;
     virtual Status load_state(const NamedTensors& state) = 0;
     // State bytes (for the memory plan printed at start-up).
     virtual int64_t state_bytes() const = 0;
 
   protected:
-    Optimizer(std::vector<ParamSegment> segments);
+    Optimizer(std::vector<ParamSegment> segments, Device device);
+    // step()'s work, after its checks.
+    virtual void update(const Tensor& params, const Tensor& grads, double lr) = 0;
     std::vector<ParamSegment> segments_;
+    Tensor segment_table_;  // I64 [S, 2] (offset, numel) on device_
+    Device device_;
     int64_t numel_ = 0;
     int64_t steps_ = 0;
 };
 
-// Segments must be in order, non-overlapping and cover [0, n) without gaps.
-std::unique_ptr<Optimizer> make_optimizer(const OptimizerConfig& config, std::vector<ParamSegment> segments);
+// Segments must be in order, non-overlapping and cover [0, n) without gaps. The state lives on `device`.
+std::unique_ptr<Optimizer> make_optimizer(const OptimizerConfig& config, std::vector<ParamSegment> segments,
+                                          Device device = kCPU);
 
 // Helpers shared by the optimizer implementations.
 namespace detail {
@@ -82,6 +95,8 @@ Status expect_state(const NamedTensors& state, const std::string& name, DType dt
                     const Tensor** out);
 Tensor scalar_i64(int64_t v);
 Tensor scalars_f64(const std::vector<double>& v);
+// A copy of the host tensor `t` on `device` (`t` itself on the CPU).
+Tensor on_device(const Tensor& t, Device device);
 }  // namespace detail
 
 }  // namespace sd3::train

@@ -1,8 +1,11 @@
 // Prodigy (prodigyopt.Prodigy, one param group) over the flat buffer: Adam moments scaled by the adaptive
 // step size d, estimated from <g, p0 - p> / sum|s|. Scalars in double as Python keeps them; dot products and
-// |s| sums accumulated in double (torch reduces in float32; the difference is rounding only).
+// |s| sums accumulated in double (torch reduces in float32; the difference is rounding only). It updates on the
+// host: with the model on a GPU, the params and grads come over and the params go back (Prodigy's dot products
+// have no kernels yet).
 #include <cmath>
 
+#include "ops/device.h"
 #include "train/optimizer.h"
 
 namespace sd3::train {
@@ -11,7 +14,8 @@ namespace {
 
 class Prodigy final : public Optimizer {
   public:
-    Prodigy(const OptimizerConfig& c, std::vector<ParamSegment> segments) : Optimizer(std::move(segments)), c_(c) {
+    Prodigy(const OptimizerConfig& c, std::vector<ParamSegment> segments, Device device)
+        : Optimizer(std::move(segments), device), c_(c) {
         m_ = Tensor::zeros({numel_});   // [n] exp_avg
         v_ = Tensor::zeros({numel_});   // [n] exp_avg_sq
         s_ = Tensor::zeros({numel_});   // [n]
@@ -20,7 +24,14 @@ class Prodigy final : public Optimizer {
         d_max_ = c_.d0;
     }
 
-    void step(float* p, const float* g, double lr) override {
+    void update(const Tensor& params, const Tensor& grads, double lr) override {
+        if (params.device().is_cpu()) return update_host(params.data<float>(), grads.data<float>(), lr);
+        const Tensor p = to_host(params), g = to_host(grads);
+        update_host(p.data<float>(), g.data<float>(), lr);
+        copy_into(params, p);
+    }
+
+    void update_host(float* p, const float* g, double lr) {
         const double beta1 = c_.beta1, beta2 = c_.beta2;
         const double beta3 = c_.beta3 < 0 ? std::sqrt(beta2) : c_.beta3;
         if (steps_ == 0) std::copy(p, p + numel_, p0_.data<float>());
@@ -118,8 +129,8 @@ class Prodigy final : public Optimizer {
 
 }  // namespace
 
-std::unique_ptr<Optimizer> make_prodigy(const OptimizerConfig& c, std::vector<ParamSegment> segments) {
-    return std::make_unique<Prodigy>(c, std::move(segments));
+std::unique_ptr<Optimizer> make_prodigy(const OptimizerConfig& c, std::vector<ParamSegment> segments, Device device) {
+    return std::make_unique<Prodigy>(c, std::move(segments), device);
 }
 
 }  // namespace sd3::train

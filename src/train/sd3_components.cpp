@@ -19,6 +19,7 @@
 #include "ops/device.h"
 #include "ops/mmdit_ops.h"
 #include "ops/ops.h"
+#include "ops/train_ops.h"
 #include "text/clip_tokenizer.h"
 #include "text/t5_tokenizer.h"
 #include "train/cache.h"
@@ -38,10 +39,11 @@ Tensor ids_tensor(const std::vector<int32_t>& ids) {
     return t;
 }
 
-// The MMDiT with attached trainable LoRA; params/grads are LoraTrainable's flat float32 host buffers, which the
-// trainer's optimizer updates. On a GPU the adapters view a device copy of the params in the compute dtype
-// (refreshed before a forward when the host params may have changed) and backward accumulates into a float32
-// device buffer that is added to the host gradients (in float16 through the loss scale: train/loss_scale.h).
+// The MMDiT with attached trainable LoRA. On the CPU the adapters view LoraTrainable's float32 params and grads.
+// On a GPU the float32 master params and gradients live on the device, where the optimizer updates them; the
+// adapters view a copy of the params in the compute dtype, refreshed before a forward when the params may have
+// changed, and backward accumulates into the device gradients (in float16 through the loss scale:
+// train/loss_scale.h).
 class Sd3TrainableModel final : public TrainableModel {
   public:
     // `budget`: the device bytes the transformer may use (--max-vram; SIZE_MAX: none). Under checkpointing, what
@@ -52,6 +54,8 @@ class Sd3TrainableModel final : public TrainableModel {
         const nn::Placement& p = model_.placement();
         loss_scale_ = LossScale(p.dtype == DType::F16);
         if (p.on_cpu()) return model_.attach_trainable(lora_);
+        SD3_ASSIGN_OR_RETURN(lora_.params, to_device(lora_.params, p.device));
+        lora_.grads = ops::zeros({lora_.numel}, p.device);
         LoraTrainable on_device = lora_;
         on_device.params = Tensor::empty({lora_.numel}, p.dtype, p.device);
         on_device.grads = Tensor();
@@ -61,11 +65,11 @@ class Sd3TrainableModel final : public TrainableModel {
 
     const std::vector<LoraSlot>& slots() const override { return lora_.slots; }
     int64_t lora_numel() const override { return lora_.numel; }
-    float* lora_params() override {
+    Tensor lora_params() override {
         params_changed_ = true;  // the caller may write them (optimizer step, resume)
-        return lora_.params.data<float>();
+        return lora_.params;
     }
-    float* lora_grads() override { return lora_.grads.data<float>(); }
+    Tensor lora_grads() override { return lora_.grads; }
     Tensor stage_input(const Tensor& host) override {
         const nn::Placement& p = model_.placement();
         if (p.on_cpu()) return host;
@@ -79,6 +83,7 @@ class Sd3TrainableModel final : public TrainableModel {
         saved_.checkpoint_blocks = checkpoint_blocks_;
         saved_.kept_blocks = kept_blocks_;
         saved_.ctx = {true, rng_seed};
+        saved_.device_output = true;
         const Tensor t = Tensor::from_vector({static_cast<int64_t>(timesteps.size())}, timesteps);  // [B]
         sync_params();
         Result<Tensor> pred = model_.forward(x_t, t, prompt_embeds, pooled, &saved_);
@@ -88,27 +93,19 @@ class Sd3TrainableModel final : public TrainableModel {
     }
 
     Status backward(const Tensor& grad_pred) override {
-        if (!device_params_.defined()) {
-            model_.backward(grad_pred, saved_, lora_.grads, nullptr);
+        if (!loss_scale_.enabled()) {
+            model_.backward(grad_pred, saved_, lora_.grads, nullptr);  // accumulates
         } else {
-            Tensor host;
             for (;;) {  // once, unless a float16 backward overflows at the current loss scale
                 const float scale = loss_scale_.value();
                 Tensor grads = ops::zeros({lora_.numel}, device_params_.device());  // f32
-                model_.backward(scale == 1.0f ? grad_pred : ops::scale(grad_pred, scale), saved_, grads, nullptr);
-                host = to_host(grads);
-                const float* d = host.data<float>();
-                bool finite = true;
-#pragma omp parallel for reduction(&& : finite)
-                for (int64_t i = 0; i < lora_.numel; ++i) finite = finite && std::isfinite(d[i]);
+                model_.backward(ops::scale(grad_pred, scale), saved_, grads, nullptr);
+                const bool finite = ops::all_finite(grads);
                 SD3_TRY(loss_scale_.record(finite));
-                if (finite) break;
+                if (!finite) continue;
+                ops::add_scaled_(lora_.grads, grads, 1.0f / scale);  // a power of two: exact
+                break;
             }
-            float* g = lora_.grads.data<float>();
-            const float* d = host.data<float>();
-            const float unscale = 1.0f / loss_scale_.value();  // a power of two: exact
-#pragma omp parallel for
-            for (int64_t i = 0; i < lora_.numel; ++i) g[i] += d[i] * unscale;
         }
         saved_ = MMDiTActivations();
         if (!first_update_reported_ && device_params_.defined()) {  // how the plan printed at start-up held up
@@ -174,7 +171,7 @@ class Sd3TrainableModel final : public TrainableModel {
     }
 
     MMDiT& mmdit() { return model_; }
-    // Brings the device copy of the LoRA up to date with the host params (before inference with the live model).
+    // Brings the compute copy of the LoRA up to date with the master params (before inference with the live model).
     void sync_params() {
         if (device_params_.defined() && params_changed_) {
             copy_into(device_params_, lora_.params);

@@ -21,8 +21,9 @@ namespace sd3::train {
 struct Sd3ComponentOptions {
     int max_sequence_length = 77;     // T5 tokens in training (the reference's --max_sequence_length)
     bool gradient_checkpointing = false;
-    // Where the models run: the encoders in the cache phase, then the transformer (LoRA master weights, the loss and
-    // the optimizer stay float32 on the CPU; the device holds a copy of the LoRA in the compute dtype).
+    // Where the models run: the encoders in the cache phase, then the transformer (with its float32 LoRA master
+    // weights and gradients, where the loss and the optimizer run too; the adapters use a copy of the LoRA in the
+    // compute dtype).
     nn::Placement placement;
     std::optional<QuantFormat> base_format;  // the transformer's block weights quantized (int8, fp8, nf4)
     size_t transformer_max_resident_bytes = SIZE_MAX;  // blocks beyond it stream from host memory (MMDiT::to)

@@ -15,6 +15,7 @@
 #include "core/log.h"
 #include "io/name_map.h"
 #include "ops/device.h"
+#include "ops/train_ops.h"
 #include "train/cache.h"
 #include "train/checkpoint.h"
 #include "train/flow_matching.h"
@@ -174,7 +175,8 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
     std::vector<ParamSegment> segments;
     for (const LoraSlot& s : model->slots()) segments.push_back({s.offset, shape_numel(s.shape)});
     std::sort(segments.begin(), segments.end(), [](auto& a, auto& b) { return a.offset < b.offset; });
-    std::unique_ptr<Optimizer> optimizer = make_optimizer(optimizer_config(o), segments);
+    // The optimizer lives where the model keeps its master params (a GPU runs the whole update there).
+    std::unique_ptr<Optimizer> optimizer = make_optimizer(optimizer_config(o), segments, model->lora_params().device());
     {
         // A micro-batch holds the instance samples and, with prior preservation, as many class samples.
         const int64_t micro = o.train_batch_size * (o.data.with_prior_preservation ? 2 : 1);
@@ -183,7 +185,9 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
         if (!plan.empty()) phase(plan);
     }
     const int64_t P = model->lora_numel();
-    std::fill(model->lora_grads(), model->lora_grads() + P, 0.0f);
+    ops::zero_(model->lora_grads());
+    // The params as host float32 (a copy when they live on a GPU), for checkpoints and LoRA files.
+    auto host_params = [&model]() { return to_host(model->lora_params()); };
 
     const int64_t len = dataset_length(o.data, static_cast<int64_t>(data.instance.size()),
                                        static_cast<int64_t>(data.class_images.size()));
@@ -206,7 +210,10 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
             phase("no checkpoint to resume from in " + o.output_dir + "; starting a new run");
         } else {
             TrainerState loaded;
-            SD3_TRY(load_checkpoint(dir, model->slots(), model->lora_params(), *optimizer, &loaded, st.settings_hash));
+            const Tensor params = model->lora_params();
+            const Tensor host = host_params();  // the params themselves on the CPU
+            SD3_TRY(load_checkpoint(dir, model->slots(), host.data<float>(), *optimizer, &loaded, st.settings_hash));
+            if (!params.device().is_cpu()) copy_into(params, host);
             st = loaded;
             result.resumed_from = st.global_step;
             phase(str_cat("resumed from ", dir, " at update ", st.global_step));
@@ -266,12 +273,12 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
 
     // 6. The loop.
     const int64_t bs = o.train_batch_size;
-    // A micro-batch's inputs on the host: latents sampled from the cached posteriors, noise, timesteps, the
-    // noisy input and the prompts. Every draw is keyed by the micro step, so it can be built ahead of its turn.
+    // A micro-batch's inputs: latents sampled from the cached posteriors, noise, timesteps, the noisy input and
+    // the prompts, built on the host and staged where the model runs. Every draw is keyed by the micro step, so
+    // it can be built ahead of its turn.
     struct MicroBatch {
         Tensor x0, noise, noisy, pe, pooled;  // [B, 16, h, w] x3, [B, T, D], [B, P]
         std::vector<float> sigmas, timesteps, weighting;
-        Tensor noisy_in, pe_in, pooled_in;    // the forward's inputs, staged where the model runs
     };
     auto build_micro_batch = [&](int64_t epoch, int64_t bi, int64_t micro) {
         const std::vector<int64_t> perm = epoch_permutation(seed, epoch, len);
@@ -325,9 +332,9 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
             pe.select(0, b).copy_from(samples[b].prompt->prompt_embeds);
             pooled.select(0, b).copy_from(samples[b].prompt->pooled.view({-1}));
         }
-        return MicroBatch{x0,     noise,     noisy,     pe,
-                          pooled, sigmas,    timesteps, weighting,
-                          model->stage_input(noisy), model->stage_input(pe), model->stage_input(pooled)};
+        return MicroBatch{model->stage_input(x0), model->stage_input(noise),  model->stage_input(noisy),
+                          model->stage_input(pe), model->stage_input(pooled), sigmas,
+                          timesteps,              weighting};
     };
     // Where the micro-batch after (epoch, bi) is: the next batch of the epoch or the first of the next epoch.
     auto following = [&](int64_t epoch, int64_t bi) -> std::pair<int64_t, int64_t> {
@@ -336,7 +343,7 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
     std::future<MicroBatch> ahead;  // the next micro-batch, built on another thread while the device works
     int64_t ahead_micro = -1;
     const int accum = o.gradient_accumulation_steps;
-    std::vector<double> micro_losses;
+    std::vector<DeferredLoss> pending_losses;  // this update's, read once it is done
     auto t_update = std::chrono::steady_clock::now();
     StepReport::Phases phases;
     using Clock = std::chrono::steady_clock;
@@ -354,7 +361,7 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
         const int64_t first_batch = epoch == st.epoch ? st.batch_in_epoch : 0;
         for (int64_t bi = first_batch; bi < rl.batches_per_epoch; ++bi) {
             const int64_t micro = st.micro_steps;
-            if (micro_losses.empty() && st.global_step + 1 == profiled_update) profiler_capture(true);
+            if (pending_losses.empty() && st.global_step + 1 == profiled_update) profiler_capture(true);
             Clock::time_point t_phase = Clock::now();
             MicroBatch mb = ahead.valid() && ahead_micro == micro ? ahead.get() : build_micro_batch(epoch, bi, micro);
             if (const auto [ne, nb] = following(epoch, bi); ne < rl.num_epochs) {
@@ -362,7 +369,7 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
                 ahead_micro = micro + 1;
             }
             phases.batch += lap(t_phase);
-            SD3_ASSIGN_OR_RETURN(Tensor pred, model->forward(mb.noisy_in, mb.timesteps, mb.pe_in, mb.pooled_in,
+            SD3_ASSIGN_OR_RETURN(Tensor pred, model->forward(mb.noisy, mb.timesteps, mb.pe, mb.pooled,
                                                              TrainRng::for_purpose(seed, str_cat("dropout.", micro)).uniform_int(0, INT64_MAX)));
             LossInputs li;
             li.model_pred = pred;
@@ -374,25 +381,34 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
             li.precondition_outputs = o.precondition_outputs;
             li.with_prior_preservation = o.data.with_prior_preservation;
             li.prior_loss_weight = o.prior_loss_weight;
-            const LossResult lr_ = flow_matching_loss(li, 1.0 / accum);  // accelerator.backward divides by accum
-            if (!std::isfinite(lr_.loss))
-                return make_error(ErrorCode::INTERNAL, "the loss became ", lr_.loss, " at update ", st.global_step + 1,
-                                  "; lower --learning_rate or check the data");
+            // accelerator.backward divides by accum
+            pending_losses.push_back(flow_matching_loss_deferred(li, 1.0 / accum));
             phases.forward += lap(t_phase);
-            SD3_TRY(model->backward(lr_.grad_pred));
+            SD3_TRY(model->backward(pending_losses.back().grad_pred));
+            pending_losses.back().grad_pred = Tensor();
             phases.backward += lap(t_phase);
-            micro_losses.push_back(lr_.loss);
             ++st.micro_steps;
             st.batch_in_epoch = bi + 1;
             st.epoch = epoch;
             const bool sync = (bi + 1) % accum == 0 || bi + 1 == rl.batches_per_epoch;
             if (!sync) continue;
 
-            float* grads = model->lora_grads();
-            const float norm = clip_grad_norm(grads, segments, o.max_grad_norm);
+            std::vector<double> micro_losses;
+            for (const DeferredLoss& l : pending_losses) {
+                micro_losses.push_back(l.value().loss);
+                if (!std::isfinite(micro_losses.back()))
+                    return make_error(ErrorCode::INTERNAL, "the loss became ", micro_losses.back(), " at update ",
+                                      st.global_step + 1, "; lower --learning_rate or check the data");
+            }
+            pending_losses.clear();
+            const Tensor grads = model->lora_grads();
+            const float norm = optimizer->clip_grad_norm(grads, o.max_grad_norm);
+            if (!std::isfinite(norm))
+                return make_error(ErrorCode::INTERNAL, "the gradients are not finite at update ", st.global_step + 1,
+                                  "; lower --learning_rate, or train with --mixed_precision bf16 or no");
             const double lr = lr_for_update(sched, base_lr, st.global_step + 1);
             optimizer->step(model->lora_params(), grads, lr);
-            std::fill(grads, grads + P, 0.0f);
+            ops::zero_(grads);
             phases.optimizer += lap(t_phase);
             if (st.global_step + 1 == profiled_update) profiler_capture(false);
             ++st.global_step;
@@ -424,10 +440,9 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
                 SD3_TRY(tb.scalar("loss", mean_loss, st.global_step));
                 SD3_TRY(tb.scalar("lr", lr, st.global_step));
             }
-            micro_losses.clear();
             if (cb.on_step) cb.on_step(rep);
             if (st.global_step % o.checkpointing_steps == 0) {
-                SD3_ASSIGN_OR_RETURN(std::string dir, save_checkpoint(o.output_dir, st, model->slots(), model->lora_params(),
+                SD3_ASSIGN_OR_RETURN(std::string dir, save_checkpoint(o.output_dir, st, model->slots(), host_params().data<float>(),
                                                                       o.lora, *optimizer, o.checkpoints_total_limit.value_or(0)));
                 phase("saved " + dir);
             }
@@ -448,14 +463,15 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
 
     // 7. The LoRA file, then the final validation with it.
     std::string out;
+    const Tensor final_params = host_params();
     if (o.lora_format != "comfyui") {
         out = (fs::path(o.output_dir) / kLoraWeightName).string();
-        SD3_TRY(save_lora_params(out, model->slots(), model->lora_params(), o.lora));
+        SD3_TRY(save_lora_params(out, model->slots(), final_params.data<float>(), o.lora));
         phase("wrote " + out);
     }
     if (o.lora_format != "diffusers") {  // ComfyUI's key dialect through io/name_map (fused qkv, Stability names)
         const std::string comfy = (fs::path(o.output_dir) / kComfyLoraWeightName).string();
-        SD3_TRY(write_lora(comfy, lora_set_from_params(model->slots(), model->lora_params(), o.lora),
+        SD3_TRY(write_lora(comfy, lora_set_from_params(model->slots(), final_params.data<float>(), o.lora),
                            LoraDialect::COMFYUI));
         phase("wrote " + comfy);
         if (out.empty()) out = comfy;

@@ -58,8 +58,8 @@ class MockModel final : public TrainableModel {
     }
     const std::vector<LoraSlot>& slots() const override { return slots_; }
     int64_t lora_numel() const override { return static_cast<int64_t>(params_.size()); }
-    float* lora_params() override { return params_.data(); }
-    float* lora_grads() override { return grads_.data(); }
+    Tensor lora_params() override { return Tensor::borrow(params_.data(), {lora_numel()}, DType::F32, kCPU); }
+    Tensor lora_grads() override { return Tensor::borrow(grads_.data(), {lora_numel()}, DType::F32, kCPU); }
     Result<Tensor> forward(const Tensor& x, const std::vector<float>&, const Tensor&, const Tensor& pooled,
                            uint64_t) override {
         x_ = x.clone();
@@ -334,7 +334,7 @@ Result<TrainComponents> tiny_components() {
 double eval_loss(TrainComponents& c, const TrainOptions& o, const std::vector<float>* params) {
     auto model = c.load_transformer(o.lora, o.run_seed());
     EXPECT_TRUE(model.ok());
-    if (params) std::copy(params->begin(), params->end(), (*model)->lora_params());
+    if (params) std::copy(params->begin(), params->end(), (*model)->lora_params().data<float>());
     auto cache = TrainCache::open(o.effective_cache_dir(), "eval");
     auto list = list_instance_images(o.data);
     auto data = prepare_dataset(o.data, *list, {}, file_decoder(), 1);
@@ -376,7 +376,7 @@ TEST(TrainTiny, LossFallsRunsRepeatAndLoraLoadsBack) {
     // the LoRA loads back (io/lora_file.h) into the MMDiT's trainable layout and lowers the loss on fixed draws
     auto model = (*comps).load_transformer(oa.lora, oa.run_seed());
     ASSERT_TRUE(model.ok());
-    std::vector<float> init((*model)->lora_params(), (*model)->lora_params() + (*model)->lora_numel());
+    std::vector<float> init((*model)->lora_params().data<float>(), (*model)->lora_params().data<float>() + (*model)->lora_numel());
     std::vector<float> trained(init.size());
     ASSERT_TRUE(load_lora_params((a / kLoraWeightName).string(), (*model)->slots(), trained.data()).ok());
     EXPECT_NE(init, trained);
@@ -440,7 +440,7 @@ TEST(TrainTiny, GoldenTrainingStepThroughTheTrainerPieces) {
     for (const LoraSlot& s : m.slots()) {
         const Tensor before = sd3::testing::golden_tensor(g, "train.param_before." + golden_name(s.name));
         ASSERT_EQ(before.shape(), s.shape) << s.name;
-        std::copy(before.data<float>(), before.data<float>() + before.numel(), m.lora_params() + s.offset);
+        std::copy(before.data<float>(), before.data<float>() + before.numel(), m.lora_params().data<float>() + s.offset);
         segs.push_back({s.offset, shape_numel(s.shape)});
     }
     EXPECT_EQ(segs.size(), 16u);
@@ -457,22 +457,22 @@ TEST(TrainTiny, GoldenTrainingStepThroughTheTrainerPieces) {
     const LossResult r = flow_matching_loss(li);
     const double ref_loss = sd3::testing::golden_tensor(g, "train.loss.logit_normal").to_float_vector()[0];
     EXPECT_NEAR(r.loss, ref_loss, 1e-5 * ref_loss);
-    std::fill(m.lora_grads(), m.lora_grads() + m.lora_numel(), 0.0f);
+    std::fill(m.lora_grads().data<float>(), m.lora_grads().data<float>() + m.lora_numel(), 0.0f);
     ASSERT_TRUE(m.backward(r.grad_pred).ok());
     for (const LoraSlot& s : m.slots()) {
-        Tensor got = Tensor::borrow(m.lora_grads() + s.offset, s.shape, DType::F32, kCPU);
+        Tensor got = Tensor::borrow(m.lora_grads().data<float>() + s.offset, s.shape, DType::F32, kCPU);
         // gradients accumulate float32 products over 2x64 tokens: relative ~1e-5 of the largest entries
         EXPECT_TRUE(sd3::testing::all_close(got, sd3::testing::golden_tensor(g, "train.grad." + golden_name(s.name)),
                                             1e-6, 2e-3))
             << s.name;
     }
-    const float norm = clip_grad_norm(m.lora_grads(), segs, 1.0);
+    const float norm = clip_grad_norm(m.lora_grads().data<float>(), segs, 1.0);
     const float ref_norm = sd3::testing::golden_tensor(g, "train.grad_norm_before_clip").to_float_vector()[0];
     EXPECT_NEAR(norm, ref_norm, 1e-4 * ref_norm);
     auto opt = make_optimizer(OptimizerConfig{}, segs);
-    opt->step(m.lora_params(), m.lora_grads(), 1e-4);
+    opt->step(m.lora_params().data<float>(), m.lora_grads().data<float>(), 1e-4);
     for (const LoraSlot& s : m.slots()) {
-        Tensor got = Tensor::borrow(m.lora_params() + s.offset, s.shape, DType::F32, kCPU);
+        Tensor got = Tensor::borrow(m.lora_params().data<float>() + s.offset, s.shape, DType::F32, kCPU);
         // the first Adam step moves each parameter by ~lr·sign(g); a gradient differing by 1e-3 relative changes
         // that by far less than 1e-7 except where |g| ~ eps
         EXPECT_TRUE(sd3::testing::all_close(
@@ -500,13 +500,13 @@ TEST(TrainSd3Components, CheckpointingKeepsTheBlocksTheBudgetAllows) {
         auto model = comps->load_transformer(LoraSettings{}, 7);
         EXPECT_TRUE(model.ok()) << model.status().message();
         TrainableModel& m = **model;
-        for (int64_t i = 0; i < m.lora_numel(); ++i) m.lora_params()[i] = 0.01f * static_cast<float>(i % 17 - 8);
+        for (int64_t i = 0; i < m.lora_numel(); ++i) m.lora_params().data<float>()[i] = 0.01f * static_cast<float>(i % 17 - 8);
         *plan = m.plan_memory(x0.size(0), x0.size(2), x0.size(3), ctx.size(1));
         auto pred = m.forward(x0, ts, ctx, pooled, 0);
         EXPECT_TRUE(pred.ok()) << pred.status().message();
-        std::fill(m.lora_grads(), m.lora_grads() + m.lora_numel(), 0.0f);
+        std::fill(m.lora_grads().data<float>(), m.lora_grads().data<float>() + m.lora_numel(), 0.0f);
         EXPECT_TRUE(m.backward(*pred).ok());  // d(0.5·|pred|²)/d(pred) = pred
-        return std::vector<float>(m.lora_grads(), m.lora_grads() + m.lora_numel());
+        return std::vector<float>(m.lora_grads().data<float>(), m.lora_grads().data<float>() + m.lora_numel());
     };
     std::string unbounded, tight, roomy;
     const std::vector<float> a = train_step(SIZE_MAX, &unbounded);

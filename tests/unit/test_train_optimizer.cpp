@@ -9,7 +9,7 @@
 
 #include "common/testing.h"
 #include "train/optimizer.h"
-#include "train/optimizer_8bit.h"
+#include "ops/cpu/train_ops.h"
 #include "train/train_rng.h"
 
 namespace sd3::train {
@@ -18,6 +18,8 @@ namespace {
 using sd3::testing::all_close;
 using sd3::testing::golden_tensor;
 using sd3::testing::open_golden;
+using sd3::cpu::dynamic_quant_map;
+using sd3::cpu::quantize_nearest;
 
 // The golden LoRA parameters, flattened in name order (any fixed order works: the update is elementwise).
 struct FlatSet {
@@ -160,13 +162,13 @@ TEST(TrainOptimizer, DynamicMapsMatchBitsandbytesAlgorithm) {
 TEST(TrainOptimizer, QuantizeFindsNearestCode) {
     for (bool sgn : {true, false}) {
         const auto code = dynamic_quant_map(sgn);
-        for (int i = 0; i < 256; ++i) EXPECT_EQ(quantize_nearest(code, sgn, code[i]), i == 0 && !sgn ? 0 : i);
+        for (int i = 0; i < 256; ++i) EXPECT_EQ(quantize_nearest(code.data(), sgn, code[i]), i == 0 && !sgn ? 0 : i);
         TrainRng rng(3);
         for (int t = 0; t < 5000; ++t) {
             float x = static_cast<float>(rng.uniform());
             x = x * x * x;  // dense near 0 like normalized moments
             if (sgn && (t & 1)) x = -x;
-            const int q = quantize_nearest(code, sgn, x);
+            const int q = quantize_nearest(code.data(), sgn, x);
             int best = 0;
             for (int i = 1; i < 256; ++i)
                 if (std::fabs(code[i] - x) < std::fabs(code[best] - x)) best = i;

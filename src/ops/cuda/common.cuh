@@ -118,6 +118,10 @@ inline bool vectorizable(int64_t n, DType dt, std::initializer_list<const void*>
     return aligned_runs(vec_lanes(dt), dt, {n}, ptrs);
 }
 
+// A grid-stride loop of `i` over [0, n).
+#define SD3_GRID_STRIDE(i, n) \
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
+
 // Grid size for a grid-stride loop over n elements.
 inline unsigned grid_for(int64_t n, int threads) {
     const int64_t blocks = ceil_div(n, threads);

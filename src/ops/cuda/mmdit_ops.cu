@@ -14,9 +14,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-#define SD3_GRID_STRIDE(i, n) \
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
-
 template <typename T>
 __global__ void modulate_fwd_kernel(T* y, const T* x, const T* shift, const T* scale, int64_t tokens, int64_t dim,
                                     int64_t stride, int64_t n) {

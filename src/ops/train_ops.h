@@ -1,0 +1,44 @@
+// The training update on tensors of any device: the loss, the per-tensor gradient norms, clipping and the
+// optimizers' element updates. CUDA tensors go to ops/cuda (kernels that reproduce the CPU loops of
+// ops/cpu/train_ops.h bit for bit), the rest to those loops. Buffers are contiguous float32 unless a comment
+// says otherwise; every reduction has a fixed order, so a seed gives the same bits on every run.
+#pragma once
+
+#include <vector>
+
+#include "core/tensor.h"
+#include "ops/cpu/train_ops.h"
+
+namespace sd3::ops {
+
+// The flow-matching loss of a micro-batch (train/flow_matching.h): pred [B, ...] (f32 on the CPU; f32, bf16 or
+// f16 on a GPU), noisy, x0 and noise [B, ...] f32 on the same device, one LossSample per sample. Writes
+// *grad (allocated here, f32 [B, ...]) and returns the per-sample sums Σ w·(out - target)² as f64 [B].
+Tensor flow_matching_loss(const Tensor& pred, const Tensor& noisy, const Tensor& x0, const Tensor& noise,
+                          const std::vector<cpu::LossSample>& samples, bool precondition, Tensor* grad);
+
+// sqrt(Σ x²) of each segment of x: segments is an I64 [S, 2] table of (offset, numel) on x's device. Returns
+// f32 [S] on the CPU (the caller combines the norms).
+std::vector<float> segment_norms(const Tensor& x, const Tensor& segments);
+
+// x *= s in place; x = 0 in place; acc += s * x.
+void scale_(const Tensor& x, float s);
+void zero_(const Tensor& x);
+void add_scaled_(const Tensor& acc, const Tensor& x, float s);
+// Whether every element of x (f32) is finite (waits for the device).
+bool all_finite(const Tensor& x);
+
+// One AdamW step of p, m, v [n] with gradients g [n].
+void adamw_update_(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v, const cpu::AdamWStep& s);
+
+// One AdamW8bit step over every chunk of `chunks` (I64 [E, 3] of offset, count, block on p's device), with the
+// moments of `state` (m_codes, v_codes: U8 [n]; m_absmax, v_absmax: f32 [blocks]; m32, v32: f32 [n]) and
+// `maps`, f32 [512] on p's device: dynamic_quant_map(true), then dynamic_quant_map(false). Chunks are
+// independent, so they run in any order.
+struct Adam8bitTensors {
+    Tensor m_codes, v_codes, m_absmax, v_absmax, m32, v32;
+};
+void adam8bit_update_(const Tensor& p, const Tensor& g, const Adam8bitTensors& state, const Tensor& chunks,
+                      const Tensor& maps, int64_t block_size, const cpu::Adam8bitStep& s);
+
+}  // namespace sd3::ops
