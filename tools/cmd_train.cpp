@@ -431,7 +431,8 @@ std::pair<CLI::App*, CommandRunner> setup_train(CLI::App& app) {
                     {"batch", steady_median([&](size_t i) { return update_phases[i].batch; })},
                     {"forward", steady_median([&](size_t i) { return update_phases[i].forward; })},
                     {"backward", steady_median([&](size_t i) { return update_phases[i].backward; })},
-                    {"optimizer", steady_median([&](size_t i) { return update_phases[i].optimizer; })}};
+                    {"optimizer", steady_median([&](size_t i) { return update_phases[i].optimizer; })},
+                    {"report", steady_median([&](size_t i) { return update_phases[i].report; })}};
                 const double images = static_cast<double>(c->o.train_batch_size * c->o.gradient_accumulation_steps);
                 m["images_per_second"] = median > 0 ? images / median : 0.0;
                 m["cache_peak_gpu_bytes"] = cache_peak;

@@ -122,6 +122,43 @@ Result<Tensor> to_device(const Tensor& t, Device device) {
 #endif
 }
 
+Result<Tensor> upload_async(const Tensor& t, Device device) {
+    SD3_ASSERT(t.defined() && t.device().is_cpu(), "upload_async takes a CPU tensor");
+    if (device.is_cpu()) return t;
+#ifdef SD3_HAVE_CUDA
+    return cuda::tensor_ops::upload_async(t, device);
+#else
+    return no_cuda();
+#endif
+}
+
+PendingDownload download_async(const Tensor& t) {
+    SD3_ASSERT(t.defined(), "download_async of an undefined tensor");
+    PendingDownload d;
+    d.source_ = t;
+#ifdef SD3_HAVE_CUDA
+    if (!t.device().is_cpu()) {
+        d.source_ = cuda::tensor_ops::contiguous(t);
+        d.handle_ = cuda::tensor_ops::start_download(d.source_);
+    }
+#endif
+    return d;
+}
+
+Tensor PendingDownload::wait() {
+    SD3_ASSERT(source_.defined(), "PendingDownload::wait without a download");
+    Tensor out = source_;
+#ifdef SD3_HAVE_CUDA
+    if (handle_ >= 0) {
+        out = Tensor::empty(source_.shape(), source_.dtype());
+        cuda::tensor_ops::finish_download(source_, handle_, out);
+        handle_ = -1;
+    }
+#endif
+    source_ = Tensor();
+    return out;
+}
+
 Tensor to_host(const Tensor& t) {
     SD3_ASSERT(t.defined(), "to_host of an undefined tensor");
     if (t.device().is_cpu()) return t;

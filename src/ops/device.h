@@ -20,6 +20,25 @@ std::string device_description(Device device);
 // A contiguous copy of `t` on `device` (same dtype), or `t` itself when it is already there and contiguous.
 // Running out of device memory is an OUT_OF_MEMORY error saying what was asked and what was free.
 Result<Tensor> to_device(const Tensor& t, Device device);
+// to_device without the wait: the bytes go through pinned staging memory in the device's order, so the call
+// returns at once and `t` may change or go right after. For uploads off the critical path (the trainer's next
+// micro-batch, staged while the device works). `t` itself on the CPU.
+Result<Tensor> upload_async(const Tensor& t, Device device);
+
+// A device tensor's bytes on their way to the host, queued in the device's order: wait() blocks until this copy
+// is done (not the rest of the device's queue) and returns the CPU tensor. On the CPU, the tensor itself.
+class PendingDownload {
+  public:
+    PendingDownload() = default;
+    Tensor wait();
+
+  private:
+    friend PendingDownload download_async(const Tensor& t);
+    Tensor source_;
+    int handle_ = -1;
+};
+PendingDownload download_async(const Tensor& t);
+
 // Copies src's elements (same shape; any device, strides and dtype) into dst's memory, converting float dtypes
 // (quantized dtypes are copied only as themselves). Waits until a host source may be freed.
 void copy_into(const Tensor& dst, const Tensor& src);

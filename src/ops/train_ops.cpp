@@ -49,10 +49,10 @@ Tensor flow_matching_loss(const Tensor& pred_in, const Tensor& noisy_in, const T
     return sums;
 }
 
-std::vector<float> segment_norms(const Tensor& x, const Tensor& segments) {
-    require_f32(x, x, "segment_norms x");
-    require_table(segments, x, 2, "segment_norms segments");
-    SD3_ON_CUDA(x, segment_norms(x, segments));
+Tensor clip_by_total_norm_(const Tensor& x, const Tensor& segments, float max_norm) {
+    require_f32(x, x, "clip_by_total_norm_ x");
+    require_table(segments, x, 2, "clip_by_total_norm_ segments");
+    SD3_ON_CUDA(x, clip_by_total_norm_(x, segments, max_norm));
     const int64_t S = segments.size(0);
     const int64_t* seg = segments.data<int64_t>();
     std::vector<float> norms(S);
@@ -60,7 +60,11 @@ std::vector<float> segment_norms(const Tensor& x, const Tensor& segments) {
 #pragma omp parallel for schedule(dynamic)
     for (int64_t k = 0; k < S; ++k)
         norms[k] = static_cast<float>(std::sqrt(cpu::sum_squares(x.data<float>() + seg[2 * k], seg[2 * k + 1])));
-    return norms;
+    Tensor stats = Tensor::empty({2}, DType::F32);
+    cpu::total_norm_and_coef(stats.data<float>(), norms.data(), S, max_norm);
+    const float coef = stats.data<float>()[1];
+    if (coef < 1.0f) scale_(x, coef);
+    return stats;
 }
 
 void scale_(const Tensor& x, float s) {

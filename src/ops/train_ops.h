@@ -17,9 +17,11 @@ namespace sd3::ops {
 Tensor flow_matching_loss(const Tensor& pred, const Tensor& noisy, const Tensor& x0, const Tensor& noise,
                           const std::vector<cpu::LossSample>& samples, bool precondition, Tensor* grad);
 
-// sqrt(Σ x²) of each segment of x: segments is an I64 [S, 2] table of (offset, numel) on x's device. Returns
-// f32 [S] on the CPU (the caller combines the norms).
-std::vector<float> segment_norms(const Tensor& x, const Tensor& segments);
+// torch.nn.utils.clip_grad_norm_ over the segments of x (an I64 [S, 2] table of (offset, numel) on x's device):
+// each segment's norm (float32, from a double sum), the norm of those (summed in segment order), coef = max_norm /
+// (norm + 1e-6) in float32, and x *= coef where coef < 1 (torch multiplies by a coef of 1 too, which changes
+// nothing). All of it queued on x's device: returns f32 [2] = (norm, coef) there, to be read when needed.
+Tensor clip_by_total_norm_(const Tensor& x, const Tensor& segments, float max_norm);
 
 // x *= s in place; x = 0 in place; acc += s * x.
 void scale_(const Tensor& x, float s);

@@ -133,13 +133,13 @@ DeferredLoss flow_matching_loss_deferred(const LossInputs& in, double grad_scale
         copy_into(d, t);
         return d;
     };
-    r.sample_sums = ops::flow_matching_loss(pred, here(in.noisy), here(in.x0), here(in.noise), samples,
-                                            in.precondition_outputs, &r.grad_pred);
+    r.sample_sums = download_async(ops::flow_matching_loss(pred, here(in.noisy), here(in.x0), here(in.noise), samples,
+                                                           in.precondition_outputs, &r.grad_pred));
     return r;
 }
 
-LossResult DeferredLoss::value() const {
-    const Tensor sums = to_host(sample_sums);
+LossResult DeferredLoss::value() {
+    const Tensor sums = sample_sums.wait();
     double inst_sum = 0, prior_sum = 0;
     for (int64_t b = 0; b < sums.numel(); ++b) {
         const double sample_mean = sums.data<double>()[b] / static_cast<double>(per_sample);
@@ -153,7 +153,7 @@ LossResult DeferredLoss::value() const {
 }
 
 LossResult flow_matching_loss(const LossInputs& in, double grad_scale) {
-    const DeferredLoss d = flow_matching_loss_deferred(in, grad_scale);
+    DeferredLoss d = flow_matching_loss_deferred(in, grad_scale);
     LossResult r = d.value();
     r.grad_pred = d.grad_pred;
     return r;

@@ -10,6 +10,7 @@
 
 #include "core/status.h"
 #include "core/tensor.h"
+#include "ops/device.h"
 #include "train/train_rng.h"
 
 namespace sd3::train {
@@ -68,15 +69,15 @@ struct LossResult {
 };
 
 // The loss as the device computes it: the gradient is ready for the backward in the device's order, and the
-// value is read when asked (which waits for the device), so the trainer reads it once per update.
+// value is on its way to the host; value() waits for that copy alone (not for the backward queued after it).
 struct DeferredLoss {
-    Tensor grad_pred;    // [B, C, H, W] f32, where model_pred is
-    Tensor sample_sums;  // [B] f64: Σ w·(out - target)² of each sample
+    Tensor grad_pred;          // [B, C, H, W] f32, where model_pred is
+    PendingDownload sample_sums;  // [B] f64: Σ w·(out - target)² of each sample
     int64_t per_sample = 0, half = 0;
     bool with_prior_preservation = false;
     double prior_loss_weight = 1.0;
-    // loss, instance_loss and prior_loss (grad_pred left empty).
-    LossResult value() const;
+    // loss, instance_loss and prior_loss (grad_pred left empty). Once.
+    LossResult value();
 };
 
 // grad_scale multiplies the gradient only (1 / gradient_accumulation_steps, as accelerator.backward divides).

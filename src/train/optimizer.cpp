@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "core/check.h"
@@ -34,22 +35,6 @@ Tensor segment_table(const std::vector<ParamSegment>& segments) {
     return t;
 }
 
-// torch._foreach_norm per tensor (float32 results, ops::segment_norms), then vector_norm of the stacked norms,
-// summed here in segment order.
-float combined_norm(const Tensor& grads, const Tensor& table) {
-    double total_sq = 0;
-    for (float norm : ops::segment_norms(grads, table)) total_sq += static_cast<double>(norm) * norm;
-    return static_cast<float>(std::sqrt(total_sq));
-}
-
-float clip(const Tensor& grads, const Tensor& table, double max_norm) {
-    const float norm = combined_norm(grads, table);
-    // clip_coef = max_norm / (total_norm + 1e-6) as float32 tensor math, clamped to 1.
-    const float coef = static_cast<float>(max_norm) / (norm + static_cast<float>(1e-6));
-    if (coef < 1.0f) ops::scale_(grads, coef);
-    return norm;
-}
-
 Tensor borrow(const float* data, int64_t n) {
     return Tensor::borrow(const_cast<float*>(data), {n}, DType::F32, kCPU);
 }
@@ -61,11 +46,16 @@ int64_t total_numel(const std::vector<ParamSegment>& segments) {
 }  // namespace
 
 float global_grad_norm(const float* grads, const std::vector<ParamSegment>& segments) {
-    return combined_norm(borrow(grads, total_numel(segments)), segment_table(segments));
+    // An infinite max_norm makes coef infinite (or NaN), never below 1: nothing is scaled.
+    const Tensor stats = ops::clip_by_total_norm_(borrow(grads, total_numel(segments)), segment_table(segments),
+                                                  std::numeric_limits<float>::infinity());
+    return stats.data<float>()[0];
 }
 
 float clip_grad_norm(float* grads, const std::vector<ParamSegment>& segments, double max_norm) {
-    return clip(borrow(grads, total_numel(segments)), segment_table(segments), max_norm);
+    const Tensor stats = ops::clip_by_total_norm_(borrow(grads, total_numel(segments)), segment_table(segments),
+                                                  static_cast<float>(max_norm));
+    return stats.data<float>()[0];
 }
 
 Optimizer::Optimizer(std::vector<ParamSegment> segments, Device device)
@@ -88,10 +78,10 @@ void Optimizer::step(const Tensor& params, const Tensor& grads, double lr) {
 
 void Optimizer::step(float* params, const float* grads, double lr) { step(borrow(params, numel_), borrow(grads, numel_), lr); }
 
-float Optimizer::clip_grad_norm(const Tensor& grads, double max_norm) const {
+Tensor Optimizer::clip_grad_norm(const Tensor& grads, double max_norm) const {
     SD3_ASSERT(grads.dtype() == DType::F32 && grads.numel() == numel_ && grads.device() == device_,
                "clip_grad_norm: expected f32 [", numel_, "] on ", device_.str(), ", got ", grads.describe());
-    return clip(grads, segment_table_, max_norm);
+    return ops::clip_by_total_norm_(grads, segment_table_, static_cast<float>(max_norm));
 }
 
 namespace detail {

@@ -61,8 +61,9 @@ class Optimizer {
     void step(const Tensor& params, const Tensor& grads, double lr);
     // The same on CPU buffers, for an optimizer made for the CPU.
     void step(float* params, const float* grads, double lr);
-    // clip_grad_norm over this optimizer's segments of grads [n] (on device()).
-    float clip_grad_norm(const Tensor& grads, double max_norm) const;
+    // clip_grad_norm over this optimizer's segments of grads [n], queued on device(): returns f32 [2] there, the
+    // norm before clipping and the coefficient (ops::clip_by_total_norm_), to be read when needed.
+    Tensor clip_grad_norm(const Tensor& grads, double max_norm) const;
     Device device() const { return device_; }
     int64_t steps() const { return steps_; }
     int64_t numel() const { return numel_; }

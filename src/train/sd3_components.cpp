@@ -73,8 +73,9 @@ class Sd3TrainableModel final : public TrainableModel {
     Tensor stage_input(const Tensor& host) override {
         const nn::Placement& p = model_.placement();
         if (p.on_cpu()) return host;
-        Result<Tensor> d = to_device(host, p.device);  // float32 as given; the forward converts on the device
-        return d.ok() ? *d : host;                       // out of memory: the forward uploads it and says so
+        // float32 as given (the forward converts on the device), queued without waiting for the device's work
+        Result<Tensor> d = upload_async(host, p.device);
+        return d.ok() ? *d : host;  // out of memory: the forward uploads it and says so
     }
 
     Result<Tensor> forward(const Tensor& x_t, const std::vector<float>& timesteps, const Tensor& prompt_embeds,
@@ -84,7 +85,8 @@ class Sd3TrainableModel final : public TrainableModel {
         saved_.kept_blocks = kept_blocks_;
         saved_.ctx = {true, rng_seed};
         saved_.device_output = true;
-        const Tensor t = Tensor::from_vector({static_cast<int64_t>(timesteps.size())}, timesteps);  // [B]
+        // [B], queued for the device without waiting for it (a plain upload would wait for the device's queue)
+        const Tensor t = stage_input(Tensor::from_vector({static_cast<int64_t>(timesteps.size())}, timesteps));
         sync_params();
         Result<Tensor> pred = model_.forward(x_t, t, prompt_embeds, pooled, &saved_);
         if (!first_update_reported_ && device_params_.defined())

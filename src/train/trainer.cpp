@@ -10,6 +10,7 @@
 #include <fstream>
 #include <future>
 #include <memory>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "core/log.h"
@@ -343,7 +344,7 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
     std::future<MicroBatch> ahead;  // the next micro-batch, built on another thread while the device works
     int64_t ahead_micro = -1;
     const int accum = o.gradient_accumulation_steps;
-    std::vector<DeferredLoss> pending_losses;  // this update's, read once it is done
+    std::vector<DeferredLoss> pending_losses;  // this update's micro-batches
     auto t_update = std::chrono::steady_clock::now();
     StepReport::Phases phases;
     using Clock = std::chrono::steady_clock;
@@ -353,6 +354,65 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
         since = now;
         return s;
     };
+    // An update whose loss and gradient norm are still on their way from the device. Its report (the log, the
+    // callbacks, a checkpoint, validation) runs once they arrive: at once where what follows depends on it (a
+    // checkpoint or validation, the end of an epoch or of the run, a stop callback), otherwise after the next
+    // micro-batch is queued, so that the device does not wait for the host between updates.
+    struct FinishedUpdate {
+        TrainerState state;  // after the update
+        int64_t epoch = 0;
+        double lr = 0;
+        std::vector<DeferredLoss> losses;
+        PendingDownload grad_stats;  // (norm, clip coefficient)
+        StepReport::Phases phases;
+        double seconds = 0;
+    };
+    // Reports `f`; true when a stop callback ends the run there.
+    auto report = [&](FinishedUpdate& f) -> Result<bool> {
+        std::vector<double> micro_losses;
+        for (DeferredLoss& l : f.losses) {
+            micro_losses.push_back(l.value().loss);
+            if (!std::isfinite(micro_losses.back()))
+                return make_error(ErrorCode::INTERNAL, "the loss became ", micro_losses.back(), " at update ",
+                                  f.state.global_step, "; lower --learning_rate or check the data");
+        }
+        const float norm = f.grad_stats.wait().data<float>()[0];
+        if (!std::isfinite(norm))
+            return make_error(ErrorCode::INTERNAL, "the gradients are not finite at update ", f.state.global_step,
+                              "; lower --learning_rate, or train with --mixed_precision bf16 or no");
+        double mean_loss = 0;
+        for (double l : micro_losses) mean_loss += l / static_cast<double>(micro_losses.size());
+        f.state.last_loss = mean_loss;
+        st.last_loss = mean_loss;
+        const int64_t step = f.state.global_step;
+        StepReport rep{step, rl.max_train_steps, f.epoch, mean_loss, f.lr, norm, f.seconds, f.phases};
+        result.losses.push_back(mean_loss);
+        nlohmann::ordered_json j;
+        j["step"] = step;
+        j["epoch"] = f.epoch;
+        j["loss"] = mean_loss;
+        j["micro_losses"] = micro_losses;
+        j["lr"] = f.lr;
+        j["grad_norm"] = norm;
+        j["seconds"] = rep.seconds;
+        j["phase_seconds"] = {{"batch", rep.phases.batch},         {"forward", rep.phases.forward},
+                              {"backward", rep.phases.backward},   {"optimizer", rep.phases.optimizer},
+                              {"report", rep.phases.report}};
+        SD3_TRY(write_json_line(jsonl, j));
+        if (tensorboard) {
+            SD3_TRY(tb.scalar("loss", mean_loss, step));
+            SD3_TRY(tb.scalar("lr", f.lr, step));
+        }
+        if (cb.on_step) cb.on_step(rep);
+        if (step % o.checkpointing_steps == 0) {
+            SD3_ASSIGN_OR_RETURN(std::string dir, save_checkpoint(o.output_dir, f.state, model->slots(), host_params().data<float>(),
+                                                                  o.lora, *optimizer, o.checkpoints_total_limit.value_or(0)));
+            phase("saved " + dir);
+        }
+        if (o.validation_steps > 0 && step % o.validation_steps == 0) SD3_TRY(validate("validation", step));
+        return cb.stop_after && cb.stop_after(step);
+    };
+    std::optional<FinishedUpdate> waiting;  // reported after the next micro-batch is queued
     // SD3_PROFILE_UPDATE=N: the CUDA profiler captures update N alone (docs/benchmarks.md, the profile workload).
     const char* profile_env = std::getenv("SD3_PROFILE_UPDATE");
     const int64_t profiled_update = profile_env != nullptr ? std::atoll(profile_env) : 0;
@@ -387,72 +447,50 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
             SD3_TRY(model->backward(pending_losses.back().grad_pred));
             pending_losses.back().grad_pred = Tensor();
             phases.backward += lap(t_phase);
+            if (waiting) {  // the device has this micro-batch queued: the last update's numbers can be waited for
+                SD3_TRY(report(*waiting).status());
+                waiting.reset();
+                phases.report += lap(t_phase);
+            }
             ++st.micro_steps;
             st.batch_in_epoch = bi + 1;
             st.epoch = epoch;
             const bool sync = (bi + 1) % accum == 0 || bi + 1 == rl.batches_per_epoch;
             if (!sync) continue;
 
-            std::vector<double> micro_losses;
-            for (const DeferredLoss& l : pending_losses) {
-                micro_losses.push_back(l.value().loss);
-                if (!std::isfinite(micro_losses.back()))
-                    return make_error(ErrorCode::INTERNAL, "the loss became ", micro_losses.back(), " at update ",
-                                      st.global_step + 1, "; lower --learning_rate or check the data");
-            }
-            pending_losses.clear();
             const Tensor grads = model->lora_grads();
-            const float norm = optimizer->clip_grad_norm(grads, o.max_grad_norm);
-            if (!std::isfinite(norm))
-                return make_error(ErrorCode::INTERNAL, "the gradients are not finite at update ", st.global_step + 1,
-                                  "; lower --learning_rate, or train with --mixed_precision bf16 or no");
+            const Tensor grad_stats = optimizer->clip_grad_norm(grads, o.max_grad_norm);
             const double lr = lr_for_update(sched, base_lr, st.global_step + 1);
             optimizer->step(model->lora_params(), grads, lr);
             ops::zero_(grads);
             phases.optimizer += lap(t_phase);
             if (st.global_step + 1 == profiled_update) profiler_capture(false);
             ++st.global_step;
-            double mean_loss = 0;
-            for (double l : micro_losses) mean_loss += l / static_cast<double>(micro_losses.size());
-            st.last_loss = mean_loss;
             if (st.batch_in_epoch == rl.batches_per_epoch) {
                 st.epoch = epoch + 1;
                 st.batch_in_epoch = 0;
             }
             const auto now = std::chrono::steady_clock::now();
-            StepReport rep{st.global_step, rl.max_train_steps, epoch, mean_loss, lr, norm,
-                           std::chrono::duration<double>(now - t_update).count(), phases};
+            FinishedUpdate f{st, epoch, lr, std::move(pending_losses), download_async(grad_stats), phases,
+                             std::chrono::duration<double>(now - t_update).count()};
+            pending_losses.clear();
             t_update = now;
             phases = {};
-            result.losses.push_back(mean_loss);
-            nlohmann::ordered_json j;
-            j["step"] = st.global_step;
-            j["epoch"] = epoch;
-            j["loss"] = mean_loss;
-            j["micro_losses"] = micro_losses;
-            j["lr"] = lr;
-            j["grad_norm"] = norm;
-            j["seconds"] = rep.seconds;
-            j["phase_seconds"] = {{"batch", rep.phases.batch}, {"forward", rep.phases.forward},
-                                  {"backward", rep.phases.backward}, {"optimizer", rep.phases.optimizer}};
-            SD3_TRY(write_json_line(jsonl, j));
-            if (tensorboard) {
-                SD3_TRY(tb.scalar("loss", mean_loss, st.global_step));
-                SD3_TRY(tb.scalar("lr", lr, st.global_step));
+            const bool last = st.global_step >= rl.max_train_steps;
+            const bool now_needed = last || bi + 1 == rl.batches_per_epoch || cb.stop_after ||
+                                    st.global_step % o.checkpointing_steps == 0 ||
+                                    (o.validation_steps > 0 && st.global_step % o.validation_steps == 0);
+            if (!now_needed) {
+                waiting = std::move(f);
+                continue;
             }
-            if (cb.on_step) cb.on_step(rep);
-            if (st.global_step % o.checkpointing_steps == 0) {
-                SD3_ASSIGN_OR_RETURN(std::string dir, save_checkpoint(o.output_dir, st, model->slots(), host_params().data<float>(),
-                                                                      o.lora, *optimizer, o.checkpoints_total_limit.value_or(0)));
-                phase("saved " + dir);
-            }
-            if (o.validation_steps > 0 && st.global_step % o.validation_steps == 0) SD3_TRY(validate("validation", st.global_step));
-            if (cb.stop_after && cb.stop_after(st.global_step)) {
+            SD3_ASSIGN_OR_RETURN(const bool stop, report(f));
+            if (stop) {
                 result.global_step = st.global_step;
                 result.interrupted = true;
                 return result;
             }
-            if (st.global_step >= rl.max_train_steps) {
+            if (last) {
                 done = true;
                 break;
             }

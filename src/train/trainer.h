@@ -24,13 +24,14 @@ struct StepReport {
     double lr = 0;          // the learning rate this update used
     double grad_norm = 0;   // before clipping
     double seconds = 0;     // wall time of this update
-    // Where that time went, summed over the update's micro-batches (host wall time; the device's queued work is
-    // waited for where a result comes back: the prediction for the loss, the gradients after the backward).
+    // Where the host's time went, summed over the update's micro-batches. On a GPU the phases queue work and return,
+    // and the host waits for the device only where numbers come back: in `report`.
     struct Phases {
-        double batch = 0;      // drawing noise and timesteps, assembling the micro-batch on the host
-        double forward = 0;    // the forward and the loss (waits for the prediction)
-        double backward = 0;   // the backward (waits for the gradients)
+        double batch = 0;      // drawing noise and timesteps, assembling and staging the micro-batch
+        double forward = 0;    // the forward and the loss
+        double backward = 0;   // the backward
         double optimizer = 0;  // clipping, the learning rate and the optimizer step
+        double report = 0;     // waiting for an update's loss and gradient norm, then logging and checkpoints
     } phases;
 };
 

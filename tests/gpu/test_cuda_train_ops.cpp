@@ -8,6 +8,7 @@
 
 #include "gpu_testing.h"
 #include "models/mmdit.h"
+#include "ops/ops.h"
 #include "ops/train_ops.h"
 #include "train/flow_matching.h"
 #include "train/optimizer.h"
@@ -92,7 +93,7 @@ TEST(CudaTrainOps, DeferredLossWithPriorPreservationMatchesTheCpu) {
     gpu.noisy = on_gpu(in.noisy, DType::F32);
     gpu.x0 = on_gpu(in.x0, DType::F32);
     gpu.noise = on_gpu(in.noise, DType::F32);
-    const train::DeferredLoss d = train::flow_matching_loss_deferred(gpu, 0.5);
+    train::DeferredLoss d = train::flow_matching_loss_deferred(gpu, 0.5);
     EXPECT_EQ(d.grad_pred.device(), kGPU);
     EXPECT_TRUE(same_bits(d.grad_pred, ref.grad_pred));
     const train::LossResult got = d.value();
@@ -173,7 +174,7 @@ TEST(CudaTrainOps, ClipGradNormMatchesTheCpu) {
         std::vector<float> g = randn(kNumel, 5, 1e-2f);
         const Tensor g_gpu = on_gpu(cpu_vec(g), DType::F32);
         const float ref = train::clip_grad_norm(g.data(), kSegments, max_norm);
-        const float got = gpu_opt->clip_grad_norm(g_gpu, max_norm);
+        const float got = to_host(gpu_opt->clip_grad_norm(g_gpu, max_norm)).data<float>()[0];
         EXPECT_NEAR(got, ref, 2e-7 * ref);
         EXPECT_TRUE(close(download(g_gpu), g, DType::F32)) << "max_norm " << max_norm;
     }
@@ -194,6 +195,29 @@ TEST(CudaTrainOps, FiniteCheckAccumulateAndZero) {
     EXPECT_FALSE(ops::all_finite(on_gpu(cpu_vec(x), DType::F32)));
     x[1000] = std::numeric_limits<float>::quiet_NaN();
     EXPECT_FALSE(ops::all_finite(on_gpu(cpu_vec(x), DType::F32)));
+}
+
+// The trainer's transfers that do not wait for the device's queue: uploads through pinned staging (the source may
+// change right after the call) and downloads waited for one by one, many in flight at once.
+TEST(CudaTrainOps, AsyncUploadsAndDownloadsKeepTheirBytes) {
+    SD3_REQUIRE_GPU();
+    std::vector<Tensor> sent, on_device;
+    std::vector<PendingDownload> back;
+    for (int k = 0; k < 12; ++k) {
+        Tensor host = cpu_vec(randn(1000 + 7919 * k, 40 + k));
+        sent.push_back(host.clone());
+        auto d = upload_async(host, kGPU);
+        ASSERT_TRUE(d.ok()) << d.status().message();
+        std::fill(host.data<float>(), host.data<float>() + host.numel(), -1.0f);  // the upload has its own copy
+        on_device.push_back(ops::scale(*d, 2.0f));
+        back.push_back(download_async(on_device.back()));
+    }
+    for (int k = 11; k >= 0; --k) {  // in any order
+        const Tensor got = back[k].wait();
+        ASSERT_EQ(got.numel(), sent[k].numel());
+        for (int64_t i = 0; i < got.numel(); ++i)
+            ASSERT_EQ(got.data<float>()[i], 2.0f * sent[k].data<float>()[i]) << "transfer " << k << " element " << i;
+    }
 }
 
 // One step of the reference (train.* of lora_and_training.safetensors) with everything on the GPU in float32: the
@@ -236,7 +260,7 @@ TEST(CudaTrainOps, GoldenTrainingStepWithTheUpdateOnTheGpu) {
     ASSERT_EQ(pred->device(), kGPU);  // the loss runs where the prediction is
     EXPECT_TRUE(sd3::testing::all_close(to_host(*pred), sd3::testing::golden_tensor(g, "train.model_pred"), 5e-6, 1e-5));
     train::LossInputs li{*pred, m.stage_input(xt), m.stage_input(x0), m.stage_input(noise), sig, {1.0f, 1.0f}};
-    const train::DeferredLoss loss = train::flow_matching_loss_deferred(li);
+    train::DeferredLoss loss = train::flow_matching_loss_deferred(li);
     ops::zero_(m.lora_grads());
     ASSERT_TRUE(m.backward(loss.grad_pred).ok());
     const double ref_loss = sd3::testing::golden_tensor(g, "train.loss.logit_normal").to_float_vector()[0];
@@ -249,7 +273,7 @@ TEST(CudaTrainOps, GoldenTrainingStepWithTheUpdateOnTheGpu) {
             << s.name;
     }
     auto opt = train::make_optimizer(OptimizerConfig{}, segs, kGPU);
-    const float norm = opt->clip_grad_norm(m.lora_grads(), 1.0);
+    const float norm = to_host(opt->clip_grad_norm(m.lora_grads(), 1.0)).data<float>()[0];
     const float ref_norm = sd3::testing::golden_tensor(g, "train.grad_norm_before_clip").to_float_vector()[0];
     EXPECT_NEAR(norm, ref_norm, 1e-4 * ref_norm);
     opt->step(m.lora_params(), m.lora_grads(), 1e-4);

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <array>
+#include <cmath>
 #include <cstdint>
 
 #if defined(__CUDACC__)
@@ -34,6 +35,22 @@ double flow_matching_sample(float* grad, const float* pred, const float* noisy, 
 // --- gradient norm ------------------------------------------------------------------------------------------
 // Σ x² in double, in element order (one parameter tensor's share of torch's per-tensor norms).
 double sum_squares(const float* x, int64_t n);
+// stats = (norm, coef): the norm of the `count` per-tensor norms (their squares summed in double, in order) and
+// clip_grad_norm_'s coef = max_norm / (norm + 1e-6) in float32 (applied where it is below 1).
+SD3_HOST_DEVICE inline void total_norm_and_coef(float* stats, const float* norms, int64_t count, float max_norm) {
+    double total_sq = 0;
+    for (int64_t k = 0; k < count; ++k) {
+        const double n = norms[k];
+#if defined(__CUDA_ARCH__)
+        total_sq = __dadd_rn(total_sq, __dmul_rn(n, n));  // not fused, as on the CPU
+#else
+        total_sq += n * n;
+#endif
+    }
+    const float norm = static_cast<float>(sqrt(total_sq));
+    stats[0] = norm;
+    stats[1] = max_norm / (norm + 1e-6f);
+}
 
 // --- AdamW: torch.optim.AdamW, single-tensor path, decoupled weight decay ---------------------------------------
 struct AdamWStep {

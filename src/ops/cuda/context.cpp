@@ -5,6 +5,8 @@
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <cstring>
 #include <memory>
 #include <mutex>
 
@@ -97,9 +99,61 @@ Context::~Context() {
     // Process exit: the driver may already be shutting down, so errors are ignored. cuDNN's state (dnn_) is left
     // to the process's end: its graphs and handle would be destroyed through a dlopen'ed library mid-teardown.
     if (scratch_ != nullptr) cudaFreeAsync(scratch_, stream_);
+    for (Staging& b : staging_) {
+        cudaFreeHost(b.host);
+        cudaEventDestroy(b.done);
+    }
     if (blas_workspace_ != nullptr) cudaFree(blas_workspace_);
     if (blas_ != nullptr) cublasLtDestroy(blas_);
     if (stream_ != nullptr) cudaStreamDestroy(stream_);
+}
+
+int Context::acquire_staging(size_t bytes) {
+    for (size_t i = 0; i < staging_.size(); ++i)
+        if (!staging_[i].held && staging_[i].bytes >= bytes && cudaEventQuery(staging_[i].done) == cudaSuccess)
+            return static_cast<int>(i);
+    cudaGetLastError();  // cudaEventQuery's cudaErrorNotReady
+    Staging b;
+    b.bytes = std::max(bytes, size_t{1} << 20);
+    SD3_RT_CHECK(cudaHostAlloc(&b.host, b.bytes, cudaHostAllocDefault));
+    SD3_RT_CHECK(cudaEventCreateWithFlags(&b.done, cudaEventDisableTiming));
+    staging_.push_back(b);
+    return static_cast<int>(staging_.size() - 1);
+}
+
+void Context::upload_async(void* dst, const void* src, size_t bytes) {
+    if (bytes == 0) return;
+    SD3_RT_CHECK(cudaSetDevice(index_));
+    std::lock_guard<std::mutex> lock(staging_mutex_);
+    Staging& b = staging_[acquire_staging(bytes)];
+    std::memcpy(b.host, src, bytes);
+    SD3_RT_CHECK(cudaMemcpyAsync(dst, b.host, bytes, cudaMemcpyHostToDevice, stream_));
+    SD3_RT_CHECK(cudaEventRecord(b.done, stream_));
+}
+
+int Context::start_download(const void* src, size_t bytes) {
+    SD3_RT_CHECK(cudaSetDevice(index_));
+    std::lock_guard<std::mutex> lock(staging_mutex_);
+    const int i = acquire_staging(bytes);
+    Staging& b = staging_[i];
+    b.held = true;
+    if (bytes > 0) SD3_RT_CHECK(cudaMemcpyAsync(b.host, src, bytes, cudaMemcpyDeviceToHost, stream_));
+    SD3_RT_CHECK(cudaEventRecord(b.done, stream_));
+    return i;
+}
+
+void Context::finish_download(int handle, void* dst, size_t bytes) {
+    cudaEvent_t done;
+    void* host;
+    {
+        std::lock_guard<std::mutex> lock(staging_mutex_);
+        done = staging_.at(handle).done;
+        host = staging_.at(handle).host;
+    }
+    SD3_RT_CHECK(cudaEventSynchronize(done));
+    std::memcpy(dst, host, bytes);
+    std::lock_guard<std::mutex> lock(staging_mutex_);
+    staging_[handle].held = false;
 }
 
 Exec Context::exec(size_t scratch_bytes) {

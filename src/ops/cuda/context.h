@@ -5,12 +5,15 @@
 #pragma once
 
 #include <cstddef>
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include "core/tensor.h"
 #include "ops/cuda/cuda_ops.h"
 
 typedef struct CUmemPoolHandle_st* cudaMemPool_t;
+typedef struct CUevent_st* cudaEvent_t;
 
 namespace sd3::cuda {
 
@@ -36,6 +39,15 @@ class Context {
     // Frees the scratch (stream-ordered); the next exec() that asks for scratch allocates it again.
     void release_scratch();
 
+    // Copies host memory to device memory in stream order and returns without waiting for the device: the bytes
+    // go through a pinned staging buffer, which is reused once the device has copied out of it. Any thread.
+    void upload_async(void* dst, const void* src, size_t bytes);
+    // The device-to-host copy of `bytes` from `src` queued in stream order into a pinned buffer, and the handle to
+    // wait for it alone (not for the rest of the stream); finish_download copies the bytes out and frees the
+    // buffer for reuse.
+    int start_download(const void* src, size_t bytes);
+    void finish_download(int handle, void* dst, size_t bytes);
+
     Context(const Context&) = delete;
     Context& operator=(const Context&) = delete;
     ~Context();
@@ -55,6 +67,17 @@ class Context {
     void* scratch_ = nullptr;
     size_t scratch_bytes_ = 0;
     detail::CudnnState* dnn_ = nullptr;  // null: no cuDNN attention on this device
+
+    // Pinned staging buffers of upload_async / start_download, each free again once its event has completed.
+    struct Staging {
+        void* host = nullptr;
+        size_t bytes = 0;
+        cudaEvent_t done = nullptr;
+        bool held = false;  // a download not yet finished
+    };
+    int acquire_staging(size_t bytes);  // with staging_mutex_ held
+    std::vector<Staging> staging_;
+    std::mutex staging_mutex_;
 };
 
 // Number of usable CUDA devices (0 without a driver or GPU).

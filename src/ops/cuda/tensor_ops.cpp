@@ -68,6 +68,24 @@ void profiler_capture(bool on) {
     SD3_ASSERT(err == cudaSuccess, "cudaProfiler", on ? "Start" : "Stop", " failed: ", cudaGetErrorString(err));
 }
 
+namespace {
+
+// An uninitialized contiguous tensor of t's shape and dtype on `device`; out of memory is an error that says what
+// was asked and what was free.
+Result<Tensor> allocate_like(const Tensor& t, Device device) {
+    auto storage = Storage::allocate(t.nbytes(), device);
+    if (storage == nullptr) {
+        size_t free_b = 0, total_b = 0;
+        cudaMemGetInfo(&free_b, &total_b);
+        return make_error(ErrorCode::OUT_OF_MEMORY, "out of GPU memory on ", device.str(), ": asked for ",
+                          t.nbytes() >> 20, " MiB (", t.describe(), "), ", free_b >> 20, " MiB free of ",
+                          total_b >> 20, " MiB; lower the batch size or resolution, or use --max-vram");
+    }
+    return Tensor::view_of(std::move(storage), 0, t.shape(), t.dtype());
+}
+
+}  // namespace
+
 Result<Tensor> to_device(const Tensor& t_in, Device device) {
     SD3_ASSERT(device.type == DeviceType::CUDA, "to_device: ", device.str());
     if (is_cuda(t_in)) {
@@ -77,21 +95,32 @@ Result<Tensor> to_device(const Tensor& t_in, Device device) {
     }
     Context& ctx = Context::get(device.index);
     const Tensor t = t_in.contiguous();
-    auto storage = Storage::allocate(t.nbytes(), device);
-    if (storage == nullptr) {
-        size_t free_b = 0, total_b = 0;
-        cudaMemGetInfo(&free_b, &total_b);
-        return make_error(ErrorCode::OUT_OF_MEMORY, "out of GPU memory on ", device.str(), ": asked for ",
-                          t.nbytes() >> 20, " MiB (", t.describe(), "), ", free_b >> 20, " MiB free of ",
-                          total_b >> 20, " MiB; lower the batch size or resolution, or use --max-vram");
-    }
-    Tensor d = Tensor::view_of(std::move(storage), 0, t.shape(), t.dtype());
+    SD3_ASSIGN_OR_RETURN(Tensor d, allocate_like(t, device));
     if (t.nbytes() > 0) {
         const cudaError_t err = cudaMemcpyAsync(d.raw(), t.raw(), t.nbytes(), cudaMemcpyHostToDevice, ctx.stream());
         SD3_ASSERT(err == cudaSuccess, "host-to-device copy failed: ", cudaGetErrorString(err));
         ctx.synchronize();  // the host buffer may be freed as soon as we return
     }
     return d;
+}
+
+Result<Tensor> upload_async(const Tensor& t_in, Device device) {
+    Context& ctx = Context::get(device.index);
+    const Tensor t = t_in.contiguous();
+    SD3_ASSIGN_OR_RETURN(Tensor d, allocate_like(t, device));
+    ctx.upload_async(d.raw(), t.raw(), t.nbytes());
+    return d;
+}
+
+int start_download(const Tensor& t) {
+    SD3_ASSERT(is_cuda(t) && t.is_contiguous(), "start_download of ", t.describe());
+    return ctx_of(t).start_download(t.raw(), t.nbytes());
+}
+
+void finish_download(const Tensor& t, int handle, const Tensor& host) {
+    SD3_ASSERT(host.device().is_cpu() && host.is_contiguous() && host.nbytes() == t.nbytes(), "finish_download into ",
+               host.describe());
+    ctx_of(t).finish_download(handle, host.raw(), host.nbytes());
 }
 
 Tensor to_host(const Tensor& t_in) {

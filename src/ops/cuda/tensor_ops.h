@@ -23,7 +23,12 @@ void release_workspace(int index);
 void profiler_capture(bool on);
 
 Result<Tensor> to_device(const Tensor& t, Device device);
+Result<Tensor> upload_async(const Tensor& t, Device device);  // t on the CPU
 Tensor to_host(const Tensor& t);
+// A contiguous device tensor's bytes queued for the host (Context::start_download), and their arrival in `host`
+// (a contiguous CPU tensor of the same size).
+int start_download(const Tensor& t);
+void finish_download(const Tensor& t, int handle, const Tensor& host);
 Tensor contiguous(const Tensor& t);
 // dst (a CUDA tensor) = src (host or device), converting float dtypes.
 void copy(const Tensor& dst, const Tensor& src);

@@ -32,12 +32,13 @@ Tensor flow_matching_loss(const Tensor& pred_in, const Tensor& noisy_in, const T
     return sums;
 }
 
-std::vector<float> segment_norms(const Tensor& x, const Tensor& segments) {
+Tensor clip_by_total_norm_(const Tensor& x, const Tensor& segments, float max_norm) {
     const int64_t S = segments.size(0);
-    Tensor norms = Tensor::empty({S}, DType::F32, x.device());  // [S]
-    cuda::segment_norms(ctx_of(x).exec(), norms.data<float>(), x.data<float>(), segments.data<int64_t>(), S);
-    const Tensor host = to_host(norms);
-    return std::vector<float>(host.data<float>(), host.data<float>() + S);
+    const Tensor norms = Tensor::empty({S}, DType::F32, x.device());  // [S]
+    Tensor stats = Tensor::empty({2}, DType::F32, x.device());         // (norm, coef)
+    cuda::clip_by_total_norm(ctx_of(x).exec(), stats.data<float>(), norms.data<float>(), x.data<float>(), x.numel(),
+                             segments.data<int64_t>(), S, max_norm);
+    return stats;
 }
 
 void scale_(const Tensor& x, float s) { cuda::scale(ctx_of(x).exec(), x.raw(), x.raw(), s, x.numel(), DType::F32); }

@@ -15,7 +15,7 @@ namespace sd3::cuda::tensor_ops {
 
 Tensor flow_matching_loss(const Tensor& pred, const Tensor& noisy, const Tensor& x0, const Tensor& noise,
                           const std::vector<cpu::LossSample>& samples, bool precondition, Tensor* grad);
-std::vector<float> segment_norms(const Tensor& x, const Tensor& segments);
+Tensor clip_by_total_norm_(const Tensor& x, const Tensor& segments, float max_norm);
 void scale_(const Tensor& x, float s);
 void zero_(const Tensor& x);
 void add_scaled_(const Tensor& acc, const Tensor& x, float s);

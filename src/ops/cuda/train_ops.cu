@@ -57,6 +57,16 @@ __global__ void segment_norms_kernel(float* norms, const float* x, const int64_t
     if (threadIdx.x == 0) norms[blockIdx.x] = static_cast<float>(__dsqrt_rn(sq));
 }
 
+__global__ void total_norm_kernel(float* stats, const float* norms, int64_t count, float max_norm) {
+    cpu::total_norm_and_coef(stats, norms, count, max_norm);  // one thread: the CPU's order
+}
+
+__global__ void scale_below_one_kernel(float* x, int64_t n, const float* stats) {
+    const float coef = stats[1];
+    if (coef >= 1.0f) return;
+    SD3_GRID_STRIDE(i, n) x[i] = __fmul_rn(x[i], coef);
+}
+
 __global__ void find_nonfinite_kernel(int* nonfinite, const float* x, int64_t n) {
     SD3_GRID_STRIDE(i, n) {
         if (!isfinite(x[i])) atomicOr(nonfinite, 1);  // an integer flag: the order does not matter
@@ -186,9 +196,16 @@ void flow_matching_loss(const Exec& ex, float* grad, double* sums, const void* p
     }
 }
 
-void segment_norms(const Exec& ex, float* norms, const float* x, const int64_t* segments, int64_t count) {
-    if (count == 0) return;
-    segment_norms_kernel<<<static_cast<unsigned>(count), kThreads, 0, ex.stream>>>(norms, x, segments);
+void clip_by_total_norm(const Exec& ex, float* stats, float* norms, float* x, int64_t n, const int64_t* segments,
+                        int64_t count, float max_norm) {
+    if (count > 0) {
+        segment_norms_kernel<<<static_cast<unsigned>(count), kThreads, 0, ex.stream>>>(norms, x, segments);
+        SD3_CUDA_LAUNCHED();
+    }
+    total_norm_kernel<<<1, 1, 0, ex.stream>>>(stats, norms, count, max_norm);
+    SD3_CUDA_LAUNCHED();
+    if (n == 0) return;
+    scale_below_one_kernel<<<grid_for(n, kThreads), kThreads, 0, ex.stream>>>(x, n, stats);
     SD3_CUDA_LAUNCHED();
 }
 

@@ -17,8 +17,11 @@ void flow_matching_loss(const Exec& ex, float* grad, double* sums, const void* p
                         const float* x0, const float* noise, int64_t batch, int64_t per,
                         const cpu::LossSample* samples, bool precondition);
 
-// norms[k] = float(sqrt(Σ x²)) over the segment (offset, numel) = segments[2k], segments[2k + 1] (device I64).
-void segment_norms(const Exec& ex, float* norms, const float* x, const int64_t* segments, int64_t count);
+// ops::clip_by_total_norm_ on x[n]: norms[k] = float(sqrt(Σ x²)) over the segment (offset, numel) =
+// segments[2k], segments[2k + 1] (device I64, `count` of them), stats = (norm, coef) as cpu::total_norm_and_coef,
+// then x *= coef where coef < 1. norms [count] and stats [2] are device float32.
+void clip_by_total_norm(const Exec& ex, float* stats, float* norms, float* x, int64_t n, const int64_t* segments,
+                        int64_t count, float max_norm);
 
 // *nonfinite (device int, zeroed here first) becomes non-zero when some element of x[n] is not finite.
 void find_nonfinite(const Exec& ex, int* nonfinite, const float* x, int64_t n);
