@@ -39,6 +39,14 @@ Tensor ids_tensor(const std::vector<int32_t>& ids) {
     return t;
 }
 
+// What the LoRA's training state takes where the transformer runs: on a GPU the adapters' copy in the compute
+// dtype, the float32 master params and gradients, and the optimizer's moments (AdamW's 8 bytes a parameter, the
+// most a device optimizer keeps); on the CPU the float32 params and gradients.
+double lora_device_bytes(int64_t numel, const nn::Placement& p) {
+    const double per_param = p.on_cpu() ? 2.0 * sizeof(float) : dtype_size(p.dtype) + 4.0 * sizeof(float);
+    return static_cast<double>(numel) * per_param;
+}
+
 // The MMDiT with attached trainable LoRA. On the CPU the adapters view LoraTrainable's float32 params and grads.
 // On a GPU the float32 master params and gradients live on the device, where the optimizer updates them; the
 // adapters view a copy of the params in the compute dtype, refreshed before a forward when the params may have
@@ -128,8 +136,7 @@ class Sd3TrainableModel final : public TrainableModel {
             return static_cast<double>(a.peak()) * dtype_size(p.dtype) / sizeof(float);
         };
         const double weights = static_cast<double>(model_.weight_bytes());
-        // The device copy of the LoRA and its float32 gradients (on the CPU: the float32 masters and gradients).
-        const double lora = static_cast<double>(lora_.numel) * (dtype_size(p.dtype) + sizeof(float));
+        const double lora = lora_device_bytes(lora_.numel, p);
         const int64_t blocks = model_.config().num_layers;
         // Recompute only what memory forces: under checkpointing, the last blocks whose saved activations fit keep
         // them. The budget is --max-vram, or without it what the device has free now less 1 GiB + 5% (validation
@@ -291,8 +298,11 @@ Result<TrainComponents> make_sd3_components(const ModelSpec& spec, const Sd3Comp
         SD3_ASSIGN_OR_RETURN(const Component* tc, shared->require("transformer"));
         SD3_ASSIGN_OR_RETURN(MMDiT model, MMDiT::load(*tc, !placement.on_cpu()));
         if (patch) patch(model);
-        SD3_TRY(model.to(placement, base_format, resident_bytes));
         SD3_ASSIGN_OR_RETURN(LoraTrainable trainable, model.make_trainable_lora(lora));
+        // --max-vram covers the LoRA's training state too: the resident weights get what it leaves.
+        const size_t state = static_cast<size_t>(lora_device_bytes(trainable.numel, placement));
+        SD3_TRY(model.to(placement, base_format,
+                         resident_bytes == SIZE_MAX ? SIZE_MAX : resident_bytes - std::min(resident_bytes, state)));
         TrainRng rng = TrainRng::for_purpose(init_seed, "lora_init");
         init_lora_gaussian(trainable, [&rng]() { return static_cast<float>(rng.normal()); });
         auto m = std::make_unique<Sd3TrainableModel>(std::move(model), std::move(trainable), ckpt, resident_bytes);
