@@ -314,6 +314,7 @@ Result<TrainComponents> make_sd3_components(const ModelSpec& spec, const Sd3Comp
     c.generate = [shared, placement](const std::vector<GenerateRequest>& reqs, TrainableModel* model,
                                      const LoraSettings& /*lora*/) -> Status {
         if (reqs.empty()) return {};
+        release_workspace(placement.device);  // training's (the attention backward's) is not generation's
         PipelineOptions po;
         po.placement = placement;
         SD3_ASSIGN_OR_RETURN(TextToImage pipe, TextToImage::open(*shared, po));
