@@ -24,6 +24,39 @@ class Prodigy final : public Optimizer {
         d_max_ = c_.d0;
     }
 
+    NamedTensors state() const override {
+        return {{"prodigy.step", detail::scalar_i64(steps_)},
+                {"prodigy.scalars", detail::scalars_f64({d_, d_max_, d_numerator_, static_cast<double>(k_)})},
+                {"prodigy.exp_avg", m_},
+                {"prodigy.exp_avg_sq", v_},
+                {"prodigy.s", s_},
+                {"prodigy.p0", p0_}};
+    }
+
+    Status load_state(const NamedTensors& st) override {
+        const Tensor *step, *sc, *m, *v, *s, *p0;
+        SD3_TRY(detail::expect_state(st, "prodigy.step", DType::I64, 1, &step));
+        SD3_TRY(detail::expect_state(st, "prodigy.scalars", DType::F64, 4, &sc));
+        SD3_TRY(detail::expect_state(st, "prodigy.exp_avg", DType::F32, numel_, &m));
+        SD3_TRY(detail::expect_state(st, "prodigy.exp_avg_sq", DType::F32, numel_, &v));
+        SD3_TRY(detail::expect_state(st, "prodigy.s", DType::F32, numel_, &s));
+        SD3_TRY(detail::expect_state(st, "prodigy.p0", DType::F32, numel_, &p0));
+        steps_ = *step->data<int64_t>();
+        const double* x = sc->data<double>();
+        d_ = x[0];
+        d_max_ = x[1];
+        d_numerator_ = x[2];
+        k_ = static_cast<int64_t>(x[3]);
+        m_.copy_from(*m);
+        v_.copy_from(*v);
+        s_.copy_from(*s);
+        p0_.copy_from(*p0);
+        return {};
+    }
+
+    int64_t state_bytes() const override { return 4 * numel_ * 4; }
+
+  private:
     void update(const Tensor& params, const Tensor& grads, double lr) override {
         if (params.device().is_cpu()) return update_host(params.data<float>(), grads.data<float>(), lr);
         const Tensor p = to_host(params), g = to_host(grads);
@@ -86,41 +119,6 @@ class Prodigy final : public Optimizer {
         ++k_;
     }
 
-    NamedTensors state() const override {
-        return {{"prodigy.step", detail::scalar_i64(steps_)},
-                {"prodigy.scalars", detail::scalars_f64({d_, d_max_, d_numerator_, static_cast<double>(k_)})},
-                {"prodigy.exp_avg", m_},
-                {"prodigy.exp_avg_sq", v_},
-                {"prodigy.s", s_},
-                {"prodigy.p0", p0_}};
-    }
-
-    Status load_state(const NamedTensors& st) override {
-        const Tensor *step, *sc, *m, *v, *s, *p0;
-        SD3_TRY(detail::expect_state(st, "prodigy.step", DType::I64, 1, &step));
-        SD3_TRY(detail::expect_state(st, "prodigy.scalars", DType::F64, 4, &sc));
-        SD3_TRY(detail::expect_state(st, "prodigy.exp_avg", DType::F32, numel_, &m));
-        SD3_TRY(detail::expect_state(st, "prodigy.exp_avg_sq", DType::F32, numel_, &v));
-        SD3_TRY(detail::expect_state(st, "prodigy.s", DType::F32, numel_, &s));
-        SD3_TRY(detail::expect_state(st, "prodigy.p0", DType::F32, numel_, &p0));
-        steps_ = *step->data<int64_t>();
-        const double* x = sc->data<double>();
-        d_ = x[0];
-        d_max_ = x[1];
-        d_numerator_ = x[2];
-        k_ = static_cast<int64_t>(x[3]);
-        m_.copy_from(*m);
-        v_.copy_from(*v);
-        s_.copy_from(*s);
-        p0_.copy_from(*p0);
-        return {};
-    }
-
-    int64_t state_bytes() const override { return 4 * numel_ * 4; }
-
-    double d() const { return d_; }
-
-  private:
     OptimizerConfig c_;
     Tensor m_, v_, s_, p0_;
     double d_, d_max_, d_numerator_ = 0;

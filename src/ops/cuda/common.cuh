@@ -58,6 +58,19 @@ __device__ __forceinline__ F block_sum(F v, F* shared) {
     return warp_sum(v);
 }
 
+// Maximum over a block of blockDim.x threads (a multiple of 32, at most 1024); every thread gets the result.
+// `shared` holds 32 values.
+__device__ __forceinline__ float block_max(float v, float* shared) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    __syncthreads();  // `shared` may still be read by a previous call
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    v = lane < warps ? shared[lane] : -INFINITY;
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // 16-byte vectors of a storage dtype (8 bf16/f16 or 4 f32 elements) as float32 lanes: element-wise kernels move

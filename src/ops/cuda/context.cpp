@@ -109,36 +109,51 @@ Context::~Context() {
 }
 
 int Context::acquire_staging(size_t bytes) {
-    for (size_t i = 0; i < staging_.size(); ++i)
-        if (!staging_[i].held && staging_[i].bytes >= bytes && cudaEventQuery(staging_[i].done) == cudaSuccess)
-            return static_cast<int>(i);
+    // The smallest free buffer that fits, so small downloads leave the large buffers to the uploads.
+    int best = -1;
+    for (size_t i = 0; i < staging_.size(); ++i) {
+        const Staging& b = staging_[i];
+        if (b.held || b.bytes < bytes || (best >= 0 && b.bytes >= staging_[best].bytes)) continue;
+        if (cudaEventQuery(b.done) == cudaSuccess) best = static_cast<int>(i);
+    }
     cudaGetLastError();  // cudaEventQuery's cudaErrorNotReady
-    Staging b;
-    b.bytes = std::max(bytes, size_t{1} << 20);
-    SD3_RT_CHECK(cudaHostAlloc(&b.host, b.bytes, cudaHostAllocDefault));
-    SD3_RT_CHECK(cudaEventCreateWithFlags(&b.done, cudaEventDisableTiming));
-    staging_.push_back(b);
-    return static_cast<int>(staging_.size() - 1);
+    if (best < 0) {
+        Staging b;
+        b.bytes = std::max(bytes, size_t{1} << 20);
+        SD3_RT_CHECK(cudaHostAlloc(&b.host, b.bytes, cudaHostAllocDefault));
+        SD3_RT_CHECK(cudaEventCreateWithFlags(&b.done, cudaEventDisableTiming));
+        staging_.push_back(b);
+        best = static_cast<int>(staging_.size() - 1);
+    }
+    staging_[best].held = true;
+    return best;
 }
 
 void Context::upload_async(void* dst, const void* src, size_t bytes) {
     if (bytes == 0) return;
     SD3_RT_CHECK(cudaSetDevice(index_));
+    void* host;
+    cudaEvent_t done;
+    int i;
+    {
+        std::lock_guard<std::mutex> lock(staging_mutex_);
+        i = acquire_staging(bytes);
+        host = staging_[i].host;
+        done = staging_[i].done;
+    }
+    std::memcpy(host, src, bytes);  // outside the lock: the buffer is held, and this may take a millisecond
+    SD3_RT_CHECK(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, stream_));
+    SD3_RT_CHECK(cudaEventRecord(done, stream_));
     std::lock_guard<std::mutex> lock(staging_mutex_);
-    Staging& b = staging_[acquire_staging(bytes)];
-    std::memcpy(b.host, src, bytes);
-    SD3_RT_CHECK(cudaMemcpyAsync(dst, b.host, bytes, cudaMemcpyHostToDevice, stream_));
-    SD3_RT_CHECK(cudaEventRecord(b.done, stream_));
+    staging_[i].held = false;  // free again once `done` completes
 }
 
 int Context::start_download(const void* src, size_t bytes) {
     SD3_RT_CHECK(cudaSetDevice(index_));
     std::lock_guard<std::mutex> lock(staging_mutex_);
     const int i = acquire_staging(bytes);
-    Staging& b = staging_[i];
-    b.held = true;
-    if (bytes > 0) SD3_RT_CHECK(cudaMemcpyAsync(b.host, src, bytes, cudaMemcpyDeviceToHost, stream_));
-    SD3_RT_CHECK(cudaEventRecord(b.done, stream_));
+    if (bytes > 0) SD3_RT_CHECK(cudaMemcpyAsync(staging_[i].host, src, bytes, cudaMemcpyDeviceToHost, stream_));
+    SD3_RT_CHECK(cudaEventRecord(staging_[i].done, stream_));
     return i;
 }
 

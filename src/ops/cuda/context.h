@@ -73,9 +73,9 @@ class Context {
         void* host = nullptr;
         size_t bytes = 0;
         cudaEvent_t done = nullptr;
-        bool held = false;  // a download not yet finished
+        bool held = false;  // being filled by an upload, or a download not yet finished
     };
-    int acquire_staging(size_t bytes);  // with staging_mutex_ held
+    int acquire_staging(size_t bytes);  // a free buffer of at least `bytes`, marked held; with staging_mutex_ held
     std::vector<Staging> staging_;
     std::mutex staging_mutex_;
 };

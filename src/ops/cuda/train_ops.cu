@@ -93,17 +93,6 @@ __global__ void adamw_kernel(float* p, const float* g, float* m, float* v, int64
 constexpr int kPerThread = 8;
 constexpr int64_t kMaxBlockSize = kThreads * kPerThread;  // 2048, bitsandbytes 0.43.1's block
 
-__device__ __forceinline__ float block_max(float v, float* shared) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    __syncthreads();
-    if (lane == 0) shared[warp] = v;
-    __syncthreads();
-    v = lane < warps ? shared[lane] : -FLT_MAX;
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
 __global__ void adam8bit_kernel(float* p_all, const float* g_all, cpu::Adam8bitState st, const int64_t* chunks,
                                 const float* maps, int64_t block_size, cpu::Adam8bitStep s) {
     __shared__ float smap[256], umap[256], partial[32];
