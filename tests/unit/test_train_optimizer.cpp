@@ -6,10 +6,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "common/testing.h"
-#include "train/optimizer.h"
 #include "ops/cpu/train_ops.h"
+#include "train/optimizer.h"
 #include "train/train_rng.h"
 
 namespace sd3::train {
@@ -82,6 +83,25 @@ TEST(TrainOptimizer, ClipLeavesSmallGradientsAlone) {
     std::vector<float> big = {3.0f, 4.0f};
     EXPECT_NEAR(clip_grad_norm(big.data(), {{0, 2}}, 1.0), 5.0, 1e-6);
     EXPECT_NEAR(std::hypot(big[0], big[1]), 1.0, 1e-6);
+}
+
+// The norm alone (an infinite max_norm, so nothing is scaled, also for non-finite gradients), and the (norm, coef)
+// pair the device reads: coef = max_norm / (norm + 1e-6) in float32, applied only below 1.
+TEST(TrainOptimizer, NormLeavesGradientsAndClipReportsItsCoefficient) {
+    std::vector<float> g = {3.0f, 4.0f, 12.0f};
+    const std::vector<float> orig = g;
+    EXPECT_FLOAT_EQ(global_grad_norm(g.data(), {{0, 2}, {2, 1}}), 13.0f);
+    EXPECT_EQ(g, orig);
+    std::vector<float> bad = {std::numeric_limits<float>::infinity(), 1.0f};
+    EXPECT_TRUE(std::isinf(global_grad_norm(bad.data(), {{0, 2}})));
+    EXPECT_EQ(bad[1], 1.0f);
+    auto opt = make_optimizer(OptimizerConfig{}, {{0, 2}, {2, 1}});
+    const Tensor t = vec(g);
+    const Tensor stats = opt->clip_grad_norm(t, 6.5);
+    ASSERT_EQ(stats.numel(), 2);
+    EXPECT_FLOAT_EQ(stats.data<float>()[0], 13.0f);
+    EXPECT_EQ(stats.data<float>()[1], 6.5f / (13.0f + 1e-6f));
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(t.data<float>()[i], orig[i] * stats.data<float>()[1]);
 }
 
 struct Fixture {
