@@ -49,30 +49,35 @@ __device__ __forceinline__ void store_cols(T* p, const float (&v)[kCols]) {
     }
 }
 
-// Stage 1 of the token reductions: block (x: kThreads * kCols columns, y: a chunk of tokens, z: batch element).
-// Writes dx (when asked) and one f32 partial per (b, chunk, d): p1 = Σ dy, p2 = Σ dy * x.
+// Stage 1 of the token reductions behind modulate_bwd and gated_add_bwd: out = dy * c, where c is one adaLN row
+// (1 + scale for modulate, gate for gated_add), with one f32 partial per (b, chunk, d) of p1 = Σ dy and
+// p2 = Σ dy * other (x for modulate, a for gated_add). Block (x: kThreads * kCols columns, y: a chunk of tokens,
+// z: batch element); out, p1, p2 each skipped when null.
 template <typename T, int kCols>
-__global__ void modulate_bwd_kernel(T* dx, float* p1, float* p2, const T* dy, const T* x, const T* scale,
-                                    int64_t tokens, int64_t dim, int64_t stride, int64_t per_chunk) {
+__global__ void scale_rows_token_sums_kernel(T* out, float* p1, float* p2, const T* dy, const T* other, const T* coef,
+                                             bool one_plus_coef, int64_t tokens, int64_t dim, int64_t stride,
+                                             int64_t per_chunk) {
     const int64_t d = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) * kCols, b = blockIdx.z;
     if (d >= dim) return;
     const int64_t t0 = blockIdx.y * per_chunk, t1 = min(tokens, t0 + per_chunk);
-    float sc[kCols], s1[kCols] = {}, s2[kCols] = {};
-    load_cols<T, kCols>(scale + b * stride + d, sc);
+    float c[kCols], s1[kCols] = {}, s2[kCols] = {};
+    load_cols<T, kCols>(coef + b * stride + d, c);
+    if (one_plus_coef) {
 #pragma unroll
-    for (int k = 0; k < kCols; ++k) sc[k] = 1.0f + sc[k];
+        for (int k = 0; k < kCols; ++k) c[k] = 1.0f + c[k];
+    }
     for (int64_t t = t0; t < t1; ++t) {
         const int64_t i = (b * tokens + t) * dim + d;
-        float g[kCols], xv[kCols], out[kCols];
+        float g[kCols], ov[kCols], o[kCols];
         load_cols<T, kCols>(dy + i, g);
-        load_cols<T, kCols>(x + i, xv);
+        load_cols<T, kCols>(other + i, ov);
 #pragma unroll
         for (int k = 0; k < kCols; ++k) {
-            out[k] = g[k] * sc[k];
+            o[k] = g[k] * c[k];
             s1[k] += g[k];
-            s2[k] += g[k] * xv[k];
+            s2[k] += g[k] * ov[k];
         }
-        if (dx != nullptr) store_cols<T, kCols>(dx + i, out);
+        if (out != nullptr) store_cols<T, kCols>(out + i, o);
     }
     const int64_t at = (b * gridDim.y + blockIdx.y) * dim + d;
 #pragma unroll
@@ -91,7 +96,7 @@ __global__ void gated_add_fwd_kernel(T* x, const T* gate, const T* a, int64_t to
     }
 }
 
-// The Vec forms of the three kernels above (common.cuh): the same math, L elements per thread.
+// The Vec forms of the forward kernels above (common.cuh): the same math, L elements per thread.
 template <typename T>
 __global__ void modulate_fwd_vec_kernel(T* y, const T* x, const T* shift, const T* scale, int64_t tokens, int64_t dim,
                                         int64_t stride, int64_t vecs) {
@@ -134,33 +139,6 @@ __global__ void axpy_vec_kernel(T* y, const T* x, float a, int64_t vecs) {
 #pragma unroll
         for (int k = 0; k < L; ++k) vy.v[k] = __fadd_rn(vy.v[k], __fmul_rn(a, vx.v[k]));
         vy.store(y + i * L);
-    }
-}
-
-// Stage 1 for gated_add_bwd: da = dx * gate, partial = Σ dx * a (kCols as modulate_bwd_kernel).
-template <typename T, int kCols>
-__global__ void gated_add_bwd_kernel(T* da, float* partial, const T* dx, const T* a, const T* gate, int64_t tokens,
-                                     int64_t dim, int64_t stride, int64_t per_chunk) {
-    const int64_t d = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) * kCols, b = blockIdx.z;
-    if (d >= dim) return;
-    const int64_t t0 = blockIdx.y * per_chunk, t1 = min(tokens, t0 + per_chunk);
-    float g[kCols], s[kCols] = {};
-    load_cols<T, kCols>(gate + b * stride + d, g);
-    for (int64_t t = t0; t < t1; ++t) {
-        const int64_t i = (b * tokens + t) * dim + d;
-        float v[kCols], av[kCols], out[kCols];
-        load_cols<T, kCols>(dx + i, v);
-        load_cols<T, kCols>(a + i, av);
-#pragma unroll
-        for (int k = 0; k < kCols; ++k) {
-            out[k] = v[k] * g[k];
-            s[k] += v[k] * av[k];
-        }
-        if (da != nullptr) store_cols<T, kCols>(da + i, out);
-    }
-    if (partial != nullptr) {
-#pragma unroll
-        for (int k = 0; k < kCols; ++k) partial[(b * gridDim.y + blockIdx.y) * dim + d + k] = s[k];
     }
 }
 
@@ -307,6 +285,31 @@ dim3 reduce_grid(int64_t batch, int64_t tokens, int64_t dim, int cols) {
                 static_cast<unsigned>(detail::reduce_chunks(tokens)), static_cast<unsigned>(batch));
 }
 
+// Stage 1 (scale_rows_token_sums_kernel) into the partials p1, p2 (each [batch, reduce_chunks(tokens), dim] f32,
+// or null), zeroed where there are no tokens, then stage 2 of each into d1, d2 (grad_dt, rows `stride` apart).
+void scale_rows_token_sums(const Exec& ex, void* out, void* d1, float* p1, void* d2, float* p2, const void* dy,
+                           const void* other, const void* coef, bool one_plus_coef, int64_t batch, int64_t tokens,
+                           int64_t dim, int64_t stride, DType dt, DType grad_dt) {
+    const int64_t chunks = detail::reduce_chunks(tokens);
+    if (tokens > 0) {
+        // Two columns per thread where every row and adaLN chunk starts on an aligned pair.
+        const int cols = aligned_runs(2, dt, {dim, stride}, {out, dy, other, coef}) ? 2 : 1;
+        SD3_DISPATCH_FLOAT(dt, T, {
+            const auto kernel = cols == 2 ? scale_rows_token_sums_kernel<T, 2> : scale_rows_token_sums_kernel<T, 1>;
+            kernel<<<reduce_grid(batch, tokens, dim, cols), kThreads, 0, ex.stream>>>(
+                static_cast<T*>(out), p1, p2, static_cast<const T*>(dy), static_cast<const T*>(other),
+                static_cast<const T*>(coef), one_plus_coef, tokens, dim, stride, ceil_div(tokens, chunks));
+        });
+        SD3_CUDA_LAUNCHED();
+    } else {
+        const size_t bytes = static_cast<size_t>(batch * chunks * dim) * sizeof(float);
+        if (p1 != nullptr) SD3_CUDA_CHECK(cudaMemsetAsync(p1, 0, bytes, ex.stream));
+        if (p2 != nullptr) SD3_CUDA_CHECK(cudaMemsetAsync(p2, 0, bytes, ex.stream));
+    }
+    if (d1 != nullptr) sum_token_partials(ex, d1, grad_dt, p1, batch, chunks, dim, stride);
+    if (d2 != nullptr) sum_token_partials(ex, d2, grad_dt, p2, batch, chunks, dim, stride);
+}
+
 
 }  // namespace
 
@@ -336,8 +339,7 @@ void modulate_bwd(const Exec& ex, void* dx, void* dshift, void* dscale, const vo
                   const void* scale, int64_t batch, int64_t tokens, int64_t dim, int64_t stride, DType dt,
                   DType grad_dt) {
     if (batch * dim == 0) return;
-    const int64_t chunks = detail::reduce_chunks(tokens);
-    const size_t half = static_cast<size_t>(batch * chunks * dim);
+    const size_t half = static_cast<size_t>(batch * detail::reduce_chunks(tokens) * dim);
     float* p1 = nullptr;
     float* p2 = nullptr;
     if (dshift != nullptr || dscale != nullptr) {
@@ -346,22 +348,7 @@ void modulate_bwd(const Exec& ex, void* dx, void* dshift, void* dscale, const vo
         if (dshift != nullptr) p1 = static_cast<float*>(ex.scratch);
         if (dscale != nullptr) p2 = static_cast<float*>(ex.scratch) + half;
     }
-    if (tokens > 0) {
-        // Two columns per thread where every row and adaLN chunk starts on an aligned pair.
-        const int cols = aligned_runs(2, dt, {dim, stride}, {dx, dy, x, scale}) ? 2 : 1;
-        SD3_DISPATCH_FLOAT(dt, T, {
-            const auto kernel = cols == 2 ? modulate_bwd_kernel<T, 2> : modulate_bwd_kernel<T, 1>;
-            kernel<<<reduce_grid(batch, tokens, dim, cols), kThreads, 0, ex.stream>>>(
-                static_cast<T*>(dx), p1, p2, static_cast<const T*>(dy), static_cast<const T*>(x),
-                static_cast<const T*>(scale), tokens, dim, stride, ceil_div(tokens, chunks));
-        });
-        SD3_CUDA_LAUNCHED();
-    } else {
-        if (p1 != nullptr) SD3_CUDA_CHECK(cudaMemsetAsync(p1, 0, half * sizeof(float), ex.stream));
-        if (p2 != nullptr) SD3_CUDA_CHECK(cudaMemsetAsync(p2, 0, half * sizeof(float), ex.stream));
-    }
-    if (dshift != nullptr) sum_token_partials(ex, dshift, grad_dt, p1, batch, chunks, dim, stride);
-    if (dscale != nullptr) sum_token_partials(ex, dscale, grad_dt, p2, batch, chunks, dim, stride);
+    scale_rows_token_sums(ex, dx, dshift, p1, dscale, p2, dy, x, scale, true, batch, tokens, dim, stride, dt, grad_dt);
 }
 
 void gated_add_fwd(const Exec& ex, void* x, const void* gate, const void* a, int64_t batch, int64_t tokens,
@@ -389,26 +376,15 @@ size_t gated_add_bwd_workspace(int64_t batch, int64_t tokens, int64_t dim) {
 void gated_add_bwd(const Exec& ex, void* da, void* dgate, const void* dx, const void* a, const void* gate,
                    int64_t batch, int64_t tokens, int64_t dim, int64_t stride, DType dt, DType grad_dt) {
     if (batch * dim == 0) return;
-    const int64_t chunks = detail::reduce_chunks(tokens);
     float* partial = nullptr;
     if (dgate != nullptr) {
         SD3_ASSERT(ex.scratch_bytes >= gated_add_bwd_workspace(batch, tokens, dim), "gated_add_bwd: scratch of ",
                    ex.scratch_bytes, " bytes, needs ", gated_add_bwd_workspace(batch, tokens, dim));
         partial = static_cast<float*>(ex.scratch);
     }
-    if (tokens > 0) {
-        const int cols = aligned_runs(2, dt, {dim, stride}, {da, dx, a, gate}) ? 2 : 1;
-        SD3_DISPATCH_FLOAT(dt, T, {
-            const auto kernel = cols == 2 ? gated_add_bwd_kernel<T, 2> : gated_add_bwd_kernel<T, 1>;
-            kernel<<<reduce_grid(batch, tokens, dim, cols), kThreads, 0, ex.stream>>>(
-                static_cast<T*>(da), partial, static_cast<const T*>(dx), static_cast<const T*>(a),
-                static_cast<const T*>(gate), tokens, dim, stride, ceil_div(tokens, chunks));
-        });
-        SD3_CUDA_LAUNCHED();
-    } else if (partial != nullptr) {
-        SD3_CUDA_CHECK(cudaMemsetAsync(partial, 0, gated_add_bwd_workspace(batch, tokens, dim), ex.stream));
-    }
-    if (dgate != nullptr) sum_token_partials(ex, dgate, grad_dt, partial, batch, chunks, dim, stride);
+    // da = dx * gate; dgate += Σ dx * a (the kernel's Σ dx is not asked for).
+    scale_rows_token_sums(ex, da, nullptr, nullptr, dgate, partial, dx, a, gate, false, batch, tokens, dim, stride, dt,
+                          grad_dt);
 }
 
 void patchify(const Exec& ex, void* tokens, const void* img, int64_t batch, int64_t channels, int64_t h, int64_t w,
