@@ -51,20 +51,20 @@ __device__ __forceinline__ float act_grad(float v, Activation act) {
 
 template <typename T>
 __global__ void activation_fwd_kernel(T* y, const T* x, int64_t n, Activation act) {
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    SD3_GRID_STRIDE(i, n)
         y[i] = from_f<T>(act_fwd(to_f(x[i]), act));
 }
 
 template <typename T>
 __global__ void activation_bwd_kernel(T* dx, const T* dy, const T* x, int64_t n, Activation act) {
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    SD3_GRID_STRIDE(i, n)
         dx[i] = from_f<T>(to_f(dy[i]) * act_grad(to_f(x[i]), act));
 }
 
 template <typename T>
 __global__ void activation_fwd_vec_kernel(T* y, const T* x, int64_t vecs, Activation act) {
     constexpr int L = Vec<T>::kLanes;
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < vecs; i += (int64_t)gridDim.x * blockDim.x) {
+    SD3_GRID_STRIDE(i, vecs) {
         Vec<T> v;
         v.load(x + i * L);
 #pragma unroll
@@ -76,7 +76,7 @@ __global__ void activation_fwd_vec_kernel(T* y, const T* x, int64_t vecs, Activa
 template <typename T>
 __global__ void activation_bwd_vec_kernel(T* dx, const T* dy, const T* x, int64_t vecs, Activation act) {
     constexpr int L = Vec<T>::kLanes;
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < vecs; i += (int64_t)gridDim.x * blockDim.x) {
+    SD3_GRID_STRIDE(i, vecs) {
         Vec<T> g, v;
         g.load(dy + i * L);
         v.load(x + i * L);
@@ -88,7 +88,7 @@ __global__ void activation_bwd_vec_kernel(T* dx, const T* dy, const T* x, int64_
 
 template <typename T>
 __global__ void binary_kernel(T* y, const T* a, const T* b, int64_t n, Binary op) {
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    SD3_GRID_STRIDE(i, n) {
         const float va = to_f(a[i]), vb = to_f(b[i]);
         y[i] = from_f<T>(op == Binary::ADD ? va + vb : va * vb);
     }
@@ -96,7 +96,7 @@ __global__ void binary_kernel(T* y, const T* a, const T* b, int64_t n, Binary op
 
 template <typename T>
 __global__ void scale_kernel(T* y, const T* x, float s, int64_t n) {
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    SD3_GRID_STRIDE(i, n)
         y[i] = from_f<T>(to_f(x[i]) * s);
 }
 
@@ -109,7 +109,7 @@ struct StridedLayout {
 
 template <typename D, typename S>
 __global__ void copy_strided_kernel(D* dst, const S* src, StridedLayout l, int64_t n) {
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    SD3_GRID_STRIDE(i, n) {
         int64_t rest = i, so = 0, dof = 0;
         for (int d = l.ndim - 1; d >= 0; --d) {
             const int64_t idx = rest % l.shape[d];
@@ -144,7 +144,7 @@ __global__ void sum_partials_kernel(T* dst, const float* partial, int64_t chunks
 template <typename T>
 __global__ void fill_rows_kernel(T* y, const T* bias, int64_t rows, int64_t cols) {
     const int64_t n = rows * cols;
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    SD3_GRID_STRIDE(i, n)
         y[i] = bias[i / cols];
 }
 

@@ -189,7 +189,7 @@ template <typename T>
 __global__ void im2col_kernel(T* cols, const T* x, int64_t cin, int64_t h, int64_t wd, int64_t kh, int64_t kw,
                               int64_t stride, int64_t pad, int64_t wo, int64_t p0, int64_t P) {
     const int64_t n = cin * kh * kw * P;
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    SD3_GRID_STRIDE(i, n) {
         const int64_t p = i / P, pix = p0 + i % P;
         const int64_t c = p / (kh * kw), ky = (p / kw) % kh, kx = p % kw;
         const int64_t iy = (pix / wo) * stride - pad + ky, ix = (pix % wo) * stride - pad + kx;

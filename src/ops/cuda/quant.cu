@@ -21,7 +21,7 @@ __constant__ float kNf4Codes[16] = {SD3_NF4_CODE_VALUES};
 template <typename T>
 __global__ void dequantize_kernel(T* dst, QuantWeightView w) {
     const int64_t n = w.rows * w.cols;
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    SD3_GRID_STRIDE(i, n) {
         float v = 0.0f;
         switch (w.format) {
             case QuantFormat::F32: v = static_cast<const float*>(w.data)[i]; break;
