@@ -30,6 +30,14 @@ inline Tensor golden_tensor(const SafetensorsFile& f, const std::string& name) {
     return t.ok() ? t.value() : Tensor();
 }
 
+// The name a LoRA slot ("....lora_A.weight") has in the golden training step of lora_and_training.safetensors,
+// which PEFT saved with its adapter name ("....lora_A.default.weight").
+inline std::string golden_lora_name(const std::string& slot) {
+    std::string n = slot;
+    n.insert(n.size() - std::string(".weight").size(), ".default");
+    return n;
+}
+
 // The norm-wise relative error ‖got − ref‖ / ‖ref‖ of two CPU tensors of the same size (float math in double).
 inline double relative_error(const Tensor& got, const Tensor& ref) {
     const std::vector<float> g = got.to_float_vector(), r = ref.to_float_vector();

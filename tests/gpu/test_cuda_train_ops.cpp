@@ -224,6 +224,7 @@ TEST(CudaTrainOps, AsyncUploadsAndDownloadsKeepTheirBytes) {
 // MMDiT with LoRA behind TrainableModel, the deferred loss, the optimizer's clipping and AdamW. The bounds are the
 // CPU test's (tests/unit/test_train_loop.cpp, GoldenTrainingStepThroughTheTrainerPieces).
 TEST(CudaTrainOps, GoldenTrainingStepWithTheUpdateOnTheGpu) {
+    using sd3::testing::golden_lora_name;
     SD3_REQUIRE_GPU();
     ModelSpec spec;
     spec.model = sd3::testing::data_path("tiny-a/model");
@@ -237,15 +238,10 @@ TEST(CudaTrainOps, GoldenTrainingStepWithTheUpdateOnTheGpu) {
     ASSERT_TRUE(model.ok()) << model.status().message();
     train::TrainableModel& m = **model;
     ASSERT_EQ(m.lora_params().device(), kGPU);
-    auto golden_name = [](const std::string& slot) {
-        std::string n = slot;
-        n.insert(n.size() - std::string(".weight").size(), ".default");
-        return n;
-    };
     Tensor params = Tensor::empty({m.lora_numel()}, DType::F32);
     std::vector<ParamSegment> segs;
     for (const train::LoraSlot& s : m.slots()) {
-        const Tensor before = sd3::testing::golden_tensor(g, "train.param_before." + golden_name(s.name));
+        const Tensor before = sd3::testing::golden_tensor(g, "train.param_before." + golden_lora_name(s.name));
         std::copy(before.data<float>(), before.data<float>() + before.numel(), params.data<float>() + s.offset);
         segs.push_back({s.offset, shape_numel(s.shape)});
     }
@@ -268,9 +264,8 @@ TEST(CudaTrainOps, GoldenTrainingStepWithTheUpdateOnTheGpu) {
     const Tensor grads = to_host(m.lora_grads());
     for (const train::LoraSlot& s : m.slots()) {
         const Tensor got = Tensor::borrow(grads.data<float>() + s.offset, s.shape, DType::F32, kCPU);
-        EXPECT_TRUE(sd3::testing::all_close(got, sd3::testing::golden_tensor(g, "train.grad." + golden_name(s.name)),
-                                            1e-6, 2e-3))
-            << s.name;
+        const Tensor ref = sd3::testing::golden_tensor(g, "train.grad." + golden_lora_name(s.name));
+        EXPECT_TRUE(sd3::testing::all_close(got, ref, 1e-6, 2e-3)) << s.name;
     }
     auto opt = train::make_optimizer(OptimizerConfig{}, segs, kGPU);
     const float norm = to_host(opt->clip_grad_norm(m.lora_grads(), 1.0)).data<float>()[0];
@@ -281,7 +276,7 @@ TEST(CudaTrainOps, GoldenTrainingStepWithTheUpdateOnTheGpu) {
     for (const train::LoraSlot& s : m.slots()) {
         const Tensor got = Tensor::borrow(after.data<float>() + s.offset, s.shape, DType::F32, kCPU);
         EXPECT_TRUE(sd3::testing::all_close(
-            got, sd3::testing::golden_tensor(g, "train.param_after." + golden_name(s.name)), 2e-7, 1e-6))
+            got, sd3::testing::golden_tensor(g, "train.param_after." + golden_lora_name(s.name)), 2e-7, 1e-6))
             << s.name;
     }
 }

@@ -420,6 +420,7 @@ namespace {
 // One step of the reference (lora_and_training.safetensors train.*) through the trainer's own pieces: the MMDiT with
 // LoRA behind TrainableModel, flow_matching_loss, clip_grad_norm and AdamW.
 TEST(TrainTiny, GoldenTrainingStepThroughTheTrainerPieces) {
+    using sd3::testing::golden_lora_name;
     ModelSpec spec;
     spec.model = data_path("tiny-a/model");
     Sd3ComponentOptions so;
@@ -432,13 +433,8 @@ TEST(TrainTiny, GoldenTrainingStepThroughTheTrainerPieces) {
     ASSERT_TRUE(model.ok()) << model.status().message();
     TrainableModel& m = **model;
     std::vector<ParamSegment> segs;
-    auto golden_name = [](const std::string& slot) {
-        std::string n = slot;
-        n.insert(n.size() - std::string(".weight").size(), ".default");
-        return n;
-    };
     for (const LoraSlot& s : m.slots()) {
-        const Tensor before = sd3::testing::golden_tensor(g, "train.param_before." + golden_name(s.name));
+        const Tensor before = sd3::testing::golden_tensor(g, "train.param_before." + golden_lora_name(s.name));
         ASSERT_EQ(before.shape(), s.shape) << s.name;
         std::copy(before.data<float>(), before.data<float>() + before.numel(), m.lora_params().data<float>() + s.offset);
         segs.push_back({s.offset, shape_numel(s.shape)});
@@ -462,9 +458,8 @@ TEST(TrainTiny, GoldenTrainingStepThroughTheTrainerPieces) {
     for (const LoraSlot& s : m.slots()) {
         Tensor got = Tensor::borrow(m.lora_grads().data<float>() + s.offset, s.shape, DType::F32, kCPU);
         // gradients accumulate float32 products over 2x64 tokens: relative ~1e-5 of the largest entries
-        EXPECT_TRUE(sd3::testing::all_close(got, sd3::testing::golden_tensor(g, "train.grad." + golden_name(s.name)),
-                                            1e-6, 2e-3))
-            << s.name;
+        const Tensor ref = sd3::testing::golden_tensor(g, "train.grad." + golden_lora_name(s.name));
+        EXPECT_TRUE(sd3::testing::all_close(got, ref, 1e-6, 2e-3)) << s.name;
     }
     const float norm = clip_grad_norm(m.lora_grads().data<float>(), segs, 1.0);
     const float ref_norm = sd3::testing::golden_tensor(g, "train.grad_norm_before_clip").to_float_vector()[0];
@@ -476,7 +471,7 @@ TEST(TrainTiny, GoldenTrainingStepThroughTheTrainerPieces) {
         // the first Adam step moves each parameter by ~lr·sign(g); a gradient differing by 1e-3 relative changes
         // that by far less than 1e-7 except where |g| ~ eps
         EXPECT_TRUE(sd3::testing::all_close(
-            got, sd3::testing::golden_tensor(g, "train.param_after." + golden_name(s.name)), 2e-7, 1e-6))
+            got, sd3::testing::golden_tensor(g, "train.param_after." + golden_lora_name(s.name)), 2e-7, 1e-6))
             << s.name;
     }
 }
