@@ -1,6 +1,7 @@
 """Adds up an Nsight Compute raw CSV (`ncu --metrics gpu__time_duration.sum --csv --page raw`): GPU time per
-kernel name, its launches, its share, and the time per update, as a Markdown table on stdout. With capture
-limited to whole updates (SD3_PROFILE_UPDATE and ncu --profile-from-start off), nothing else is in the totals."""
+kernel name, its launches, its share, and the time per unit (a training update, a denoising step, a decode), as a
+Markdown table on stdout. With capture limited to whole units (SD3_PROFILE_UPDATE, SD3_PROFILE_STEP or
+SD3_PROFILE_DECODE, and ncu --profile-from-start off), nothing else is in the totals."""
 import argparse
 import collections
 import csv
@@ -24,7 +25,8 @@ def short_name(name):
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("csv_file")
-    p.add_argument("--updates", type=int, required=True, help="training updates the profiled run made")
+    p.add_argument("--units", type=int, required=True, help="units (updates, steps, decodes) the capture holds")
+    p.add_argument("--unit", default="update", help="what one unit is, for the headings")
     p.add_argument("--top", type=int, default=30)
     args = p.parse_args()
     # ncu writes its own messages (==PROF==) before the table: start at the header row.
@@ -42,11 +44,11 @@ def main():
         total[name] += float(r[metric].replace(",", "")) * scale
         launches[name] += 1
     all_ns = sum(total.values())
-    n = args.updates
+    n, u = args.units, args.unit
     print(f"GPU time in kernels: {all_ns / 1e6:.1f} ms over {sum(launches.values())} launches; "
-          f"per update {all_ns / n / 1e6:.1f} ms and {sum(launches.values()) / n:.0f} launches "
-          f"(compare with the run's seconds per update: the difference is time the GPU waited).\n")
-    print("| kernel | launches per update | ms per update | share |")
+          f"per {u} {all_ns / n / 1e6:.1f} ms and {sum(launches.values()) / n:.0f} launches "
+          f"(compare with the run's seconds per {u}: the difference is time the GPU waited).\n")
+    print(f"| kernel | launches per {u} | ms per {u} | share |")
     print("| --- | --- | --- | --- |")
     for name, ns in total.most_common(args.top):
         print(f"| `{name}` | {launches[name] / n:.0f} | {ns / n / 1e6:.2f} | {100 * ns / all_ns:.1f}% |")

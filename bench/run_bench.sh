@@ -8,6 +8,8 @@
 # Settings (environment):
 #   BENCH_WORKLOADS   subset, comma-separated, of train512,train1024,bound,generate,whole1024,t5,whole512 (default
 #                     all of these) and profile (never by default: sd3tune's kernels of one update under ncu, profile512.md)
+#                     and profile_generate (never by default: one denoising step and the decode at 1024² under ncu,
+#                     profile_gen_step.md and profile_gen_decode.md)
 #   BENCH_BUDGET_S    wall seconds for everything (default 540: the device tool stops a command at 600)
 #   BENCH_STEPS       updates per training-step workload, 2 of them warm-up (default 12)
 #   BENCH_WHOLE_STEPS updates of a whole run; the table adds the rest of 100 at the median rate (default 30)
@@ -204,9 +206,27 @@ if want profile; then
                   --page raw --clock-control none --log-file "$json/profile512.csv")
         train sd3_profile512 $r512 4 4 --gradient_checkpointing --cache_dir "$work/cache512"
         launcher=()
-        "$py" "$repo/bench/kernel_summary.py" "$json/profile512.csv" --updates 1 > "$out/profile512.md"
+        "$py" "$repo/bench/kernel_summary.py" "$json/profile512.csv" --units 1 > "$out/profile512.md"
     else
         echo "== profile: skipped (no ncu, or a dry run)"
+    fi
+fi
+if want profile_generate; then
+    # Where generation spends its GPU time: every kernel of denoising step 3 of 4 at 1024² (CFG batch of 2), then
+    # of the VAE decode, each under Nsight Compute as in the profile workload.
+    ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+    if [ -n "$ncu" ] && [ "${BENCH_DRY_RUN:-0}" != 1 ]; then
+        for part in step decode; do
+            if [ $part = step ]; then capture=(SD3_PROFILE_STEP=3); else capture=(SD3_PROFILE_DECODE=1); fi
+            run sd3_profile_gen_$part 240 env "${capture[@]}" "$ncu" --profile-from-start off --metrics \
+                gpu__time_duration.sum --csv --page raw --clock-control none --log-file "$json/profile_gen_$part.csv" \
+                "$sd3" generate --model "$model" --prompt "$val_prompt" --steps 4 --cfg 7 --width $r1024 \
+                --height $r1024 --seed 0 --t5-format int8 --output "$work/sd3_profile_gen.png" --device "$device"
+            "$py" "$repo/bench/kernel_summary.py" "$json/profile_gen_$part.csv" --units 1 --unit $part \
+                > "$out/profile_gen_$part.md"
+        done
+    else
+        echo "== profile_generate: skipped (no ncu, or a dry run)"
     fi
 fi
 

@@ -178,6 +178,8 @@ Status run_generate(const CLI::App* sub, GenerateCliOptions& o) {
     nlohmann::ordered_json m;
     const double images = static_cast<double>(out.images.size());
     m["seconds_per_image"] = (stage_seconds["sampling"] + stage_seconds["decoding"]) / images;
+    m["sampling_seconds_per_image"] = stage_seconds["sampling"] / images;
+    m["decode_seconds_per_image"] = stage_seconds["decoding"] / images;
     m["encode_seconds"] = stage_seconds["encoding the prompt"];
     m["load_seconds"] = stage_seconds["loading the transformer"] + stage_seconds["loading the VAE decoder"];
     size_t peak = 0;

@@ -3,6 +3,7 @@
 #include "infer/pipeline.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <sstream>
 
@@ -193,9 +194,13 @@ Result<GenerateOutput> TextToImage::generate_from_embeds(const GenerateRequest& 
     SD3_TRY(ensure_vae(stage));
     if (stage) stage("decoding");
     const Tensor unscaled = vae_->latents_to_vae(out.latents);
+    // SD3_PROFILE_DECODE=1: the CUDA profiler captures the decode alone (docs/benchmarks.md, profile_generate).
+    const bool profile_decode = std::getenv("SD3_PROFILE_DECODE") != nullptr;
+    if (profile_decode) profiler_capture(true);
     SD3_ASSIGN_OR_RETURN(Tensor decoded, options_.vae_tiling ? vae_->decode_tiled(unscaled)
                                                              : vae_->decode(unscaled));  // [K, 3, H, W]
     out.images_unit = denormalize_images(decoded);
+    if (profile_decode) profiler_capture(false);
     out.images = images_from_batch(out.images_unit);
     return out;
 }

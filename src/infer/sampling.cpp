@@ -4,8 +4,10 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 
 #include "core/check.h"
+#include "ops/device.h"
 #include "ops/ops.h"
 
 namespace sd3 {
@@ -50,8 +52,12 @@ Result<Tensor> sample_flow_match(const VelocityFn& model, const Tensor& latents_
     const int64_t rows = cfg ? 2 * B : B;
     Tensor latents = latents_in.contiguous().clone();  // [B, C, h, w]
     const int64_t per_image = latents.numel() / B;
+    // SD3_PROFILE_STEP=N: the CUDA profiler captures denoising step N alone (docs/benchmarks.md, profile_generate).
+    const char* profile_env = std::getenv("SD3_PROFILE_STEP");
+    const int64_t profiled_step = profile_env != nullptr ? std::atoll(profile_env) : 0;
     const auto start = std::chrono::steady_clock::now();
     for (int64_t i = 0; i < steps; ++i) {
+        if (i + 1 == profiled_step) profiler_capture(true);
         const Tensor model_in = cfg ? ops::cat({latents, latents}, 0) : latents;  // [rows, C, h, w]
         const Tensor t = Tensor::full({rows}, schedule.timesteps[i]);             // [rows]  t.expand(rows)
         SD3_ASSIGN_OR_RETURN(Tensor v, model(model_in, t, context, pooled));       // [rows, C, h, w]
@@ -72,6 +78,7 @@ Result<Tensor> sample_flow_match(const VelocityFn& model, const Tensor& latents_
             }
         }
         flow_match_euler_step(latents, guided, schedule.sigmas[i], schedule.sigmas[i + 1]);
+        if (i + 1 == profiled_step) profiler_capture(false);
         if (progress) {
             const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
             if (!progress({i + 1, steps, secs}))

@@ -156,15 +156,23 @@ TEST_P(CudaOps, RmsNorm) {
 }
 
 TEST_P(CudaOps, GroupNorm) {
-    const int64_t B = 2, C = 12, G = 3, S = 7 * 9;
-    const auto x = round_to(randn(B * C * S, 40, 2.0f, -0.3f), dt());
-    const auto w = round_to(randn(C, 41, 0.3f, 1.0f), dt()), b = round_to(randn(C, 42), dt());
-    std::vector<float> y(B * C * S);
-    cpu::group_norm_fwd(y.data(), x.data(), w.data(), b.data(), B, C, S, G, 1e-6f);
-    Tensor gx = upload(x, dt()), gw = upload(w, dt()), gb = upload(b, dt());
-    Tensor gy = upload(std::vector<float>(B * C * S, NAN), dt());
-    cuda::group_norm_fwd(exec(), gy.raw(), gx.raw(), gw.raw(), gb.raw(), B, C, S, G, 1e-6f, dt());
-    EXPECT_TRUE(close(download(gy), y, dt()));
+    // Small groups (one chunk each) and groups long enough to be split over several chunks whose borders fall
+    // inside channels (3 channels of 131 x 129 = 50697 elements: four chunks).
+    struct Case {
+        int64_t B, C, G, S;
+    };
+    for (const Case c : {Case{2, 12, 3, 7 * 9}, Case{2, 6, 2, 131 * 129}}) {
+        const int64_t n = c.B * c.C * c.S;
+        const auto x = round_to(randn(n, 40, 2.0f, -0.3f), dt());
+        const auto w = round_to(randn(c.C, 41, 0.3f, 1.0f), dt()), b = round_to(randn(c.C, 42), dt());
+        std::vector<float> y(n);
+        cpu::group_norm_fwd(y.data(), x.data(), w.data(), b.data(), c.B, c.C, c.S, c.G, 1e-6f);
+        Tensor gx = upload(x, dt()), gw = upload(w, dt()), gb = upload(b, dt());
+        Tensor gy = upload(std::vector<float>(n, NAN), dt());
+        cuda::group_norm_fwd(exec(cuda::group_norm_fwd_workspace(c.B, c.C, c.S, c.G)), gy.raw(), gx.raw(), gw.raw(),
+                             gb.raw(), c.B, c.C, c.S, c.G, 1e-6f, dt());
+        EXPECT_TRUE(close(download(gy), y, dt())) << "groups of " << c.C / c.G * c.S;
+    }
 }
 
 // --- conv2d: 3x3 same, 3x3 stride 2 (the VAE's downsampler), 1x1, and a scratch too small for one image --------

@@ -85,6 +85,8 @@ void rms_norm_fwd(const Exec& ex, void* y, float* rstd, const void* x, const voi
 size_t rms_norm_bwd_workspace(int64_t rows, int64_t cols);
 void rms_norm_bwd(const Exec& ex, void* dx, void* dw, const void* dy, const void* x, const void* w, const float* rstd,
                   int64_t rows, int64_t cols, DType dt, DType grad_dt);
+// GroupNorm over [batch, channels, spatial]; its scratch holds per-chunk partial sums.
+size_t group_norm_fwd_workspace(int64_t batch, int64_t channels, int64_t spatial, int64_t groups);
 void group_norm_fwd(const Exec& ex, void* y, const void* x, const void* w, const void* b, int64_t batch,
                     int64_t channels, int64_t spatial, int64_t groups, float eps, DType dt);
 

@@ -1,6 +1,8 @@
 // Element-wise kernels (activations and their derivatives, add/mul/scale, strided copy with dtype
 // conversion) and the ordered two-stage column sums behind every parameter-gradient reduction.
 // Activation formulas are the CPU spec's (ops/cpu/activation.cpp), in float32.
+#include <algorithm>
+
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/internal.h"
 
@@ -143,9 +145,12 @@ __global__ void sum_partials_kernel(T* dst, const float* partial, int64_t chunks
 
 template <typename T>
 __global__ void fill_rows_kernel(T* y, const T* bias, int64_t rows, int64_t cols) {
-    const int64_t n = rows * cols;
-    SD3_GRID_STRIDE(i, n)
-        y[i] = bias[i / cols];
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {  // rows over y: no division per element
+        const T v = bias[r];
+        for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < cols;
+             c += static_cast<int64_t>(gridDim.x) * blockDim.x)
+            y[r * cols + c] = v;
+    }
 }
 
 }  // namespace
@@ -262,9 +267,9 @@ void column_partials(const Exec& ex, float* partial, const void* src, DType dt, 
 }
 
 void fill_rows(const Exec& ex, void* y, const void* bias, int64_t rows, int64_t cols, DType dt) {
-    const int64_t n = rows * cols;
-    if (n == 0) return;
-    SD3_DISPATCH_FLOAT(dt, T, fill_rows_kernel<T><<<grid_for(n, kThreads), kThreads, 0, ex.stream>>>(
+    if (rows * cols == 0) return;
+    const dim3 grid(grid_for(cols, kThreads), static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
+    SD3_DISPATCH_FLOAT(dt, T, fill_rows_kernel<T><<<grid, kThreads, 0, ex.stream>>>(
                                   static_cast<T*>(y), static_cast<const T*>(bias), rows, cols));
     SD3_CUDA_LAUNCHED();
 }

@@ -1,6 +1,8 @@
 // LayerNorm, RMSNorm (forward and backward) and GroupNorm (forward) kernels: one warp per row, statistics in
-// float32 (GroupNorm's long groups in double), parameter gradients through ordered two-stage column sums.
+// float32 (GroupNorm's long groups in double, over chunks of each group), parameter gradients through ordered two-stage column sums.
 // Formulas follow the CPU spec (ops/cpu/norm.cpp) term by term.
+#include <algorithm>
+
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/internal.h"
 
@@ -176,29 +178,55 @@ __global__ void rms_norm_bwd_dx_kernel(T* dx, const T* dy, const T* x, const T* 
 }
 
 // One block per (batch, group); a group is channels/groups contiguous channels of `spatial` elements.
+// GroupNorm in three passes, each spread over `chunks` blocks per (sample, group) so that a VAE layer's 32
+// groups fill the GPU (one block per group left most of it idle: 143 ms per 1024² decode). Pass 1 writes each
+// chunk's double sum; pass 2 each chunk's double sum of squared deviations from the mean; pass 3 normalizes.
+// Every block re-derives the mean (and rstd) from the previous pass's partials in chunk order, so the result does
+// not depend on the launch. Group `bg` (sample * groups + group) is the contiguous run x[bg * n, (bg + 1) * n).
+__device__ __forceinline__ double group_total(const double* partials, int64_t bg, int chunks) {
+    double t = 0.0;
+    for (int c = 0; c < chunks; ++c) t += partials[bg * chunks + c];
+    return t;
+}
+
 template <typename T>
-__global__ void group_norm_fwd_kernel(T* y, const T* x, const T* w, const T* b, int64_t channels, int64_t spatial,
-                                      int64_t groups, float eps) {
+__global__ void group_sums_kernel(double* part_sum, double* part_var, const T* x, int64_t n, int64_t chunk,
+                                  bool deviations) {
     __shared__ double red[32];
-    const int64_t bi = blockIdx.x / groups, g = blockIdx.x % groups;
-    const int64_t cpg = channels / groups, n = cpg * spatial;
-    const T* xg = x + (bi * channels + g * cpg) * spatial;
-    T* yg = y + (bi * channels + g * cpg) * spatial;
+    const int64_t bg = blockIdx.y;
+    const int chunks = static_cast<int>(gridDim.x);
+    const T* xg = x + bg * n;
+    const int64_t end = min(n, (blockIdx.x + 1) * chunk);
+    const double m = deviations ? group_total(part_sum, bg, chunks) / static_cast<double>(n) : 0.0;
     double s = 0.0;
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += to_f(xg[i]);
-    const double m = block_sum(s, red) / static_cast<double>(n);
-    double v = 0.0;
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    for (int64_t i = blockIdx.x * chunk + threadIdx.x; i < end; i += blockDim.x) {
         const double d = to_f(xg[i]) - m;
-        v += d * d;
+        s += deviations ? d * d : d;
     }
-    const double var = block_sum(v, red) / static_cast<double>(n);
+    s = block_sum(s, red);
+    if (threadIdx.x == 0) (deviations ? part_var : part_sum)[bg * chunks + blockIdx.x] = s;
+}
+
+template <typename T>
+__global__ void group_norm_apply_kernel(T* y, const T* x, const T* w, const T* b, const double* part_sum,
+                                        const double* part_var, int64_t channels, int64_t spatial, int64_t groups,
+                                        int64_t chunk, float eps) {
+    const int64_t bg = blockIdx.y, g = bg % groups, cpg = channels / groups, n = cpg * spatial;
+    const int chunks = static_cast<int>(gridDim.x);
+    const double m = group_total(part_sum, bg, chunks) / static_cast<double>(n);
+    const double var = group_total(part_var, bg, chunks) / static_cast<double>(n);
     const float mf = static_cast<float>(m), rs = static_cast<float>(1.0 / sqrt(var + eps));
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-        const int64_t ch = g * cpg + i / spatial;
+    const T* xg = x + bg * n;
+    T* yg = y + bg * n;
+    const int64_t end = min(n, (blockIdx.x + 1) * chunk);
+    for (int64_t i = blockIdx.x * chunk + threadIdx.x; i < end; i += blockDim.x) {
+        const int64_t ch = g * cpg + static_cast<int64_t>(static_cast<uint32_t>(i) / static_cast<uint32_t>(spatial));
         yg[i] = from_f<T>((to_f(xg[i]) - mf) * rs * to_f(w[ch]) + to_f(b[ch]));
     }
 }
+
+// Chunks per group: about 16K elements each, at most 64.
+int64_t group_chunks(int64_t n) { return std::min<int64_t>(64, std::max<int64_t>(1, ceil_div(n, 16384))); }
 
 unsigned row_blocks(int64_t rows) { return static_cast<unsigned>(ceil_div(rows, kRowsPerBlock)); }
 
@@ -285,13 +313,33 @@ void rms_norm_bwd(const Exec& ex, void* dx, void* dw, const void* dy, const void
     detail::sum_partials_into(ex, dw, grad_dt, pw, chunks, cols);
 }
 
+size_t group_norm_fwd_workspace(int64_t batch, int64_t channels, int64_t spatial, int64_t groups) {
+    if (groups <= 0 || channels % groups != 0) return 0;
+    return static_cast<size_t>(2 * batch * groups * group_chunks(channels / groups * spatial)) * sizeof(double);
+}
+
 void group_norm_fwd(const Exec& ex, void* y, const void* x, const void* w, const void* b, int64_t batch,
                     int64_t channels, int64_t spatial, int64_t groups, float eps, DType dt) {
     SD3_ASSERT(groups > 0 && channels % groups == 0, "group_norm: ", channels, " channels in ", groups, " groups");
     if (batch * groups == 0) return;
-    SD3_DISPATCH_FLOAT(dt, T, group_norm_fwd_kernel<T><<<static_cast<unsigned>(batch * groups), 512, 0, ex.stream>>>(
+    const int64_t n = channels / groups * spatial, chunks = group_chunks(n), chunk = ceil_div(n, chunks);
+    SD3_ASSERT(n < (int64_t{1} << 32) && batch * groups <= 65535, "group_norm: groups of ", n, " elements, ",
+               batch * groups, " of them");
+    SD3_ASSERT(ex.scratch_bytes >= group_norm_fwd_workspace(batch, channels, spatial, groups),
+               "group_norm_fwd: scratch of ", ex.scratch_bytes, " bytes, needs ",
+               group_norm_fwd_workspace(batch, channels, spatial, groups));
+    double* part_sum = static_cast<double*>(ex.scratch);
+    double* part_var = part_sum + batch * groups * chunks;
+    const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(batch * groups));
+    for (const bool deviations : {false, true}) {
+        SD3_DISPATCH_FLOAT(dt, T, group_sums_kernel<T><<<grid, kThreads, 0, ex.stream>>>(
+                                      part_sum, part_var, static_cast<const T*>(x), n, chunk, deviations));
+        SD3_CUDA_LAUNCHED();
+    }
+    SD3_DISPATCH_FLOAT(dt, T, group_norm_apply_kernel<T><<<grid, kThreads, 0, ex.stream>>>(
                                   static_cast<T*>(y), static_cast<const T*>(x), static_cast<const T*>(w),
-                                  static_cast<const T*>(b), channels, spatial, groups, eps));
+                                  static_cast<const T*>(b), part_sum, part_var, channels, spatial, groups, chunk,
+                                  eps));
     SD3_CUDA_LAUNCHED();
 }
 

@@ -221,8 +221,9 @@ Tensor group_norm(const Tensor& x_in, const Tensor& w_in, const Tensor& b_in, in
     const Tensor x = contiguous(x_in), w = contiguous(w_in), b = contiguous(b_in);
     SD3_ASSERT(x.dim() >= 2 && x.size(1) % groups == 0, "group_norm: ", x.describe(), " with ", groups, " groups");
     Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
-    group_norm_fwd(ctx_of(x).exec(), y.raw(), x.raw(), w.raw(), b.raw(), x.size(0), x.size(1),
-                   x.numel() / (x.size(0) * x.size(1)), groups, eps, x.dtype());
+    const int64_t spatial = x.numel() / (x.size(0) * x.size(1));
+    group_norm_fwd(ctx_of(x).exec(group_norm_fwd_workspace(x.size(0), x.size(1), spatial, groups)), y.raw(), x.raw(),
+                   w.raw(), b.raw(), x.size(0), x.size(1), spatial, groups, eps, x.dtype());
     return y;
 }
 
