@@ -164,7 +164,10 @@ if want generate; then
         --steps $val_steps --image "$work/ref_generate.png"
     run sd3_generate 150 "$sd3" generate --model "$model" --prompt "$val_prompt" --steps $val_steps --cfg 7 \
         --width $r1024 --height $r1024 --seed 0 --t5-format int8 --output "$work/sd3_generate.png" \
-        --device "$device" --metrics-json "$json/sd3_generate.json"
+        --device "$device" --warmup-steps 2 --metrics-json "$json/sd3_generate.json"
+    run sd3_generate_cold 150 "$sd3" generate --model "$model" --prompt "$val_prompt" --steps $val_steps --cfg 7 \
+        --width $r1024 --height $r1024 --seed 0 --t5-format int8 --output "$work/sd3_generate_cold.png" \
+        --device "$device" --metrics-json "$json/sd3_generate_cold.json"
 fi
 # A whole run: the cache phase (int8 T5), training with checkpointing, one validation image at the end (a
 # validation interval past the last step leaves only the final one).

@@ -185,11 +185,11 @@ Result<GenerateOutput> TextToImage::generate_from_embeds(const GenerateRequest& 
         return cache.second;
     };
     VelocityFn velocity = [&](const Tensor& x, const Tensor& t, const Tensor& ctx, const Tensor& pooled) {
-        return model.forward(x, t, on_model_device(ctx_placed, ctx), on_model_device(pooled_placed, pooled), nullptr);
+        return model.forward_on_device(x, t, on_model_device(ctx_placed, ctx), on_model_device(pooled_placed, pooled));
     };
     if (stage) stage("sampling");
     SD3_ASSIGN_OR_RETURN(out.latents, sample_flow_match(velocity, out.initial_latents, schedule, cond, r.guidance_scale,
-                                                        progress));
+                                                        progress, model.placement().device));
     if (options_.single_use) transformer_.reset();
     SD3_TRY(ensure_vae(stage));
     if (stage) stage("decoding");

@@ -31,7 +31,8 @@ Status check_rows(const Tensor& t, int64_t batch, int dims, const char* what) {
 }  // namespace
 
 Result<Tensor> sample_flow_match(const VelocityFn& model, const Tensor& latents_in, const FlowMatchSchedule& schedule,
-                                 const Conditioning& cond, float guidance_scale, const ProgressFn& progress) {
+                                 const Conditioning& cond, float guidance_scale, const ProgressFn& progress,
+                                 Device device) {
     if (latents_in.dim() != 4 || latents_in.dtype() != DType::F32)
         return make_error(ErrorCode::INVALID_ARGUMENT, "initial latents must be f32 [B, C, h, w], got ",
                           latents_in.describe());
@@ -50,42 +51,41 @@ Result<Tensor> sample_flow_match(const VelocityFn& model, const Tensor& latents_
         pooled = ops::cat({cond.negative_pooled, cond.pooled}, 0);     // [2B, P]
     }
     const int64_t rows = cfg ? 2 * B : B;
-    Tensor latents = latents_in.contiguous().clone();  // [B, C, h, w]
-    const int64_t per_image = latents.numel() / B;
+    // Every step's timestep, repeated over the rows (t.expand(rows)), goes up once with the latents.
+    Tensor all_t = Tensor::empty({steps, rows}, DType::F32);  // [steps, rows]
+    for (int64_t i = 0; i < steps; ++i)
+        for (int64_t r = 0; r < rows; ++r) all_t.data<float>()[i * rows + r] = schedule.timesteps[i];
+    SD3_ASSIGN_OR_RETURN(all_t, to_device(all_t, device));
+    SD3_ASSIGN_OR_RETURN(Tensor latents, to_device(latents_in.contiguous().clone(), device));  // [B, C, h, w]
     // SD3_PROFILE_STEP=N: the CUDA profiler captures denoising step N alone (docs/benchmarks.md, profile_generate).
     const char* profile_env = std::getenv("SD3_PROFILE_STEP");
     const int64_t profiled_step = profile_env != nullptr ? std::atoll(profile_env) : 0;
     const auto start = std::chrono::steady_clock::now();
+    // Step i's end, as the completion of a one-element copy queued behind it: waited for once step i + 1 is queued.
+    PendingDownload queued_end;
+    auto report = [&](int64_t finished) -> Status {
+        queued_end.wait();
+        if (!progress) return {};
+        const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        if (!progress({finished, steps, secs}))
+            return make_error(ErrorCode::INVALID_ARGUMENT, "generation cancelled after step ", finished);
+        return {};
+    };
     for (int64_t i = 0; i < steps; ++i) {
         if (i + 1 == profiled_step) profiler_capture(true);
         const Tensor model_in = cfg ? ops::cat({latents, latents}, 0) : latents;  // [rows, C, h, w]
-        const Tensor t = Tensor::full({rows}, schedule.timesteps[i]);             // [rows]  t.expand(rows)
-        SD3_ASSIGN_OR_RETURN(Tensor v, model(model_in, t, context, pooled));       // [rows, C, h, w]
-        if (v.shape() != model_in.shape() || v.dtype() != DType::F32)
+        const Tensor t = all_t.select(0, i);                                      // [rows]
+        SD3_ASSIGN_OR_RETURN(Tensor v, model(model_in, t, context, pooled));     // [rows, C, h, w]
+        if (v.shape() != model_in.shape() || v.dtype() != DType::F32 || v.device() != device)
             return make_error(ErrorCode::INTERNAL, "the model returned ", v.describe(), " for input ",
                               model_in.describe());
-        v = v.contiguous();
-        Tensor guided = cfg ? Tensor::empty(latents.shape(), DType::F32) : v;  // [B, C, h, w]
-        if (cfg) {
-            const float* vu = v.data<float>();
-            const float* vc = vu + B * per_image;
-            float* g = guided.data<float>();
-            // noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond): three float32 roundings.
-            for (int64_t k = 0; k < B * per_image; ++k) {
-                const float diff = vc[k] - vu[k];
-                const float scaled = guidance_scale * diff;
-                g[k] = vu[k] + scaled;
-            }
-        }
-        flow_match_euler_step(latents, guided, schedule.sigmas[i], schedule.sigmas[i + 1]);
+        ops::guided_euler_step_(latents, v, guidance_scale, schedule.sigmas[i], schedule.sigmas[i + 1]);
         if (i + 1 == profiled_step) profiler_capture(false);
-        if (progress) {
-            const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-            if (!progress({i + 1, steps, secs}))
-                return make_error(ErrorCode::INVALID_ARGUMENT, "generation cancelled after step ", i + 1);
-        }
+        if (i > 0) SD3_TRY(report(i));
+        queued_end = download_async(latents.view({latents.numel()}).slice(0, 0, 1));
     }
-    return latents;
+    if (steps > 0) SD3_TRY(report(steps));
+    return host_f32(latents);
 }
 
 Tensor denormalize_images(const Tensor& decoded) {

@@ -41,9 +41,12 @@ Tensor prepare_latents(TorchGenerator& generator, int64_t batch, int64_t channel
 
 // The loop: for each step i, velocity of cat([latents, latents]) at timesteps[i] with context cat([neg, pos])
 // (CFG when guidance_scale > 1: v = v_u + g·(v_c − v_u), float32), then latents += (σ_{i+1} − σ_i)·v.
-// `latents` [B, C, h, w] are the initial latents; returns the final ones.
+// `latents` [B, C, h, w] are the initial latents (CPU); returns the final ones (float32, CPU). The latents and
+// timesteps live on `device` for the whole loop, where the model must return its velocity (float32): each step is
+// queued behind the previous one, and the host waits for step i (to report it) only once step i + 1 is queued.
 Result<Tensor> sample_flow_match(const VelocityFn& model, const Tensor& latents, const FlowMatchSchedule& schedule,
-                                 const Conditioning& cond, float guidance_scale, const ProgressFn& progress = {});
+                                 const Conditioning& cond, float guidance_scale, const ProgressFn& progress = {},
+                                 Device device = kCPU);
 
 // VaeImageProcessor.postprocess before 8-bit: (x / 2 + 0.5).clamp(0, 1), float32. x [B, 3, H, W].
 Tensor denormalize_images(const Tensor& decoded);

@@ -7,6 +7,7 @@
 
 #include "core/check.h"
 #include "io/json_file.h"
+#include "ops/ops.h"
 
 namespace sd3 {
 
@@ -76,18 +77,7 @@ FlowMatchSchedule FlowMatchEulerScheduler::inference_schedule(int64_t steps) con
 }
 
 void flow_match_euler_step(Tensor& sample, const Tensor& velocity, float sigma, float sigma_next) {
-    SD3_ASSERT(sample.dtype() == DType::F32 && velocity.dtype() == DType::F32 && sample.is_contiguous() &&
-                   sample.shape() == velocity.shape(),
-               "euler step: sample ", sample.describe(), " velocity ", velocity.describe());
-    const Tensor v = velocity.contiguous();
-    const float dt = sigma_next - sigma;  // 0-dim float32 tensors in the reference
-    float* x = sample.data<float>();
-    const float* pv = v.data<float>();
-    // Two roundings (product, then sum) as torch's separate mul and add; the build does not contract to FMA.
-    for (int64_t i = 0; i < sample.numel(); ++i) {
-        const float d = dt * pv[i];
-        x[i] = x[i] + d;
-    }
+    ops::guided_euler_step_(sample, velocity, 1.0f, sigma, sigma_next);
 }
 
 }  // namespace sd3

@@ -49,7 +49,7 @@ class FlowMatchEulerScheduler {
 };
 
 // One Euler step in place, in float32 as diffusers' step(): sample += (sigma_next - sigma) * velocity.
-// sample and velocity: same shape, f32, CPU.
+// sample and velocity: same shape, f32, on one device (ops::guided_euler_step_ without guidance).
 void flow_match_euler_step(Tensor& sample, const Tensor& velocity, float sigma, float sigma_next);
 
 }  // namespace sd3

@@ -182,6 +182,11 @@ class MMDiT {
     Result<Tensor> forward(const Tensor& hidden_states, const Tensor& timestep, const Tensor& encoder_hidden_states,
                            const Tensor& pooled_projections, MMDiTActivations* saved = nullptr,
                            const std::vector<int64_t>& skip_layers = {}) const;
+    // Inference as forward(..., nullptr, skip_layers), the output left float32 on the model's device: the
+    // sampler's loop keeps its latents there and never waits for the device between steps.
+    Result<Tensor> forward_on_device(const Tensor& hidden_states, const Tensor& timestep,
+                                     const Tensor& encoder_hidden_states, const Tensor& pooled_projections,
+                                     const std::vector<int64_t>& skip_layers = {}) const;
     // dout [B, out_channels, H, W] (any device and float dtype). Accumulates trainable LoRA gradients into
     // `lora_grads` (flat float32 on the placement's device, the layout of the attached LoraTrainable); fills
     // `inputs` (float32, CPU) when given. Frozen weights get no gradients.
@@ -209,6 +214,10 @@ class MMDiT {
     void detach_loras();
 
   private:
+    // forward()'s body; the output stays on the device in the compute dtype when `output_on_device`.
+    Result<Tensor> run_forward(const Tensor& hidden_states, const Tensor& timestep, const Tensor& encoder_hidden_states,
+                               const Tensor& pooled_projections, MMDiTActivations* saved,
+                               const std::vector<int64_t>& skip_layers, bool output_on_device) const;
     // Block i's weights where the placement computes: itself when resident, else a copy brought in from host
     // memory, held by `staged` until it is released.
     const JointBlock& block_weights(size_t i, JointBlock& staged) const;

@@ -132,6 +132,19 @@ void MMDiT::block_backward(const JointBlock& b, Tensor& dx, Tensor& dc, Tensor& 
 Result<Tensor> MMDiT::forward(const Tensor& x_in, const Tensor& timestep_in, const Tensor& ctx_arg,
                               const Tensor& pooled_in, MMDiTActivations* saved,
                               const std::vector<int64_t>& skip_layers) const {
+    return run_forward(x_in, timestep_in, ctx_arg, pooled_in, saved, skip_layers,
+                       saved != nullptr && saved->device_output);
+}
+
+Result<Tensor> MMDiT::forward_on_device(const Tensor& x_in, const Tensor& timestep_in, const Tensor& ctx_arg,
+                                        const Tensor& pooled_in, const std::vector<int64_t>& skip_layers) const {
+    SD3_ASSIGN_OR_RETURN(Tensor out, run_forward(x_in, timestep_in, ctx_arg, pooled_in, nullptr, skip_layers, true));
+    return convert(out, DType::F32);
+}
+
+Result<Tensor> MMDiT::run_forward(const Tensor& x_in, const Tensor& timestep_in, const Tensor& ctx_arg,
+                                  const Tensor& pooled_in, MMDiTActivations* saved,
+                                  const std::vector<int64_t>& skip_layers, bool output_on_device) const {
     const MMDiTConfig& c = config_;
     const int64_t p = c.patch_size, D = c.inner_dim();
     auto bad = [](const auto&... what) { return make_error(ErrorCode::INVALID_ARGUMENT, "MMDiT forward: ", what...); };
@@ -216,7 +229,7 @@ Result<Tensor> MMDiT::forward(const Tensor& x_in, const Tensor& timestep_in, con
     const Tensor o = nn::linear_forward(w_.proj_out, y, keep ? &s.proj_out : nullptr, rc);  // [B, N, p*p*out]
     if (!keep) s.blocks.clear();
     Tensor out = ops::unpatchify(o, c.out_channels, H, W, p, ops::PatchLayout::CHANNEL_LAST);  // [B, C, H, W]
-    return s.device_output ? out : host_f32(out);
+    return output_on_device ? out : host_f32(out);
 }
 
 size_t MMDiTActivations::bytes() const {

@@ -2,6 +2,7 @@
 #include "ops/ops.h"
 
 #include "core/check.h"
+#include "ops/cpu/sampling_ops.h"
 #include "ops/dispatch.h"
 
 namespace sd3::ops {
@@ -176,6 +177,23 @@ Tensor cat(const std::vector<Tensor>& parts, int dim) {
         at += p.size(dim);
     }
     return out;
+}
+
+void guided_euler_step_(Tensor& latents, const Tensor& v_in, float guidance_scale, float sigma, float sigma_next) {
+    const bool cfg = guidance_scale > 1.0f;
+    SD3_ASSERT(latents.dtype() == DType::F32 && latents.is_contiguous() && v_in.dtype() == DType::F32 &&
+                   v_in.device() == latents.device() && v_in.numel() == (cfg ? 2 : 1) * latents.numel() &&
+                   (!cfg || v_in.size(0) == 2 * latents.size(0)),
+               "denoising step: latents ", latents.describe(), ", velocity ", v_in.describe(), ", guidance ",
+               guidance_scale);
+    const float dt = sigma_next - sigma;  // 0-dim float32 tensors in the reference
+    SD3_ON_CUDA(latents, guided_euler_step_(latents, v_in, cfg, guidance_scale, dt));
+    const Tensor v = v_in.contiguous();
+    const int64_t n = latents.numel();
+    float* x = latents.data<float>();
+    const float* pv = v.data<float>();
+    for (int64_t i = 0; i < n; ++i)
+        x[i] = cpu::euler_step(x[i], dt, cfg ? cpu::cfg_guided(pv[i], pv[n + i], guidance_scale) : pv[i]);
 }
 
 }  // namespace sd3::ops

@@ -34,5 +34,10 @@ Tensor mul(const Tensor& a, const Tensor& b);
 Tensor scale(const Tensor& a, float s);
 // Concatenation along dimension `dim`.
 Tensor cat(const std::vector<Tensor>& parts, int dim);
+// One denoising step in place on `latents` (f32, contiguous, [B, ...]) from the model's velocity `v` (f32 on the
+// same device): with guidance_scale > 1, v is [2B, ...], unconditional half first, and is guided first
+// (diffusers: do_classifier_free_guidance = guidance_scale > 1); then the flow-matching Euler step from sigma to
+// sigma_next. The arithmetic is ops/cpu/sampling_ops.h's on every device.
+void guided_euler_step_(Tensor& latents, const Tensor& v, float guidance_scale, float sigma, float sigma_next);
 
 }  // namespace sd3::ops

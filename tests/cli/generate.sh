@@ -13,7 +13,7 @@ small=(--model "$model" --width 64 --height 64 --steps 2 --max-sequence-length 7
 
 "$bin" generate "${small[@]}" --prompt "a photo of sks dog" --negative-prompt "blurry" --seed 7 \
     --output "$tmp/dog.png" --metrics-json "$tmp/m.json" 2>"$tmp/log.txt" || { cat "$tmp/log.txt" >&2; fail "generate failed"; }
-for key in '"seconds_per_image"' '"encode_seconds"' '"load_seconds"' '"peak_gpu_bytes"' '"device"'; do
+for key in '"seconds_per_image"' '"sampling_seconds_per_image"' '"decode_seconds_per_image"' '"encode_seconds"' '"load_seconds"' '"peak_gpu_bytes"' '"device"'; do
     grep -q "$key" "$tmp/m.json" || fail "metrics JSON lacks $key: $(cat "$tmp/m.json")"
 done
 [ -s "$tmp/dog.png" ] || fail "no PNG written"
@@ -26,10 +26,12 @@ grep -aq "Seed: 7" "$tmp/dog.png" || fail "seed missing from the parameters chun
 grep -q "step 2/2 .*steps/s" "$tmp/log.txt" || fail "no progress with steps/s on stderr: $(cat "$tmp/log.txt")"
 [ ! -e "$tmp/dog.png.tmp" ] || fail "temporary file left behind"
 
-# The same seed gives the same file; another seed a different one.
+# The same seed gives the same file (also after an untimed warm-up); another seed a different one.
 "$bin" generate "${small[@]}" --prompt "a photo of sks dog" --negative-prompt "blurry" --seed 7 \
-    --output "$tmp/dog2.png" 2>/dev/null
+    --output "$tmp/dog2.png" --warmup-steps 1 2>"$tmp/log2.txt" || { cat "$tmp/log2.txt" >&2; fail "warm-up run failed"; }
 cmp -s "$tmp/dog.png" "$tmp/dog2.png" || fail "same seed gave a different image"
+grep -q "warming up: 1 untimed step" "$tmp/log2.txt" || fail "no warm-up reported: $(cat "$tmp/log2.txt")"
+[ "$(grep -c "step 2/2" "$tmp/log2.txt")" = 1 ] || fail "the warm-up printed progress: $(cat "$tmp/log2.txt")"
 "$bin" generate "${small[@]}" --prompt "a photo of sks dog" --negative-prompt "blurry" --seed 8 \
     --output "$tmp/dog3.png" 2>/dev/null
 ! cmp -s "$tmp/dog.png" "$tmp/dog3.png" || fail "another seed gave the same image"

@@ -10,11 +10,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define SD3_HOST_DEVICE __host__ __device__
-#else
-#define SD3_HOST_DEVICE
-#endif
+#include "ops/cpu/host_device.h"
 
 namespace sd3::cpu {
 

@@ -97,6 +97,9 @@ void conv2d_fwd(const Exec& ex, void* y, const void* x, const void* w, const voi
                 int64_t h, int64_t wd, int64_t cout, int64_t kh, int64_t kw, int64_t stride, int64_t pad, DType dt);
 
 // --- element-wise --------------------------------------------------------------------------------------------
+// The sampler's step in place: x[i] += dt * v[i], v guided from [uncond n | cond n] first when cfg
+// (ops/cpu/sampling_ops.h, bit for bit).
+void guided_euler_step(const Exec& ex, float* x, const float* v, int64_t n, bool cfg, float guidance_scale, float dt);
 void activation_fwd(const Exec& ex, void* y, const void* x, int64_t n, Activation act, DType dt);
 void activation_bwd(const Exec& ex, void* dx, const void* dy, const void* x, int64_t n, Activation act, DType dt);
 enum class Binary { ADD, MUL };

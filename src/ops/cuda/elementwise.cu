@@ -1,8 +1,10 @@
 // Element-wise kernels (activations and their derivatives, add/mul/scale, strided copy with dtype
-// conversion) and the ordered two-stage column sums behind every parameter-gradient reduction.
+// conversion, the guided Euler step of the sampler) and the ordered two-stage column sums behind every
+// parameter-gradient reduction.
 // Activation formulas are the CPU spec's (ops/cpu/activation.cpp), in float32.
 #include <algorithm>
 
+#include "ops/cpu/sampling_ops.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/internal.h"
 
@@ -143,6 +145,14 @@ __global__ void sum_partials_kernel(T* dst, const float* partial, int64_t chunks
     dst[c] = from_f<T>(to_f(dst[c]) + acc);
 }
 
+// x [n] and v [n] (or [2n], unconditional half first, with guidance), as ops::guided_euler_step_ on the CPU.
+__global__ void guided_euler_kernel(float* x, const float* v, int64_t n, bool cfg, float guidance_scale, float dt) {
+    SD3_GRID_STRIDE(i, n) {
+        const float vel = cfg ? cpu::cfg_guided(v[i], v[n + i], guidance_scale) : v[i];
+        x[i] = cpu::euler_step(x[i], dt, vel);
+    }
+}
+
 template <typename T>
 __global__ void fill_rows_kernel(T* y, const T* bias, int64_t rows, int64_t cols) {
     for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {  // rows over y: no division per element
@@ -154,6 +164,13 @@ __global__ void fill_rows_kernel(T* y, const T* bias, int64_t rows, int64_t cols
 }
 
 }  // namespace
+
+void guided_euler_step(const Exec& ex, float* x, const float* v, int64_t n, bool cfg, float guidance_scale,
+                       float dt) {
+    if (n == 0) return;
+    guided_euler_kernel<<<grid_for(n, kThreads), kThreads, 0, ex.stream>>>(x, v, n, cfg, guidance_scale, dt);
+    SD3_CUDA_LAUNCHED();
+}
 
 void activation_fwd(const Exec& ex, void* y, const void* x, int64_t n, Activation act, DType dt) {
     if (n == 0) return;

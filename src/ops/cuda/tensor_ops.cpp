@@ -325,6 +325,13 @@ Tensor cat(const std::vector<Tensor>& parts, int dim) {
     return out;
 }
 
+void guided_euler_step_(Tensor& latents, const Tensor& v_in, bool cfg, float guidance_scale, float dt) {
+    require(v_in, latents, "denoising step velocity");
+    const Tensor v = contiguous(v_in);
+    guided_euler_step(ctx_of(latents).exec(), latents.data<float>(), v.data<float>(), latents.numel(), cfg,
+                      guidance_scale, dt);
+}
+
 namespace {
 bool on_device(const void* p) {
     if (p == nullptr) return false;

@@ -47,6 +47,7 @@ Tensor add(const Tensor& a, const Tensor& b);
 Tensor mul(const Tensor& a, const Tensor& b);
 Tensor scale(const Tensor& a, float s);
 Tensor cat(const std::vector<Tensor>& parts, int dim);
+void guided_euler_step_(Tensor& latents, const Tensor& v, bool cfg, float guidance_scale, float dt);
 // The weight view's data and scales must be in device memory (checked).
 Tensor linear_quantized(const Tensor& x, const cpu::QuantWeightView& w, const Tensor& b);
 Tensor dequantize_weight(const cpu::QuantWeightView& w, DType dtype, Device device);
