@@ -39,6 +39,11 @@ Tensor linear(const Tensor& x_in, const Tensor& w_in, const Tensor& b) {
     return y;
 }
 
+Tensor linear_gelu_tanh(const Tensor& x, const Tensor& w, const Tensor& b) {
+    SD3_ON_CUDA(x, linear_gelu_tanh(x, w, b));
+    return activation(linear(x, w, b), Activation::GELU_TANH);
+}
+
 Tensor layer_norm(const Tensor& x_in, const Tensor& w, const Tensor& b, float eps) {
     SD3_ON_CUDA(x_in, layer_norm(x_in, w, b, eps));
     require_f32_cpu(x_in, "layer_norm input");

@@ -82,6 +82,27 @@ TEST_P(CudaOps, Linear) {
     EXPECT_TRUE(close(download(dgb), gb, DType::F32, 3.0)) << "db";
 }
 
+// The GELU epilogue: the float32 result of the CPU's linear then GELU-tanh, rounded once. With and without a bias,
+// with aligned operands and with x one element off its alignment (other cuBLASLt kernels, or the tiled fallback
+// where none takes it). cuBLASLt evaluates GELU with its own tanh, hence four times the GEMM tolerance.
+TEST_P(CudaOps, LinearGeluEpilogue) {
+    const int64_t M = 57, K = 112, N = 45;
+    const auto x = round_to(randn(M * K + 1, 16), dt()), w = round_to(randn(N * K, 17, 0.1f), dt());
+    const auto b = round_to(randn(N, 18), dt());
+    Tensor gx = upload(x, dt()), gw = upload(w, dt()), gb = upload(b, dt());
+    for (const bool with_bias : {true, false}) {
+        for (const int64_t offset : {0, 1}) {  // offset 1: x starts one element in
+            std::vector<float> y(M * N);
+            cpu::linear_fwd(y.data(), x.data() + offset, w.data(), with_bias ? b.data() : nullptr, M, K, N);
+            cpu::activation_fwd(y.data(), y.data(), M * N, cpu::Activation::GELU_TANH);
+            Tensor gy = upload(std::vector<float>(M * N, NAN), dt());
+            const char* xp = static_cast<const char*>(gx.raw()) + offset * dtype_size(dt());
+            cuda::linear_fwd(exec(), gy.raw(), xp, gw.raw(), with_bias ? gb.raw() : nullptr, M, K, N, dt(), true);
+            EXPECT_TRUE(close(download(gy), y, dt(), 4.0)) << "bias " << with_bias << ", offset " << offset;
+        }
+    }
+}
+
 // --- norms -----------------------------------------------------------------------------------------------------
 struct NormCase {
     int64_t rows, cols;

@@ -73,6 +73,13 @@ __device__ __forceinline__ float block_max(float v, float* shared) {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// GELU, tanh approximation (ops/cpu/activation.cpp): the activation kernels and the GEMM fallback's epilogue.
+constexpr float kSqrt2OverPi = 0.7978845608028654f;
+constexpr float kGeluCoeff = 0.044715f;
+__device__ __forceinline__ float gelu_tanh(float v) {
+    return 0.5f * v * (1.0f + tanhf(kSqrt2OverPi * (v + kGeluCoeff * v * v * v)));
+}
+
 // 16-byte vectors of a storage dtype (8 bf16/f16 or 4 f32 elements) as float32 lanes: element-wise kernels move
 // whole vectors where every operand is aligned to them, the same math per element, so the same results.
 // Vec<T, 2> is a pair of elements (one 4- or 8-byte access) for kernels whose threads own two columns.

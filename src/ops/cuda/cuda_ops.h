@@ -47,16 +47,18 @@ struct Exec {
 };
 
 // --- GEMM (cuBLASLt; a plain tiled kernel where cuBLASLt offers no algorithm) --------------------------------
-// C[M,N] = alpha * op(A)·op(B) + beta * C (+ bias[N] per column), row-major, strides lda/ldb/ldc in elements.
+// C[M,N] = alpha * op(A)·op(B) + beta * C (+ bias[N] per column), row-major, strides lda/ldb/ldc in elements;
+// with `gelu`, GELU (tanh approximation) of that in the epilogue, before C's rounding.
 // A and B have dtype `ab`; C and bias have dtype `c` (F32 accumulators beside BF16/F16 operands are allowed).
 // F32 operands use true fp32 (TF32 off), so results match the CPU to about 1e-6 relative.
 void gemm(const Exec& ex, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const void* A,
           int64_t lda, const void* B, int64_t ldb, float beta, void* C, int64_t ldc, DType ab, DType c,
-          const void* bias = nullptr);
+          const void* bias = nullptr, bool gelu = false);
 
-// y[M,N] = x[M,K]·w[N,K]ᵀ + b[N] (b may be null).
+// y[M,N] = x[M,K]·w[N,K]ᵀ + b[N] (b may be null); with `gelu`, GELU-tanh of that, fused into the GEMM's epilogue
+// (the pre-activation is not rounded to dt first, as the separate ops would).
 void linear_fwd(const Exec& ex, void* y, const void* x, const void* w, const void* b, int64_t M, int64_t K, int64_t N,
-                DType dt);
+                DType dt, bool gelu = false);
 // dx[M,K] = alpha·dy·w (overwrites, dtype dt); dw[N,K] += alpha·dyᵀ·x and db[N] += Σ_rows dy in dtype `grad_dt`
 // (F32 for master gradients, or dt). Each output is skipped when null; db only with alpha 1.
 size_t linear_bwd_workspace(int64_t M, int64_t N);

@@ -12,8 +12,6 @@ namespace sd3::cuda {
 
 namespace {
 
-constexpr float kSqrt2OverPi = 0.7978845608028654f;
-constexpr float kGeluCoeff = 0.044715f;
 constexpr float kInvSqrt2 = 0.7071067811865476f;
 constexpr int kThreads = 256;
 
@@ -22,7 +20,7 @@ __device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-
 __device__ __forceinline__ float act_fwd(float v, Activation act) {
     switch (act) {
         case Activation::SILU: return v * sigmoid(v);
-        case Activation::GELU_TANH: return 0.5f * v * (1.0f + tanhf(kSqrt2OverPi * (v + kGeluCoeff * v * v * v)));
+        case Activation::GELU_TANH: return gelu_tanh(v);
         case Activation::GELU_ERF: return 0.5f * v * (1.0f + erff(v * kInvSqrt2));
         case Activation::QUICK_GELU: return v * sigmoid(1.702f * v);
     }

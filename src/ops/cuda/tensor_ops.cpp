@@ -176,7 +176,8 @@ Tensor convert(const Tensor& t, DType dtype) {
     return out;
 }
 
-Tensor linear(const Tensor& x_in, const Tensor& w_in, const Tensor& b_in) {
+namespace {
+Tensor linear_with(const Tensor& x_in, const Tensor& w_in, const Tensor& b_in, bool gelu) {
     require(x_in, x_in, "linear input");
     require(w_in, x_in, "linear weight");
     const Tensor x = contiguous(x_in), w = contiguous(w_in), b = contig_or_empty(b_in);
@@ -187,9 +188,13 @@ Tensor linear(const Tensor& x_in, const Tensor& w_in, const Tensor& b_in) {
         SD3_ASSERT(b.numel() == N, "linear: bias ", b.describe(), " for ", N, " outputs");
     }
     Tensor y = Tensor::empty(with_last(x.shape(), N), x.dtype(), x.device());
-    linear_fwd(ctx_of(x).exec(), y.raw(), x.raw(), w.raw(), ptr_or_null(b), x.numel() / K, K, N, x.dtype());
+    linear_fwd(ctx_of(x).exec(), y.raw(), x.raw(), w.raw(), ptr_or_null(b), x.numel() / K, K, N, x.dtype(), gelu);
     return y;
 }
+}  // namespace
+
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) { return linear_with(x, w, b, false); }
+Tensor linear_gelu_tanh(const Tensor& x, const Tensor& w, const Tensor& b) { return linear_with(x, w, b, true); }
 
 Tensor layer_norm(const Tensor& x_in, const Tensor& w_in, const Tensor& b_in, float eps) {
     require(x_in, x_in, "layer_norm input");
