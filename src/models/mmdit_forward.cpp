@@ -21,7 +21,7 @@ Tensor chunk(const Tensor& E, int64_t i, int64_t D) { return E.slice(1, i * D, (
 }  // namespace
 
 void MMDiT::block_forward(const JointBlock& b, Tensor& x, Tensor& c, const Tensor& st, JointBlockSaved* saved,
-                          const nn::RunContext& ctx) const {
+                          const nn::RunContext& ctx, bool overwrite_inputs) const {
     JointBlockSaved local;
     JointBlockSaved& s = saved != nullptr ? *saved : local;
     const int64_t D = config_.inner_dim();
@@ -36,23 +36,36 @@ void MMDiT::block_forward(const JointBlock& b, Tensor& x, Tensor& c, const Tenso
     const Tensor& E = s.E;
     const Tensor& Ec = s.Ec;
 
-    const Tensor xhat = nn::layer_norm_forward(x, kNormEps, &s.ln1);  // [B, N, D]
-    const Tensor nx = ops::modulate(xhat, chunk(E, 0, D), chunk(E, 1, D));  // [B, N, D]
-    const Tensor chat = nn::layer_norm_forward(c, kNormEps, &s.ln1c);  // [B, M, D]
-    const Tensor nc = b.context_pre_only ? ops::modulate(chat, chunk(Ec, 1, D), chunk(Ec, 0, D))
-                                         : ops::modulate(chat, chunk(Ec, 0, D), chunk(Ec, 1, D));
+    // Inference proper: nothing kept, and no training forward whose recomputation in the backward (the separate
+    // ops) must see the same values.
+    const bool inference = saved == nullptr && !ctx.training;
+    auto norm_modulate = [&](const Tensor& in, nn::NormSaved* ns, const Tensor& shift, const Tensor& scale) {
+        if (inference) return ops::layer_norm_modulate(in, shift, scale, kNormEps);
+        return ops::modulate(nn::layer_norm_forward(in, kNormEps, ns), shift, scale);
+    };
+    auto residual = [&](const Tensor& base) { return inference && overwrite_inputs ? base : ops::copy(base); };
+
+    Tensor xhat, nx;  // [B, N, D]
+    if (b.dual) {     // two modulations of one LayerNorm
+        xhat = nn::layer_norm_forward(x, kNormEps, &s.ln1);
+        nx = ops::modulate(xhat, chunk(E, 0, D), chunk(E, 1, D));
+    } else {
+        nx = norm_modulate(x, &s.ln1, chunk(E, 0, D), chunk(E, 1, D));
+    }
+    const Tensor nc = b.context_pre_only ? norm_modulate(c, &s.ln1c, chunk(Ec, 1, D), chunk(Ec, 0, D))
+                                         : norm_modulate(c, &s.ln1c, chunk(Ec, 0, D), chunk(Ec, 1, D));  // [B, M, D]
 
     nn::joint_attention_forward(b.attn, nx, nc, &s.ax, &s.ac, &s.attn, ctx);
-    Tensor x1 = ops::copy(x);  // [B, N, D]
+    Tensor x1 = residual(x);  // [B, N, D]
     ops::gated_add_(x1, chunk(E, 2, D), s.ax);
     if (b.dual) {
         const Tensor nx2 = ops::modulate(xhat, chunk(E, 6, D), chunk(E, 7, D));
         nn::joint_attention_forward(b.attn2, nx2, Tensor(), &s.ax2, nullptr, &s.attn2, ctx);
         ops::gated_add_(x1, chunk(E, 8, D), s.ax2);
     }
-    const Tensor xhat2 = nn::layer_norm_forward(x1, kNormEps, &s.ln2);
-    s.fx = nn::feed_forward(b.ff, ops::modulate(xhat2, chunk(E, 3, D), chunk(E, 4, D)), &s.ff, ctx);
-    Tensor x2 = ops::copy(x1);
+    s.fx = nn::feed_forward(b.ff, norm_modulate(x1, &s.ln2, chunk(E, 3, D), chunk(E, 4, D)),
+                            inference ? nullptr : &s.ff, ctx);
+    Tensor x2 = residual(x1);
     ops::gated_add_(x2, chunk(E, 5, D), s.fx);
     x = x2;
 
@@ -60,11 +73,11 @@ void MMDiT::block_forward(const JointBlock& b, Tensor& x, Tensor& c, const Tenso
         c = Tensor();  // the last block returns no context (diffusers sets encoder_hidden_states = None)
         return;
     }
-    Tensor c1 = ops::copy(c);  // [B, M, D]
+    Tensor c1 = residual(c);  // [B, M, D]
     ops::gated_add_(c1, chunk(Ec, 2, D), s.ac);
-    const Tensor chat2 = nn::layer_norm_forward(c1, kNormEps, &s.ln2c);
-    s.fc = nn::feed_forward(b.ff_context, ops::modulate(chat2, chunk(Ec, 3, D), chunk(Ec, 4, D)), &s.ffc, ctx);
-    Tensor c2 = ops::copy(c1);
+    s.fc = nn::feed_forward(b.ff_context, norm_modulate(c1, &s.ln2c, chunk(Ec, 3, D), chunk(Ec, 4, D)),
+                            inference ? nullptr : &s.ffc, ctx);
+    Tensor c2 = residual(c1);
     ops::gated_add_(c2, chunk(Ec, 5, D), s.fc);
     c = c2;
 }
@@ -218,7 +231,7 @@ Result<Tensor> MMDiT::run_forward(const Tensor& x_in, const Tensor& timestep_in,
                 s.blocks[i].x_in = hx;
                 s.blocks[i].c_in = hc;
             }
-            block_forward(blk, hx, hc, s.silu_temb, nullptr, rc);
+            block_forward(blk, hx, hc, s.silu_temb, nullptr, rc, !keep);
         }
     }
 

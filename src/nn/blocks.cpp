@@ -21,8 +21,9 @@ Tensor layer_norm_backward(const Tensor& dxhat, const NormSaved& saved) {
 
 Tensor feed_forward(const FeedForward& ff, const Tensor& x, FeedForwardSaved* saved, const RunContext& ctx) {
     // Inference through a plain fc1: the GELU rides in the GEMM's epilogue (one pass less over the 4D-wide
-    // activations). Adapters add to the pre-activation, and training keeps it: both take the separate ops.
-    if (saved == nullptr && ff.fc1.loras.empty() && !ff.fc1.qweight.defined())
+    // activations). Adapters add to the pre-activation, and training keeps it (or recomputes it with the separate
+    // ops in the backward, which must see the forward's values): those take the separate ops.
+    if (saved == nullptr && !ctx.training && ff.fc1.loras.empty() && !ff.fc1.qweight.defined())
         return linear_forward(ff.fc2, ops::linear_gelu_tanh(x, ff.fc1.weight, ff.fc1.bias), nullptr, ctx);
     Tensor pre = linear_forward(ff.fc1, x, saved ? &saved->fc1 : nullptr, ctx);  // [..., 4D]
     Tensor act = ops::activation(pre, ops::Activation::GELU_TANH);

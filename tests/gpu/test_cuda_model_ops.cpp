@@ -64,6 +64,24 @@ TEST_P(CudaModelOps, ModulateForwardBackward) {
     }
 }
 
+// The inference LayerNorm + modulation: the vector kernel (D = 64) stores what the two GPU ops store, bit for
+// bit, and both match the CPU; D = 45 falls back to the two ops.
+TEST_P(CudaModelOps, LayerNormModulateFused) {
+    for (const int64_t D : {64, 45}) {
+        const int64_t B = 2, T = 37;
+        const Tensor x = cpu_randn({B, T, D}, 21, 1.5f, 0.3f), E = cpu_randn({B, 3 * D}, 22, 0.5f);
+        const Tensor xr = rounded(x, dt()), Er = rounded(E, dt());
+        const Tensor gx = on_gpu(x, dt()), gE = on_gpu(E, dt());
+        auto ch = [D](const Tensor& t, int i) { return t.slice(1, i * D, (i + 1) * D); };
+        Tensor m, r, gm, gr;
+        const Tensor fused = ops::layer_norm_modulate(gx, ch(gE, 2), ch(gE, 0), 1e-6f);
+        const Tensor two_ops = ops::modulate(ops::layer_norm_fwd(gx, 1e-6f, &gm, &gr), ch(gE, 2), ch(gE, 0));
+        EXPECT_TRUE(bit_identical(fused, two_ops)) << "D = " << D;
+        const Tensor cpu = ops::modulate(ops::layer_norm_fwd(xr, 1e-6f, &m, &r), ch(Er, 2), ch(Er, 0));
+        EXPECT_TRUE(same_as_cpu(fused, cpu, dt())) << "D = " << D;
+    }
+}
+
 TEST_P(CudaModelOps, VectorizedElementwiseMatchesCpu) {
     // D = 64 and whole tensors of 16-byte vectors take the Vec kernels (common.cuh) of modulate, gated_add_,
     // add_, the activations and layer_norm_fwd; the odd sizes above take the scalar ones.

@@ -5,6 +5,7 @@
 
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/internal.h"
+#include "ops/cuda/model_ops.h"
 
 namespace sd3::cuda {
 
@@ -42,11 +43,45 @@ __global__ void layer_norm_fwd_kernel(T* y, float* mean_out, float* rstd_out, co
     }
 }
 
+// What the vector LayerNorm writes from row r's normalized values n = (x - mean) * rstd, columns [c, c + lanes).
+// AffineOut: n * w + b (either may be null), the plain LayerNorm.
+template <typename T>
+struct AffineOut {
+    const T* w;
+    const T* b;
+    __device__ __forceinline__ void apply(Vec<T>& v, int64_t, int64_t c) const {
+        Vec<T> vw, vb;
+        if (w != nullptr) vw.load(w + c);
+        if (b != nullptr) vb.load(b + c);
+#pragma unroll
+        for (int k = 0; k < Vec<T>::kLanes; ++k) {
+            if (w != nullptr) v.v[k] *= vw.v[k];
+            if (b != nullptr) v.v[k] += vb.v[k];
+        }
+    }
+};
+// ModulateOut: adaLN's n * (1 + scale) + shift with the sample's rows of scale and shift (row r belongs to sample
+// r / tokens; `stride` between samples), n first rounded to T: what layer_norm then modulate would store.
+template <typename T>
+struct ModulateOut {
+    const T* shift;
+    const T* scale;
+    int64_t tokens, stride;
+    __device__ __forceinline__ void apply(Vec<T>& v, int64_t r, int64_t c) const {
+        Vec<T> sc, sh;
+        const int64_t at = r / tokens * stride + c;
+        sc.load(scale + at);
+        sh.load(shift + at);
+#pragma unroll
+        for (int k = 0; k < Vec<T>::kLanes; ++k) v.v[k] = to_f(from_f<T>(v.v[k])) * (1.0f + sc.v[k]) + sh.v[k];
+    }
+};
+
 // The same with 16-byte vectors (rows a whole number of them, every operand aligned): each lane sums its own
 // vectors' elements, so the sums group differently from the scalar kernel's; both are fixed orders.
-template <typename T>
-__global__ void layer_norm_fwd_vec_kernel(T* y, float* mean_out, float* rstd_out, const T* x, const T* w, const T* b,
-                                          int64_t rows, int64_t cols, float eps) {
+template <typename T, typename Out>
+__global__ void layer_norm_fwd_vec_kernel(T* y, float* mean_out, float* rstd_out, const T* x, Out out, int64_t rows,
+                                          int64_t cols, float eps) {
     constexpr int L = Vec<T>::kLanes;
     const int64_t r = blockIdx.x * (int64_t)kRowsPerBlock + (threadIdx.x >> 5);
     const int lane = threadIdx.x & 31;
@@ -70,17 +105,11 @@ __global__ void layer_norm_fwd_vec_kernel(T* y, float* mean_out, float* rstd_out
     const float rs = rsqrtf(warp_sum(var) / static_cast<float>(cols) + eps);
     T* yr = y + r * cols;
     for (int64_t c = lane * L; c < cols; c += 32 * L) {
-        Vec<T> v, vw, vb;
+        Vec<T> v;
         v.load(xr + c);
-        if (w != nullptr) vw.load(w + c);
-        if (b != nullptr) vb.load(b + c);
 #pragma unroll
-        for (int k = 0; k < L; ++k) {
-            float n = (v.v[k] - m) * rs;
-            if (w != nullptr) n *= vw.v[k];
-            if (b != nullptr) n += vb.v[k];
-            v.v[k] = n;
-        }
+        for (int k = 0; k < L; ++k) v.v[k] = (v.v[k] - m) * rs;
+        out.apply(v, r, c);
         v.store(yr + c);
     }
     if (lane == 0) {
@@ -248,7 +277,8 @@ void layer_norm_fwd(const Exec& ex, void* y, float* mean, float* rstd, const voi
     if (vectorizable(cols, dt, {y, x, w, b})) {
         SD3_DISPATCH_FLOAT(dt, T, layer_norm_fwd_vec_kernel<T><<<row_blocks(rows), kThreads, 0, ex.stream>>>(
                                       static_cast<T*>(y), mean, rstd, static_cast<const T*>(x),
-                                      static_cast<const T*>(w), static_cast<const T*>(b), rows, cols, eps));
+                                      AffineOut<T>{static_cast<const T*>(w), static_cast<const T*>(b)}, rows, cols,
+                                      eps));
         SD3_CUDA_LAUNCHED();
         return;
     }
@@ -256,6 +286,20 @@ void layer_norm_fwd(const Exec& ex, void* y, float* mean, float* rstd, const voi
                                   static_cast<T*>(y), mean, rstd, static_cast<const T*>(x),
                                   static_cast<const T*>(w), static_cast<const T*>(b), rows, cols, eps));
     SD3_CUDA_LAUNCHED();
+}
+
+bool layer_norm_modulate_fwd(const Exec& ex, void* y, const void* x, const void* shift, const void* scale,
+                             int64_t batch, int64_t tokens, int64_t dim, int64_t stride, float eps, DType dt) {
+    if (!aligned_runs(vec_lanes(dt), dt, {dim, stride}, {y, x, shift, scale})) return false;
+    const int64_t rows = batch * tokens;
+    if (rows == 0) return true;
+    SD3_DISPATCH_FLOAT(dt, T, layer_norm_fwd_vec_kernel<T><<<row_blocks(rows), kThreads, 0, ex.stream>>>(
+                                  static_cast<T*>(y), nullptr, nullptr, static_cast<const T*>(x),
+                                  ModulateOut<T>{static_cast<const T*>(shift), static_cast<const T*>(scale), tokens,
+                                                 stride},
+                                  rows, dim, eps));
+    SD3_CUDA_LAUNCHED();
+    return true;
 }
 
 size_t layer_norm_bwd_workspace(int64_t rows, int64_t cols) {

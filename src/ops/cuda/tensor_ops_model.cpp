@@ -234,6 +234,19 @@ Tensor modulate(const Tensor& x_in, const Tensor& shift, const Tensor& scale) {
     return y;
 }
 
+Tensor layer_norm_modulate(const Tensor& x_in, const Tensor& shift, const Tensor& scale, float eps) {
+    require(x_in, x_in, "layer_norm_modulate x");
+    require(shift, x_in, "layer_norm_modulate shift");
+    require(scale, x_in, "layer_norm_modulate scale");
+    const Tensor x = contiguous(x_in);
+    Tensor y = empty_like(x);
+    if (cuda::layer_norm_modulate_fwd(ctx_of(x).exec(), y.raw(), x.raw(), shift.raw(), scale.raw(), x.size(0),
+                                      x.size(1), x.size(2), shift.stride(0), eps, x.dtype()))
+        return y;
+    Tensor mean, rstd;
+    return modulate(layer_norm_fwd(x, eps, &mean, &rstd), shift, scale);
+}
+
 Tensor modulate_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& scale, Tensor* dshift,
                          Tensor* dscale) {
     require(dy_in, x_in, "modulate_backward dy");
