@@ -126,7 +126,9 @@ Status run_generate(const CLI::App* sub, GenerateCliOptions& o) {
              req.initial_latents.defined() ? std::string(", given initial latents") : str_cat(", seed ", req.seed));
 
     const bool tty = isatty(STDERR_FILENO) != 0;
-    auto progress = [tty](const SamplerProgress& p) {
+    double queue_seconds = 0;  // the sampler's host time queuing work, for --metrics-json
+    auto progress = [tty, &queue_seconds](const SamplerProgress& p) {
+        queue_seconds = p.queue_seconds;
         const double rate = p.seconds > 0 ? static_cast<double>(p.step) / p.seconds : 0.0;
         std::fprintf(stderr, "%sstep %lld/%lld  %.2f steps/s  %.1f s%s", tty ? "\r" : "",
                      static_cast<long long>(p.step), static_cast<long long>(p.steps), rate, p.seconds,
@@ -188,6 +190,7 @@ Status run_generate(const CLI::App* sub, GenerateCliOptions& o) {
     m["seconds_per_image"] = (stage_seconds["sampling"] + stage_seconds["decoding"]) / images;
     m["sampling_seconds_per_image"] = stage_seconds["sampling"] / images;
     m["decode_seconds_per_image"] = stage_seconds["decoding"] / images;
+    m["sampling_queue_seconds_per_step"] = queue_seconds / static_cast<double>(req.steps);
     m["encode_seconds"] = stage_seconds["encoding the prompt"];
     m["load_seconds"] = stage_seconds["loading the transformer"] + stage_seconds["loading the VAE decoder"];
     size_t peak = 0;

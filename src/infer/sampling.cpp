@@ -61,17 +61,19 @@ Result<Tensor> sample_flow_match(const VelocityFn& model, const Tensor& latents_
     const char* profile_env = std::getenv("SD3_PROFILE_STEP");
     const int64_t profiled_step = profile_env != nullptr ? std::atoll(profile_env) : 0;
     const auto start = std::chrono::steady_clock::now();
+    double queue_seconds = 0;
     // Step i's end, as the completion of a one-element copy queued behind it: waited for once step i + 1 is queued.
     PendingDownload queued_end;
     auto report = [&](int64_t finished) -> Status {
         queued_end.wait();
         if (!progress) return {};
         const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        if (!progress({finished, steps, secs}))
+        if (!progress({finished, steps, secs, queue_seconds}))
             return make_error(ErrorCode::INVALID_ARGUMENT, "generation cancelled after step ", finished);
         return {};
     };
     for (int64_t i = 0; i < steps; ++i) {
+        const auto queue_start = std::chrono::steady_clock::now();
         if (i + 1 == profiled_step) profiler_capture(true);
         const Tensor model_in = cfg ? ops::cat({latents, latents}, 0) : latents;  // [rows, C, h, w]
         const Tensor t = all_t.select(0, i);                                      // [rows]
@@ -81,6 +83,7 @@ Result<Tensor> sample_flow_match(const VelocityFn& model, const Tensor& latents_
                               model_in.describe());
         ops::guided_euler_step_(latents, v, guidance_scale, schedule.sigmas[i], schedule.sigmas[i + 1]);
         if (i + 1 == profiled_step) profiler_capture(false);
+        queue_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - queue_start).count();
         if (i > 0) SD3_TRY(report(i));
         queued_end = download_async(latents.view({latents.numel()}).slice(0, 0, 1));
     }

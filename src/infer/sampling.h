@@ -22,7 +22,8 @@ using VelocityFn = std::function<Result<Tensor>(const Tensor& latents, const Ten
 struct SamplerProgress {
     int64_t step = 0;   // steps finished (1..steps)
     int64_t steps = 0;
-    double seconds = 0;  // since the loop started
+    double seconds = 0;        // since the loop started
+    double queue_seconds = 0;  // of those, the host's time queuing the steps' work (the rest it waited)
 };
 // Called after every step; returning false cancels the loop (sample_flow_match then fails with a Status).
 using ProgressFn = std::function<bool(const SamplerProgress&)>;

@@ -1,6 +1,6 @@
-// Attention forward and backward through cuDNN's fused flash attention (SDPA), built with the header-only cuDNN
-// frontend (fetched by scripts/fetch-cudnn-frontend.sh; llm.c's cudnn_att.cpp is the pattern, research/
-// gpu-components.md §1.1-1.3). The only translation unit that includes the frontend.
+// Attention forward and backward through cuDNN's fused flash attention (SDPA), and the VAE's convolutions, built
+// with the header-only cuDNN frontend (fetched by scripts/fetch-cudnn-frontend.sh; llm.c's cudnn_att.cpp is the
+// pattern, research/gpu-components.md §1.1-1.3). The only translation unit that includes the frontend.
 //  - Loading: the frontend's dynamic-loading mode dlopens libcudnn.so.9 on first use, so binaries start (and run
 //    the own kernels) on machines without cuDNN.
 //  - Layout: q, k, v, out, dout and the gradients are [B, T, row] buffers read in place as cuDNN's
@@ -84,7 +84,15 @@ namespace fe = cudnn_frontend;
 namespace {
 
 // Tensor uids of the variant pack.
-enum Uid : int64_t { kQ = 1, kK, kV, kO, kStats, kBias, kdO, kdQ, kdK, kdV };
+enum Uid : int64_t { kQ = 1, kK, kV, kO, kStats, kBias, kdO, kdQ, kdK, kdV, kConvX, kConvW, kConvY };
+
+// One convolution graph: dtype, NCHW input, KCRS weight, stride and padding (both dimensions alike).
+struct ConvKey {
+    int64_t dt, n, c, h, w, k, r, s, stride, pad;
+    auto operator<=>(const ConvKey&) const = default;
+};
+// Plans whose workspace exceeds this are not considered (the im2col path's scratch cap).
+constexpr int64_t kConvWorkspaceCap = int64_t{256} << 20;
 
 // One graph: direction, dtype, the (chunk) shape, the full head count (strides of lse), row strides, options.
 struct GraphKey {
@@ -126,6 +134,7 @@ struct CudnnState {
     cudaStream_t handle_stream = nullptr;
     std::string info = "cuDNN not initialized yet";
     std::map<GraphKey, GraphEntry> graphs;
+    std::map<ConvKey, GraphEntry> conv_graphs;
     CudnnAttentionStats stats;
 
     // Under `mutex`. Loads cuDNN and makes the handle once; true when usable.
@@ -367,7 +376,79 @@ bool run(const Exec& ex, bool backward, const Operands& p, const AttentionShape&
     return true;
 }
 
+// The convolution's graph (no bias: the caller adds it, so only precompiled engines are needed, no runtime
+// fusion); null where no engine within kConvWorkspaceCap takes it.
+GraphEntry build_conv_graph(CudnnState& st, const ConvKey& k) {
+    GraphEntry entry;
+    try {
+        auto g = std::make_shared<fe::graph::Graph>();
+        g->set_io_data_type(fe_type(static_cast<DType>(k.dt)))
+            .set_intermediate_data_type(fe::DataType_t::FLOAT)
+            .set_compute_data_type(fe::DataType_t::FLOAT);
+        const int64_t ho = (k.h + 2 * k.pad - k.r) / k.stride + 1, wo = (k.w + 2 * k.pad - k.s) / k.stride + 1;
+        auto x = g->tensor(fe::graph::Tensor_attributes().set_name("X").set_uid(kConvX).set_dim({k.n, k.c, k.h, k.w})
+                               .set_stride({k.c * k.h * k.w, k.h * k.w, k.w, 1}));
+        auto w = g->tensor(fe::graph::Tensor_attributes().set_name("W").set_uid(kConvW).set_dim({k.k, k.c, k.r, k.s})
+                               .set_stride({k.c * k.r * k.s, k.r * k.s, k.s, 1}));
+        auto opts = fe::graph::Conv_fprop_attributes()
+                        .set_name("conv")
+                        .set_padding({k.pad, k.pad})
+                        .set_stride({k.stride, k.stride})
+                        .set_dilation({1, 1});
+        auto y = g->conv_fprop(x, w, opts);
+        y->set_output(true).set_uid(kConvY).set_dim({k.n, k.k, ho, wo}).set_stride({k.k * ho * wo, ho * wo, wo, 1});
+        int64_t ws = 0;
+        fe::error_t err = g->validate();
+        if (err.is_good()) err = g->build_operation_graph(st.handle);
+        if (err.is_good()) err = g->create_execution_plans({fe::HeurMode_t::A, fe::HeurMode_t::FALLBACK});
+        if (err.is_good()) {
+            g->deselect_workspace_greater_than(kConvWorkspaceCap);
+            err = g->check_support();
+        }
+        if (err.is_good()) err = g->build_plans();
+        if (err.is_good()) err = g->get_workspace_size(ws);
+        if (err.is_good()) {
+            entry.graph = std::move(g);
+            entry.workspace = ws;
+        } else {
+            st.stats.declined = err.get_message();
+        }
+    } catch (const std::exception& e) {
+        entry = {};
+        st.stats.declined = e.what();
+    }
+    return entry;
+}
+
 }  // namespace
+
+bool cudnn_conv2d_fwd(const Exec& ex, void* y, const void* x, const void* w, int64_t batch, int64_t cin, int64_t h,
+                      int64_t wd, int64_t cout, int64_t kh, int64_t kw, int64_t stride, int64_t pad, DType dt) {
+    if (!ex.cudnn_conv || ex.dnn == nullptr || ex.sm < 80 || (dt != DType::BF16 && dt != DType::F16)) return false;
+    if (!aligned16(x) || !aligned16(w) || !aligned16(y)) return false;
+    CudnnState& st = *ex.dnn;
+    std::lock_guard<std::mutex> lock(st.mutex);
+    if (!st.ready()) return false;
+    const ConvKey key{static_cast<int64_t>(dt), batch, cin, h, wd, cout, kh, kw, stride, pad};
+    auto it = st.conv_graphs.find(key);
+    if (it == st.conv_graphs.end()) it = st.conv_graphs.emplace(key, build_conv_graph(st, key)).first;
+    const GraphEntry& entry = it->second;
+    if (entry.graph == nullptr || static_cast<size_t>(entry.workspace) > ex.scratch_bytes) return false;
+    if (st.handle_stream != ex.stream) {
+        SD3_ASSERT(fe::detail::set_stream(st.handle, ex.stream) == CUDNN_STATUS_SUCCESS, "cudnnSetStream failed");
+        st.handle_stream = ex.stream;
+    }
+    ++st.stats.conv_calls;
+    std::unordered_map<int64_t, void*> pack{{kConvX, const_cast<void*>(x)}, {kConvW, const_cast<void*>(w)}, {kConvY, y}};
+    fe::error_t status;
+    try {
+        status = entry.graph->execute(st.handle, pack, ex.scratch);
+    } catch (const std::exception& e) {
+        status = fe::error_t{fe::error_code_t::GRAPH_EXECUTION_FAILED, e.what()};
+    }
+    SD3_ASSERT(status.is_good(), "cuDNN convolution failed: ", status.get_message());
+    return true;
+}
 
 CudnnState* cudnn_state_create(int device, int sm, cudaStream_t stream) {
     if (sm < 80) return nullptr;  // cuDNN's SDPA needs sm_80 (research §1.3)
@@ -407,6 +488,10 @@ bool cudnn_attention_bwd(const Exec&, void*, void*, void*, const void*, const vo
     return false;
 }
 CudnnAttentionStats cudnn_attention_stats(const Exec&) { return {}; }
+bool cudnn_conv2d_fwd(const Exec&, void*, const void*, const void*, int64_t, int64_t, int64_t, int64_t, int64_t,
+                      int64_t, int64_t, int64_t, int64_t, DType) {
+    return false;
+}
 
 #endif
 

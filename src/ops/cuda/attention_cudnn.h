@@ -1,5 +1,5 @@
-// cuDNN's fused flash attention (SDPA) behind attention_fwd / attention_bwd: plain functions, so the heavy
-// cudnn-frontend headers stay inside attention_cudnn.cpp. Without cuDNN at build time (SD3_HAVE_CUDNN unset)
+// cuDNN's fused flash attention (SDPA) behind attention_fwd / attention_bwd, and its convolutions behind
+// conv2d_fwd: plain functions, so the heavy cudnn-frontend headers stay inside attention_cudnn.cpp. Without cuDNN at build time (SD3_HAVE_CUDNN unset)
 // or at run time (libcudnn.so.9 not loadable) every function here declines and the own kernels run.
 #pragma once
 
@@ -24,10 +24,17 @@ bool cudnn_attention_bwd(const Exec& ex, void* dq, void* dk, void* dv, const voi
                          const void* k, const void* v, const void* out, const float* lse, const void* bias,
                          const AttentionShape& s, DType dt, AttentionRows rows);
 
-// What cuDNN did on the Exec's device (tests and sd3_gpu_bench): calls it served, the last call's graph
-// workspace and chunk (batch elements, heads per graph execution), and why the last declined graph was.
+// y = conv2d(x, w) (NCHW, KCRS, no bias) through cuDNN, true when it ran; false without touching anything where
+// cuDNN does not apply (Exec flag off, dtype other than bf16/f16, sm < 80, unaligned operands, no engine, a
+// workspace beyond the scratch): then the im2col path runs.
+bool cudnn_conv2d_fwd(const Exec& ex, void* y, const void* x, const void* w, int64_t batch, int64_t cin, int64_t h,
+                      int64_t wd, int64_t cout, int64_t kh, int64_t kw, int64_t stride, int64_t pad, DType dt);
+
+// What cuDNN did on the Exec's device (tests and sd3_gpu_bench): attention calls it served, the last call's graph
+// workspace and chunk (batch elements, heads per graph execution), convolutions it served, and why the last
+// declined graph was.
 struct CudnnAttentionStats {
-    int64_t calls = 0, workspace = 0, chunk_batch = 0, chunk_heads = 0;
+    int64_t calls = 0, workspace = 0, chunk_batch = 0, chunk_heads = 0, conv_calls = 0;
     std::string declined;
 };
 CudnnAttentionStats cudnn_attention_stats(const Exec& ex);

@@ -20,7 +20,7 @@ typedef struct cublasLtContext* cublasLtHandle_t;
 namespace sd3::cuda {
 
 namespace detail {
-struct CudnnState;  // cuDNN's handle and attention graphs of one device (attention_cudnn.h)
+struct CudnnState;  // cuDNN's handle and graphs (attention, convolution) of one device (attention_cudnn.h)
 }
 
 using cpu::Activation;
@@ -43,6 +43,8 @@ struct Exec {
     // that are multiples of 8 up to 128, 16-byte aligned operands); off, or SD3_ATTENTION=own in the
     // environment, or no cuDNN (`dnn` null, or libcudnn.so.9 missing at run time): the own kernels.
     bool cudnn_attention = true;
+    // conv2d_fwd through cuDNN where it applies (bf16/f16, sm_80+, an engine within the scratch); off: im2col + GEMM.
+    bool cudnn_conv = true;
     detail::CudnnState* dnn = nullptr;  // the device's (Context's)
 };
 
@@ -92,8 +94,9 @@ size_t group_norm_fwd_workspace(int64_t batch, int64_t channels, int64_t spatial
 void group_norm_fwd(const Exec& ex, void* y, const void* x, const void* w, const void* b, int64_t batch,
                     int64_t channels, int64_t spatial, int64_t groups, float eps, DType dt);
 
-// --- convolution (im2col into the scratch in pixel chunks, then GEMM) ---------------------------------------
-// Any scratch of at least conv2d_fwd_min_workspace() works; more scratch means fewer, larger GEMMs.
+// --- convolution (cuDNN, else im2col into the scratch in pixel chunks, then GEMM) ----------------------------
+// Any scratch of at least conv2d_fwd_min_workspace() works; more scratch means fewer, larger GEMMs (and lets cuDNN
+// run engines with bigger workspaces).
 size_t conv2d_fwd_min_workspace(int64_t cin, int64_t kh, int64_t kw, DType dt);
 void conv2d_fwd(const Exec& ex, void* y, const void* x, const void* w, const void* b, int64_t batch, int64_t cin,
                 int64_t h, int64_t wd, int64_t cout, int64_t kh, int64_t kw, int64_t stride, int64_t pad, DType dt);

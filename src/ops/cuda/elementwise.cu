@@ -143,6 +143,17 @@ __global__ void sum_partials_kernel(T* dst, const float* partial, int64_t chunks
     dst[c] = from_f<T>(to_f(dst[c]) + acc);
 }
 
+// Rows over y (row r takes bias[r % channels]), columns over x: no division per element.
+template <typename T>
+__global__ void add_channel_bias_kernel(T* y, const T* bias, int64_t rows, int64_t channels, int64_t cols) {
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+        const float v = to_f(bias[r % channels]);
+        for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < cols;
+             c += static_cast<int64_t>(gridDim.x) * blockDim.x)
+            y[r * cols + c] = from_f<T>(to_f(y[r * cols + c]) + v);
+    }
+}
+
 // x [n] and v [n] (or [2n], unconditional half first, with guidance), as ops::guided_euler_step_ on the CPU.
 __global__ void guided_euler_kernel(float* x, const float* v, int64_t n, bool cfg, float guidance_scale, float dt) {
     SD3_GRID_STRIDE(i, n) {
@@ -278,6 +289,16 @@ void column_partials(const Exec& ex, float* partial, const void* src, DType dt, 
     const dim3 grid(static_cast<unsigned>(ceil_div(cols, kThreads)), static_cast<unsigned>(chunks));
     SD3_DISPATCH_FLOAT(dt, T, column_partials_kernel<T><<<grid, kThreads, 0, ex.stream>>>(
                                   partial, static_cast<const T*>(src), rows, cols, ceil_div(rows, chunks)));
+    SD3_CUDA_LAUNCHED();
+}
+
+void add_channel_bias(const Exec& ex, void* y, const void* bias, int64_t batch, int64_t channels, int64_t pixels,
+                      DType dt) {
+    const int64_t rows = batch * channels;
+    if (rows * pixels == 0) return;
+    const dim3 grid(grid_for(pixels, kThreads), static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
+    SD3_DISPATCH_FLOAT(dt, T, add_channel_bias_kernel<T><<<grid, kThreads, 0, ex.stream>>>(
+                                  static_cast<T*>(y), static_cast<const T*>(bias), rows, channels, pixels));
     SD3_CUDA_LAUNCHED();
 }
 
