@@ -188,8 +188,10 @@ Result<GenerateOutput> TextToImage::generate_from_embeds(const GenerateRequest& 
         return model.forward_on_device(x, t, on_model_device(ctx_placed, ctx), on_model_device(pooled_placed, pooled));
     };
     if (stage) stage("sampling");
+    // A transformer with every block resident queues the same work at every step without waiting: replayable.
+    const bool replay = model.resident_blocks() == model.config().num_layers;
     SD3_ASSIGN_OR_RETURN(out.latents, sample_flow_match(velocity, out.initial_latents, schedule, cond, r.guidance_scale,
-                                                        progress, model.placement().device));
+                                                        progress, model.placement().device, replay));
     if (options_.single_use) transformer_.reset();
     SD3_TRY(ensure_vae(stage));
     if (stage) stage("decoding");

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 
 #include "core/check.h"
 #include "ops/device.h"
@@ -32,7 +33,7 @@ Status check_rows(const Tensor& t, int64_t batch, int dims, const char* what) {
 
 Result<Tensor> sample_flow_match(const VelocityFn& model, const Tensor& latents_in, const FlowMatchSchedule& schedule,
                                  const Conditioning& cond, float guidance_scale, const ProgressFn& progress,
-                                 Device device) {
+                                 Device device, bool replay) {
     if (latents_in.dim() != 4 || latents_in.dtype() != DType::F32)
         return make_error(ErrorCode::INVALID_ARGUMENT, "initial latents must be f32 [B, C, h, w], got ",
                           latents_in.describe());
@@ -72,16 +73,29 @@ Result<Tensor> sample_flow_match(const VelocityFn& model, const Tensor& latents_
             return make_error(ErrorCode::INVALID_ARGUMENT, "generation cancelled after step ", finished);
         return {};
     };
-    for (int64_t i = 0; i < steps; ++i) {
-        const auto queue_start = std::chrono::steady_clock::now();
-        if (i + 1 == profiled_step) profiler_capture(true);
+    // The model call reads the latents and the step's timestep from fixed buffers and leaves its velocity in one,
+    // so every step queues the same work on the same memory: with `replay`, recorded at the second step and
+    // replayed after (DeviceGraph), one launch per step instead of hundreds of kernels queued one by one.
+    Tensor t_step = Tensor::empty({rows}, DType::F32, device);                                      // [rows]
+    Tensor v_step = Tensor::empty({rows, latents.size(1), latents.size(2), latents.size(3)}, DType::F32, device);
+    auto call_model = [&]() -> Status {
         const Tensor model_in = cfg ? ops::cat({latents, latents}, 0) : latents;  // [rows, C, h, w]
-        const Tensor t = all_t.select(0, i);                                      // [rows]
-        SD3_ASSIGN_OR_RETURN(Tensor v, model(model_in, t, context, pooled));     // [rows, C, h, w]
+        SD3_ASSIGN_OR_RETURN(Tensor v, model(model_in, t_step, context, pooled));
         if (v.shape() != model_in.shape() || v.dtype() != DType::F32 || v.device() != device)
             return make_error(ErrorCode::INTERNAL, "the model returned ", v.describe(), " for input ",
                               model_in.describe());
-        ops::guided_euler_step_(latents, v, guidance_scale, schedule.sigmas[i], schedule.sigmas[i + 1]);
+        copy_into(v_step, v);
+        return {};
+    };
+    const char* graphs_env = std::getenv("SD3_CUDA_GRAPHS");
+    const bool record = replay && !(graphs_env != nullptr && std::strcmp(graphs_env, "0") == 0);
+    DeviceGraph model_call(record ? device : kCPU);  // on the CPU, run() calls the body every time
+    for (int64_t i = 0; i < steps; ++i) {
+        const auto queue_start = std::chrono::steady_clock::now();
+        if (i + 1 == profiled_step) profiler_capture(true);
+        copy_into(t_step, all_t.select(0, i));
+        SD3_TRY(model_call.run(call_model));
+        ops::guided_euler_step_(latents, v_step, guidance_scale, schedule.sigmas[i], schedule.sigmas[i + 1]);
         if (i + 1 == profiled_step) profiler_capture(false);
         queue_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - queue_start).count();
         if (i > 0) SD3_TRY(report(i));

@@ -45,9 +45,12 @@ Tensor prepare_latents(TorchGenerator& generator, int64_t batch, int64_t channel
 // `latents` [B, C, h, w] are the initial latents (CPU); returns the final ones (float32, CPU). The latents and
 // timesteps live on `device` for the whole loop, where the model must return its velocity (float32): each step is
 // queued behind the previous one, and the host waits for step i (to report it) only once step i + 1 is queued.
+// With `replay` (a GPU model whose call queues the same work each time and never waits for the device, such as a
+// transformer with every block resident), the model's work is recorded at the second step and replayed after
+// (DeviceGraph, ops/device.h): `model` is then called twice in all. SD3_CUDA_GRAPHS=0 turns the replay off.
 Result<Tensor> sample_flow_match(const VelocityFn& model, const Tensor& latents, const FlowMatchSchedule& schedule,
                                  const Conditioning& cond, float guidance_scale, const ProgressFn& progress = {},
-                                 Device device = kCPU);
+                                 Device device = kCPU, bool replay = false);
 
 // VaeImageProcessor.postprocess before 8-bit: (x / 2 + 0.5).clamp(0, 1), float32. x [B, 3, H, W].
 Tensor denormalize_images(const Tensor& decoded);

@@ -103,6 +103,48 @@ void release_workspace(Device device) {
 #endif
 }
 
+DeviceGraph::~DeviceGraph() {
+#ifdef SD3_HAVE_CUDA
+    if (graph_ != nullptr) cuda::tensor_ops::graph_destroy(device_.index, graph_);
+#endif
+}
+
+Status DeviceGraph::run(const std::function<Status()>& body) {
+    const int call = calls_++;
+#ifdef SD3_HAVE_CUDA
+    if (!device_.is_cpu() && !record_failed_) {
+        if (graph_ != nullptr) {
+            cuda::tensor_ops::graph_launch(device_.index, graph_);
+            return {};
+        }
+        if (call == 1) {
+            cuda::tensor_ops::capture_begin(device_.index);
+            Status st;
+            try {
+                st = body();
+            } catch (...) {
+                cuda::tensor_ops::graph_destroy(device_.index, cuda::tensor_ops::capture_end(device_.index));
+                throw;
+            }
+            graph_ = cuda::tensor_ops::capture_end(device_.index);
+            if (!st.ok()) {
+                cuda::tensor_ops::graph_destroy(device_.index, graph_);
+                graph_ = nullptr;
+                return st;
+            }
+            if (graph_ != nullptr) {
+                cuda::tensor_ops::graph_launch(device_.index, graph_);
+                return {};
+            }
+            record_failed_ = true;  // nothing recorded ran: run it as it is
+        }
+    }
+#else
+    (void)call;
+#endif
+    return body();
+}
+
 void profiler_capture(bool on) {
 #ifdef SD3_HAVE_CUDA
     cuda::tensor_ops::profiler_capture(on);

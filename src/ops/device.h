@@ -2,6 +2,7 @@
 // it, asking for a CUDA device is an UNSUPPORTED error that says so. No CUDA header is needed to call these.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <string_view>
 
@@ -60,6 +61,31 @@ void release_workspace(Device device);
 // Starts or stops the CUDA profiler's capture (cudaProfilerStart/Stop), for profilers started with capture off
 // (`ncu --profile-from-start off`, `nsys --capture-range=cudaProfilerApi`); nothing without CUDA.
 void profiler_capture(bool on);
+// Device work that a loop queues again and again, recorded once and replayed (a CUDA graph): for iterations that
+// queue the same kernels on the same buffers, such as the sampler's model call, where launching hundreds of
+// kernels one by one costs the host as long as the device takes to run them. run(body): the first call runs
+// `body` as it is (one-time setup such as kernel plans and workspace growth happens there); the second records
+// what `body` queues and launches the recording; later calls launch it without calling `body`. `body` must free
+// every device tensor it allocates before it returns, must not free one allocated before, and must not wait for
+// the device (the wait fails while recording). Where the recording fails all the same (a library call that
+// cannot be recorded), `body` runs as it is, that time and every later one. On the CPU `body` always runs.
+class DeviceGraph {
+  public:
+    explicit DeviceGraph(Device device) : device_(device) {}
+    ~DeviceGraph();
+    DeviceGraph(const DeviceGraph&) = delete;
+    DeviceGraph& operator=(const DeviceGraph&) = delete;
+
+    Status run(const std::function<Status()>& body);
+    bool replaying() const { return graph_ != nullptr; }
+
+  private:
+    Device device_;
+    int calls_ = 0;
+    void* graph_ = nullptr;  // the CUDA graph, once recorded
+    bool record_failed_ = false;
+};
+
 // The 16-bit storage dtype of a device: BF16 where the card has bf16 tensor cores (sm_80 and up), else F16
 // (sm_75, T4); F16 everywhere when the environment sets SD3_FORCE_FP16=1 (to exercise that path on big cards).
 DType half_dtype(Device device);

@@ -376,8 +376,10 @@ bool run(const Exec& ex, bool backward, const Operands& p, const AttentionShape&
     return true;
 }
 
-// The convolution's graph (no bias: the caller adds it, so only precompiled engines are needed, no runtime
-// fusion); null where no engine within kConvWorkspaceCap takes it.
+// The convolution's graph on channels-last operands (x [n, h, w, c], w [k, r, s, c], y [n, ho, wo, k]: cuDNN's
+// tensor-core engines want them; on NCHW it picked CUDA-core ones, slower than im2col + GEMM). No bias (the
+// caller adds it), so only precompiled engines are needed, no runtime fusion. Null where no engine within
+// kConvWorkspaceCap takes it.
 GraphEntry build_conv_graph(CudnnState& st, const ConvKey& k) {
     GraphEntry entry;
     try {
@@ -387,16 +389,16 @@ GraphEntry build_conv_graph(CudnnState& st, const ConvKey& k) {
             .set_compute_data_type(fe::DataType_t::FLOAT);
         const int64_t ho = (k.h + 2 * k.pad - k.r) / k.stride + 1, wo = (k.w + 2 * k.pad - k.s) / k.stride + 1;
         auto x = g->tensor(fe::graph::Tensor_attributes().set_name("X").set_uid(kConvX).set_dim({k.n, k.c, k.h, k.w})
-                               .set_stride({k.c * k.h * k.w, k.h * k.w, k.w, 1}));
+                               .set_stride({k.h * k.w * k.c, 1, k.w * k.c, k.c}));
         auto w = g->tensor(fe::graph::Tensor_attributes().set_name("W").set_uid(kConvW).set_dim({k.k, k.c, k.r, k.s})
-                               .set_stride({k.c * k.r * k.s, k.r * k.s, k.s, 1}));
+                               .set_stride({k.r * k.s * k.c, 1, k.s * k.c, k.c}));
         auto opts = fe::graph::Conv_fprop_attributes()
                         .set_name("conv")
                         .set_padding({k.pad, k.pad})
                         .set_stride({k.stride, k.stride})
                         .set_dilation({1, 1});
         auto y = g->conv_fprop(x, w, opts);
-        y->set_output(true).set_uid(kConvY).set_dim({k.n, k.k, ho, wo}).set_stride({k.k * ho * wo, ho * wo, wo, 1});
+        y->set_output(true).set_uid(kConvY).set_dim({k.n, k.k, ho, wo}).set_stride({ho * wo * k.k, 1, wo * k.k, k.k});
         int64_t ws = 0;
         fe::error_t err = g->validate();
         if (err.is_good()) err = g->build_operation_graph(st.handle);
@@ -422,18 +424,34 @@ GraphEntry build_conv_graph(CudnnState& st, const ConvKey& k) {
 
 }  // namespace
 
-bool cudnn_conv2d_fwd(const Exec& ex, void* y, const void* x, const void* w, int64_t batch, int64_t cin, int64_t h,
-                      int64_t wd, int64_t cout, int64_t kh, int64_t kw, int64_t stride, int64_t pad, DType dt) {
-    if (!ex.cudnn_conv || ex.dnn == nullptr || ex.sm < 80 || (dt != DType::BF16 && dt != DType::F16)) return false;
-    if (!aligned16(x) || !aligned16(w) || !aligned16(y)) return false;
+namespace {
+// The cached graph of `key` (built on first use, under the state's mutex), or null where cuDNN does not apply.
+const GraphEntry* conv_graph(const Exec& ex, const ConvShape& c, DType dt) {
+    if (!ex.cudnn_conv || ex.dnn == nullptr || ex.sm < 80 || (dt != DType::BF16 && dt != DType::F16)) return nullptr;
     CudnnState& st = *ex.dnn;
-    std::lock_guard<std::mutex> lock(st.mutex);
-    if (!st.ready()) return false;
-    const ConvKey key{static_cast<int64_t>(dt), batch, cin, h, wd, cout, kh, kw, stride, pad};
+    if (!st.ready()) return nullptr;
+    const ConvKey key{static_cast<int64_t>(dt), c.batch, c.cin, c.h, c.w, c.cout, c.kh, c.kw, c.stride, c.pad};
     auto it = st.conv_graphs.find(key);
     if (it == st.conv_graphs.end()) it = st.conv_graphs.emplace(key, build_conv_graph(st, key)).first;
-    const GraphEntry& entry = it->second;
-    if (entry.graph == nullptr || static_cast<size_t>(entry.workspace) > ex.scratch_bytes) return false;
+    return it->second.graph != nullptr ? &it->second : nullptr;
+}
+}  // namespace
+
+int64_t cudnn_conv2d_nhwc_workspace(const Exec& ex, const ConvShape& c, DType dt) {
+    if (ex.dnn == nullptr) return -1;
+    std::lock_guard<std::mutex> lock(ex.dnn->mutex);
+    const GraphEntry* entry = conv_graph(ex, c, dt);
+    return entry != nullptr ? entry->workspace : -1;
+}
+
+void cudnn_conv2d_nhwc(const Exec& ex, void* y, const void* x, const void* w, const ConvShape& c, DType dt) {
+    SD3_ASSERT(aligned16(x) && aligned16(w) && aligned16(y), "cuDNN convolution: operands not 16-byte aligned");
+    SD3_ASSERT(ex.dnn != nullptr, "cuDNN convolution without cuDNN");
+    CudnnState& st = *ex.dnn;
+    std::lock_guard<std::mutex> lock(st.mutex);
+    const GraphEntry* entry = conv_graph(ex, c, dt);
+    SD3_ASSERT(entry != nullptr && static_cast<size_t>(entry->workspace) <= ex.scratch_bytes,
+               "cuDNN convolution: no graph, or scratch of ", ex.scratch_bytes, " bytes below its workspace");
     if (st.handle_stream != ex.stream) {
         SD3_ASSERT(fe::detail::set_stream(st.handle, ex.stream) == CUDNN_STATUS_SUCCESS, "cudnnSetStream failed");
         st.handle_stream = ex.stream;
@@ -442,12 +460,11 @@ bool cudnn_conv2d_fwd(const Exec& ex, void* y, const void* x, const void* w, int
     std::unordered_map<int64_t, void*> pack{{kConvX, const_cast<void*>(x)}, {kConvW, const_cast<void*>(w)}, {kConvY, y}};
     fe::error_t status;
     try {
-        status = entry.graph->execute(st.handle, pack, ex.scratch);
+        status = entry->graph->execute(st.handle, pack, ex.scratch);
     } catch (const std::exception& e) {
         status = fe::error_t{fe::error_code_t::GRAPH_EXECUTION_FAILED, e.what()};
     }
     SD3_ASSERT(status.is_good(), "cuDNN convolution failed: ", status.get_message());
-    return true;
 }
 
 CudnnState* cudnn_state_create(int device, int sm, cudaStream_t stream) {
@@ -488,9 +505,9 @@ bool cudnn_attention_bwd(const Exec&, void*, void*, void*, const void*, const vo
     return false;
 }
 CudnnAttentionStats cudnn_attention_stats(const Exec&) { return {}; }
-bool cudnn_conv2d_fwd(const Exec&, void*, const void*, const void*, int64_t, int64_t, int64_t, int64_t, int64_t,
-                      int64_t, int64_t, int64_t, int64_t, DType) {
-    return false;
+int64_t cudnn_conv2d_nhwc_workspace(const Exec&, const ConvShape&, DType) { return -1; }
+void cudnn_conv2d_nhwc(const Exec&, void*, const void*, const void*, const ConvShape&, DType) {
+    SD3_ASSERT(false, "cuDNN convolution in a build without cuDNN");
 }
 
 #endif

@@ -24,11 +24,12 @@ bool cudnn_attention_bwd(const Exec& ex, void* dq, void* dk, void* dv, const voi
                          const void* k, const void* v, const void* out, const float* lse, const void* bias,
                          const AttentionShape& s, DType dt, AttentionRows rows);
 
-// y = conv2d(x, w) (NCHW, KCRS, no bias) through cuDNN, true when it ran; false without touching anything where
-// cuDNN does not apply (Exec flag off, dtype other than bf16/f16, sm < 80, unaligned operands, no engine, a
-// workspace beyond the scratch): then the im2col path runs.
-bool cudnn_conv2d_fwd(const Exec& ex, void* y, const void* x, const void* w, int64_t batch, int64_t cin, int64_t h,
-                      int64_t wd, int64_t cout, int64_t kh, int64_t kw, int64_t stride, int64_t pad, DType dt);
+// Convolutions through cuDNN on channels-last operands: x [batch, h, w, cin], w [cout, kh, kw, cin],
+// y [batch, ho, wo, cout], no bias. The workspace its graph needs, or -1 where cuDNN does not serve this one (Exec
+// flag off, dtype other than bf16/f16, sm < 80, no engine within 256 MiB of workspace): then the im2col path runs.
+int64_t cudnn_conv2d_nhwc_workspace(const Exec& ex, const ConvShape& c, DType dt);
+// Runs it: the workspace above must be served, the scratch at least that, the operands 16-byte aligned.
+void cudnn_conv2d_nhwc(const Exec& ex, void* y, const void* x, const void* w, const ConvShape& c, DType dt);
 
 // What cuDNN did on the Exec's device (tests and sd3_gpu_bench): attention calls it served, the last call's graph
 // workspace and chunk (batch elements, heads per graph execution), convolutions it served, and why the last

@@ -209,13 +209,16 @@ void Context::release_scratch() {
 
 MemoryStats Context::memory_stats() {
     MemoryStats m;
-    uint64_t v = 0;
+    uint64_t v = 0, g = 0;
     SD3_RT_CHECK(cudaMemPoolGetAttribute(pool_, cudaMemPoolAttrUsedMemCurrent, &v));
-    m.in_use = v;
+    SD3_RT_CHECK(cudaDeviceGetGraphMemAttribute(index_, cudaGraphMemAttrUsedMemCurrent, &g));
+    m.in_use = v + g;
     SD3_RT_CHECK(cudaMemPoolGetAttribute(pool_, cudaMemPoolAttrUsedMemHigh, &v));
-    m.peak = v;
+    SD3_RT_CHECK(cudaDeviceGetGraphMemAttribute(index_, cudaGraphMemAttrUsedMemHigh, &g));
+    m.peak = v + g;
     SD3_RT_CHECK(cudaMemPoolGetAttribute(pool_, cudaMemPoolAttrReservedMemCurrent, &v));
-    m.reserved = v;
+    SD3_RT_CHECK(cudaDeviceGetGraphMemAttribute(index_, cudaGraphMemAttrReservedMemCurrent, &g));
+    m.reserved = v + g;
     SD3_RT_CHECK(cudaSetDevice(index_));
     SD3_RT_CHECK(cudaMemGetInfo(&m.free, &m.total));
     return m;
@@ -225,6 +228,40 @@ void Context::reset_peak_memory() {
     synchronize();  // frees still queued count until they run
     uint64_t zero = 0;
     SD3_RT_CHECK(cudaMemPoolSetAttribute(pool_, cudaMemPoolAttrUsedMemHigh, &zero));
+    SD3_RT_CHECK(cudaDeviceSetGraphMemAttribute(index_, cudaGraphMemAttrUsedMemHigh, &zero));
+}
+
+void Context::begin_capture() {
+    SD3_RT_CHECK(cudaSetDevice(index_));
+    SD3_RT_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+}
+
+cudaGraphExec_t Context::end_capture() {
+    cudaGraph_t graph = nullptr;
+    const cudaError_t err = cudaStreamEndCapture(stream_, &graph);
+    if (err != cudaSuccess || graph == nullptr) {
+        cudaGetLastError();  // the failed capture's error: later launches must not report it
+        if (graph != nullptr) cudaGraphDestroy(graph);
+        return nullptr;
+    }
+    cudaGraphExec_t exec = nullptr;
+    // Memory a graph allocates and does not free is freed before its next launch (none should be).
+    const cudaError_t inst = cudaGraphInstantiate(&exec, graph, cudaGraphInstantiateFlagAutoFreeOnLaunch);
+    cudaGraphDestroy(graph);
+    if (inst != cudaSuccess) {
+        cudaGetLastError();
+        return nullptr;
+    }
+    return exec;
+}
+
+void Context::launch_graph(cudaGraphExec_t graph) { SD3_RT_CHECK(cudaGraphLaunch(graph, stream_)); }
+
+void Context::destroy_graph(cudaGraphExec_t graph) {
+    if (graph == nullptr) return;
+    SD3_RT_CHECK(cudaGraphExecDestroy(graph));
+    // The memory graphs allocated stays cached for later graphs: give it back (the device's other work reuses it).
+    SD3_RT_CHECK(cudaDeviceGraphMemTrim(index_));
 }
 
 }  // namespace sd3::cuda

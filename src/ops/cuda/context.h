@@ -14,6 +14,7 @@
 
 typedef struct CUmemPoolHandle_st* cudaMemPool_t;
 typedef struct CUevent_st* cudaEvent_t;
+typedef struct CUgraphExec_st* cudaGraphExec_t;
 
 namespace sd3::cuda {
 
@@ -32,12 +33,22 @@ class Context {
     // allocate, the launchers never do).
     Exec exec(size_t scratch_bytes = 0);
     void synchronize();
-    // The stream-ordered pool the device's tensors come from: bytes in use now, the most in use since the last
-    // reset_peak_memory(), reserved by the pool; free/total as the driver reports them.
+    // The stream-ordered pool the device's tensors come from, plus the memory CUDA graphs allocate as they run
+    // (their own pool): bytes in use now, the most in use since the last reset_peak_memory() (the two pools' peaks
+    // added: an upper bound), reserved; free/total as the driver reports them.
     MemoryStats memory_stats();
     void reset_peak_memory();
     // Frees the scratch (stream-ordered); the next exec() that asks for scratch allocates it again.
     void release_scratch();
+
+    // CUDA graphs of the stream's work: begin_capture() starts recording (this thread's work on the stream is
+    // recorded, not run); end_capture() returns the instantiated graph, or null when the recording failed (a call
+    // that cannot be captured, such as a synchronization: the recorded work is dropped, nothing ran).
+    // launch_graph() queues a graph on the stream; destroy_graph() frees one and the memory graphs had cached.
+    void begin_capture();
+    cudaGraphExec_t end_capture();
+    void launch_graph(cudaGraphExec_t graph);
+    void destroy_graph(cudaGraphExec_t graph);
 
     // Copies host memory to device memory in stream order and returns without waiting for the device: the bytes
     // go through a pinned staging buffer, which is reused once the device has copied out of it. Any thread.

@@ -43,7 +43,7 @@ struct Exec {
     // that are multiples of 8 up to 128, 16-byte aligned operands); off, or SD3_ATTENTION=own in the
     // environment, or no cuDNN (`dnn` null, or libcudnn.so.9 missing at run time): the own kernels.
     bool cudnn_attention = true;
-    // conv2d_fwd through cuDNN where it applies (bf16/f16, sm_80+, an engine within the scratch); off: im2col + GEMM.
+    // Convolutions through cuDNN where it applies (bf16/f16, sm_80+, an engine found); off: im2col + GEMM.
     bool cudnn_conv = true;
     detail::CudnnState* dnn = nullptr;  // the device's (Context's)
 };
@@ -95,6 +95,9 @@ void group_norm_fwd(const Exec& ex, void* y, const void* x, const void* w, const
                     int64_t channels, int64_t spatial, int64_t groups, float eps, DType dt);
 
 // --- convolution (cuDNN, else im2col into the scratch in pixel chunks, then GEMM) ----------------------------
+struct ConvShape {
+    int64_t batch, cin, h, w, cout, kh, kw, stride, pad;
+};
 // Any scratch of at least conv2d_fwd_min_workspace() works; more scratch means fewer, larger GEMMs (and lets cuDNN
 // run engines with bigger workspaces).
 size_t conv2d_fwd_min_workspace(int64_t cin, int64_t kh, int64_t kw, DType dt);
@@ -102,6 +105,10 @@ void conv2d_fwd(const Exec& ex, void* y, const void* x, const void* w, const voi
                 int64_t h, int64_t wd, int64_t cout, int64_t kh, int64_t kw, int64_t stride, int64_t pad, DType dt);
 
 // --- element-wise --------------------------------------------------------------------------------------------
+// out[b, c, r] = in[b, r, c] (+ bias[c] when given), a tiled transpose of each of `batch` [rows, cols] matrices:
+// NCHW <-> channels-last around the cuDNN convolutions.
+void transpose_batched(const Exec& ex, void* out, const void* in, int64_t batch, int64_t rows, int64_t cols, DType dt,
+                       const void* col_bias = nullptr);
 // The sampler's step in place: x[i] += dt * v[i], v guided from [uncond n | cond n] first when cfg
 // (ops/cpu/sampling_ops.h, bit for bit).
 void guided_euler_step(const Exec& ex, float* x, const float* v, int64_t n, bool cfg, float guidance_scale, float dt);

@@ -1,5 +1,5 @@
 // Element-wise kernels (activations and their derivatives, add/mul/scale, strided copy with dtype
-// conversion, the guided Euler step of the sampler) and the ordered two-stage column sums behind every
+// conversion, the guided Euler step of the sampler, the batched transpose around cuDNN's convolutions) and the ordered two-stage column sums behind every
 // parameter-gradient reduction.
 // Activation formulas are the CPU spec's (ops/cpu/activation.cpp), in float32.
 #include <algorithm>
@@ -143,14 +143,27 @@ __global__ void sum_partials_kernel(T* dst, const float* partial, int64_t chunks
     dst[c] = from_f<T>(to_f(dst[c]) + acc);
 }
 
-// Rows over y (row r takes bias[r % channels]), columns over x: no division per element.
+// One 32x32 tile per block (32 x 8 threads), through shared memory so both the read and the write are coalesced.
 template <typename T>
-__global__ void add_channel_bias_kernel(T* y, const T* bias, int64_t rows, int64_t channels, int64_t cols) {
-    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
-        const float v = to_f(bias[r % channels]);
-        for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < cols;
-             c += static_cast<int64_t>(gridDim.x) * blockDim.x)
-            y[r * cols + c] = from_f<T>(to_f(y[r * cols + c]) + v);
+__global__ void transpose_kernel(T* out, const T* in, int64_t rows, int64_t cols, const T* col_bias) {
+    __shared__ float tile[32][33];
+    const int64_t base = static_cast<int64_t>(blockIdx.z) * rows * cols;
+    for (int64_t r0 = blockIdx.y * int64_t{32}; r0 < rows; r0 += gridDim.y * int64_t{32}) {
+        const int64_t c0 = blockIdx.x * int64_t{32};
+        for (int i = threadIdx.y; i < 32; i += 8) {
+            const int64_t r = r0 + i, c = c0 + threadIdx.x;
+            if (r < rows && c < cols) tile[i][threadIdx.x] = to_f(in[base + r * cols + c]);
+        }
+        __syncthreads();
+        for (int i = threadIdx.y; i < 32; i += 8) {
+            const int64_t c = c0 + i, r = r0 + threadIdx.x;
+            if (r < rows && c < cols) {
+                float v = tile[threadIdx.x][i];
+                if (col_bias != nullptr) v += to_f(col_bias[c]);
+                out[base + c * rows + r] = from_f<T>(v);
+            }
+        }
+        __syncthreads();
     }
 }
 
@@ -269,6 +282,19 @@ void copy_strided(const Exec& ex, void* dst, DType dst_dt, const int64_t* dst_st
     SD3_CUDA_LAUNCHED();
 }
 
+void transpose_batched(const Exec& ex, void* out, const void* in, int64_t batch, int64_t rows, int64_t cols, DType dt,
+                       const void* col_bias) {
+    if (batch * rows * cols == 0) return;
+    SD3_ASSERT(batch <= 65535 && cols <= int64_t{65535} * 32, "transpose_batched: ", batch, " matrices of ", rows, "x",
+               cols);
+    const dim3 grid(static_cast<unsigned>(ceil_div(cols, 32)),
+                    static_cast<unsigned>(std::min<int64_t>(ceil_div(rows, 32), 65535)), static_cast<unsigned>(batch));
+    SD3_DISPATCH_FLOAT(dt, T, transpose_kernel<T><<<grid, dim3(32, 8), 0, ex.stream>>>(
+                                  static_cast<T*>(out), static_cast<const T*>(in), rows, cols,
+                                  static_cast<const T*>(col_bias)));
+    SD3_CUDA_LAUNCHED();
+}
+
 namespace detail {
 
 int64_t reduce_chunks(int64_t rows) {
@@ -289,16 +315,6 @@ void column_partials(const Exec& ex, float* partial, const void* src, DType dt, 
     const dim3 grid(static_cast<unsigned>(ceil_div(cols, kThreads)), static_cast<unsigned>(chunks));
     SD3_DISPATCH_FLOAT(dt, T, column_partials_kernel<T><<<grid, kThreads, 0, ex.stream>>>(
                                   partial, static_cast<const T*>(src), rows, cols, ceil_div(rows, chunks)));
-    SD3_CUDA_LAUNCHED();
-}
-
-void add_channel_bias(const Exec& ex, void* y, const void* bias, int64_t batch, int64_t channels, int64_t pixels,
-                      DType dt) {
-    const int64_t rows = batch * channels;
-    if (rows * pixels == 0) return;
-    const dim3 grid(grid_for(pixels, kThreads), static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
-    SD3_DISPATCH_FLOAT(dt, T, add_channel_bias_kernel<T><<<grid, kThreads, 0, ex.stream>>>(
-                                  static_cast<T*>(y), static_cast<const T*>(bias), rows, channels, pixels));
     SD3_CUDA_LAUNCHED();
 }
 

@@ -1,13 +1,13 @@
 // GEMM through cuBLASLt (llm.c's row-major-over-column-major mapping, research/gpu-components.md §2.1), with a
 // plain shared-memory tiled kernel for the shapes, alignments or dtype mixes cuBLASLt has no algorithm for;
-// nn.Linear forward/backward and conv2d (cuDNN where it applies, else im2col in pixel chunks + GEMM) built on it.
+// nn.Linear forward/backward and conv2d (im2col in pixel chunks + GEMM: where cuDNN's convolution does not serve)
+// built on it.
 #include <cublasLt.h>
 
 #include <algorithm>
 #include <mutex>
 #include <unordered_map>
 
-#include "ops/cuda/attention_cudnn.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/internal.h"
 
@@ -264,10 +264,6 @@ void conv2d_fwd(const Exec& ex, void* y, const void* x, const void* w, const voi
                    conv2d_fwd_min_workspace(cin, kh, kw, dt));
         const int64_t fit = static_cast<int64_t>(ex.scratch_bytes / (static_cast<size_t>(patch) * es));
         if (fit < pixels) P = fit / 8 * 8;  // keep chunk starts 16-byte aligned for cuBLASLt
-    }
-    if (detail::cudnn_conv2d_fwd(ex, y, x, w, batch, cin, h, wd, cout, kh, kw, stride, pad, dt)) {
-        if (b != nullptr) detail::add_channel_bias(ex, y, b, batch, cout, pixels, dt);
-        return;
     }
     for (int64_t bi = 0; bi < batch; ++bi) {
         const char* xb = static_cast<const char*>(x) + static_cast<size_t>(bi * cin * h * wd) * es;

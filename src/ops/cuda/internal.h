@@ -19,9 +19,6 @@ void column_partials(const Exec& ex, float* partial, const void* src, DType dt, 
 
 // y[rows, cols] = bias[r] broadcast along each row (conv bias before the GEMM accumulates onto it).
 void fill_rows(const Exec& ex, void* y, const void* bias, int64_t rows, int64_t cols, DType dt);
-// y [batch, channels, pixels] += bias [channels] per channel, in place.
-void add_channel_bias(const Exec& ex, void* y, const void* bias, int64_t batch, int64_t channels, int64_t pixels,
-                      DType dt);
 
 // Whether attention_fwd_tc runs this problem (head dim 64, 16-bit storage, bf16 only from sm_80).
 bool attention_fwd_tc_supported(const Exec& ex, const AttentionShape& s, DType dt);

@@ -8,6 +8,7 @@
 #include <cstdio>
 
 #include "core/check.h"
+#include "ops/cuda/attention_cudnn.h"
 #include "ops/cuda/context.h"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/tensor_ops_model.h"
@@ -63,6 +64,11 @@ void synchronize(int index) { Context::get(index).synchronize(); }
 MemoryStats memory_stats(int index) { return Context::get(index).memory_stats(); }
 void reset_peak_memory(int index) { Context::get(index).reset_peak_memory(); }
 void release_workspace(int index) { Context::get(index).release_scratch(); }
+void capture_begin(int index) { Context::get(index).begin_capture(); }
+void* capture_end(int index) { return Context::get(index).end_capture(); }
+void graph_launch(int index, void* graph) { Context::get(index).launch_graph(static_cast<cudaGraphExec_t>(graph)); }
+void graph_destroy(int index, void* graph) { Context::get(index).destroy_graph(static_cast<cudaGraphExec_t>(graph)); }
+
 void profiler_capture(bool on) {
     const cudaError_t err = on ? cudaProfilerStart() : cudaProfilerStop();
     SD3_ASSERT(err == cudaSuccess, "cudaProfiler", on ? "Start" : "Stop", " failed: ", cudaGetErrorString(err));
@@ -242,11 +248,25 @@ Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor& b_in, int64_
     const int64_t ho = (x.size(2) + 2 * pad - w.size(2)) / stride + 1;
     const int64_t wo = (x.size(3) + 2 * pad - w.size(3)) / stride + 1;
     Tensor y = Tensor::empty({x.size(0), w.size(0), ho, wo}, x.dtype(), x.device());
+    Context& ctx = ctx_of(x);
+    const ConvShape shape{x.size(0), x.size(1), x.size(2), x.size(3), w.size(0), w.size(2), w.size(3), stride, pad};
+    if (const int64_t ws = detail::cudnn_conv2d_nhwc_workspace(ctx.exec(), shape, x.dtype()); ws >= 0) {
+        // cuDNN on channels-last copies: x and w transposed in, y transposed out with the bias added.
+        const int64_t n = shape.batch, taps = shape.kh * shape.kw;
+        Tensor xt = Tensor::empty({n, shape.h * shape.w, shape.cin}, x.dtype(), x.device());
+        Tensor wt = Tensor::empty({shape.cout, taps, shape.cin}, x.dtype(), x.device());
+        Tensor yt = Tensor::empty({n, ho * wo, shape.cout}, x.dtype(), x.device());
+        transpose_batched(ctx.exec(), xt.raw(), x.raw(), n, shape.cin, shape.h * shape.w, x.dtype());
+        transpose_batched(ctx.exec(), wt.raw(), w.raw(), shape.cout, shape.cin, taps, x.dtype());
+        detail::cudnn_conv2d_nhwc(ctx.exec(static_cast<size_t>(ws)), yt.raw(), xt.raw(), wt.raw(), shape, x.dtype());
+        transpose_batched(ctx.exec(), y.raw(), yt.raw(), n, ho * wo, shape.cout, x.dtype(), ptr_or_null(b));
+        return y;
+    }
     // Scratch for im2col: the whole column matrix of one image, capped at 256 MiB (then pixel chunks).
     const size_t full = static_cast<size_t>(w.size(1) * w.size(2) * w.size(3) * ho * wo) * dtype_size(x.dtype());
     const size_t least = conv2d_fwd_min_workspace(w.size(1), w.size(2), w.size(3), x.dtype());
     const size_t want = full < (256u << 20) ? full : (least > (256u << 20) ? least : (256u << 20));
-    conv2d_fwd(ctx_of(x).exec(want), y.raw(), x.raw(), w.raw(), ptr_or_null(b), x.size(0), x.size(1), x.size(2),
+    conv2d_fwd(ctx.exec(want), y.raw(), x.raw(), w.raw(), ptr_or_null(b), x.size(0), x.size(1), x.size(2),
                x.size(3), w.size(0), w.size(2), w.size(3), stride, pad, x.dtype());
     return y;
 }

@@ -21,6 +21,11 @@ MemoryStats memory_stats(int index);
 void reset_peak_memory(int index);
 void release_workspace(int index);
 void profiler_capture(bool on);
+// Context::begin_capture / end_capture (null: the recording failed) / launch_graph / destroy_graph.
+void capture_begin(int index);
+void* capture_end(int index);
+void graph_launch(int index, void* graph);
+void graph_destroy(int index, void* graph);
 
 Result<Tensor> to_device(const Tensor& t, Device device);
 Result<Tensor> upload_async(const Tensor& t, Device device);  // t on the CPU
