@@ -189,7 +189,7 @@ Result<GenerateOutput> TextToImage::generate_from_embeds(const GenerateRequest& 
     };
     if (stage) stage("sampling");
     // A transformer with every block resident queues the same work at every step without waiting: replayable.
-    const bool replay = model.resident_blocks() == model.config().num_layers;
+    const bool replay = options_.replay_steps && model.resident_blocks() == model.config().num_layers;
     SD3_ASSIGN_OR_RETURN(out.latents, sample_flow_match(velocity, out.initial_latents, schedule, cond, r.guidance_scale,
                                                         progress, model.placement().device, replay));
     if (options_.single_use) transformer_.reset();

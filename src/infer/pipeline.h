@@ -53,6 +53,8 @@ struct PipelineOptions {
     size_t transformer_max_resident_bytes = SIZE_MAX;  // blocks beyond it stream from host memory
     bool single_use = false;  // one generate call: the transformer is freed before the VAE decoder loads, so the
                               // decoder's full-resolution activations do not stack on its weights
+    bool replay_steps = true;  // record a resident transformer's step once and replay it (sample_flow_match): faster,
+                               // but the recording's activations come from a second memory pool while it runs
 };
 
 // What the pipeline reports as it goes: "encoding prompt", "loading transformer", "decoding", ...

@@ -317,6 +317,7 @@ Result<TrainComponents> make_sd3_components(const ModelSpec& spec, const Sd3Comp
         release_workspace(placement.device);  // training's (the attention backward's) is not generation's
         PipelineOptions po;
         po.placement = placement;
+        po.replay_steps = false;  // the training's memory budget holds: no second pool for a recorded step
         SD3_ASSIGN_OR_RETURN(TextToImage pipe, TextToImage::open(*shared, po));
         if (model != nullptr && reqs[0].with_lora) {
             // Validation samples with the training transformer itself (its LoRA unfused, at scale 1): exactly the

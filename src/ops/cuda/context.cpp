@@ -233,6 +233,10 @@ void Context::reset_peak_memory() {
 
 void Context::begin_capture() {
     SD3_RT_CHECK(cudaSetDevice(index_));
+    // A graph's allocations come from their own pool: the memory this pool keeps for reuse goes back first, so
+    // the two do not each hold a copy of the same activations.
+    synchronize();
+    SD3_RT_CHECK(cudaMemPoolTrimTo(pool_, 0));
     SD3_RT_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
 }
 

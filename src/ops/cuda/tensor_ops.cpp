@@ -247,21 +247,34 @@ Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor& b_in, int64_
                w.describe());
     const int64_t ho = (x.size(2) + 2 * pad - w.size(2)) / stride + 1;
     const int64_t wo = (x.size(3) + 2 * pad - w.size(3)) / stride + 1;
-    Tensor y = Tensor::empty({x.size(0), w.size(0), ho, wo}, x.dtype(), x.device());
+    const Shape y_shape{x.size(0), w.size(0), ho, wo};
     Context& ctx = ctx_of(x);
     const ConvShape shape{x.size(0), x.size(1), x.size(2), x.size(3), w.size(0), w.size(2), w.size(3), stride, pad};
-    if (const int64_t ws = detail::cudnn_conv2d_nhwc_workspace(ctx.exec(), shape, x.dtype()); ws >= 0) {
-        // cuDNN on channels-last copies: x and w transposed in, y transposed out with the bias added.
+    // cuDNN on channels-last copies: x and w transposed in, the result transposed out with the bias added. The
+    // copies cost memory: convolutions whose input and output together pass 512 MiB (the 256-channel ones of a
+    // 1024² decode) keep im2col, whose scratch is capped, so the VAE's peak stays where it was; 1x1 convolutions
+    // need no im2col at all.
+    const bool pointwise = shape.kh == 1 && shape.kw == 1 && stride == 1 && pad == 0;
+    const size_t io_bytes = x.nbytes() + static_cast<size_t>(shape_numel(y_shape)) * dtype_size(x.dtype());
+    const int64_t ws = pointwise || io_bytes > (size_t{512} << 20)
+                           ? -1
+                           : detail::cudnn_conv2d_nhwc_workspace(ctx.exec(), shape, x.dtype());
+    if (ws >= 0) {
         const int64_t n = shape.batch, taps = shape.kh * shape.kw;
-        Tensor xt = Tensor::empty({n, shape.h * shape.w, shape.cin}, x.dtype(), x.device());
-        Tensor wt = Tensor::empty({shape.cout, taps, shape.cin}, x.dtype(), x.device());
         Tensor yt = Tensor::empty({n, ho * wo, shape.cout}, x.dtype(), x.device());
-        transpose_batched(ctx.exec(), xt.raw(), x.raw(), n, shape.cin, shape.h * shape.w, x.dtype());
-        transpose_batched(ctx.exec(), wt.raw(), w.raw(), shape.cout, shape.cin, taps, x.dtype());
-        detail::cudnn_conv2d_nhwc(ctx.exec(static_cast<size_t>(ws)), yt.raw(), xt.raw(), wt.raw(), shape, x.dtype());
+        {
+            Tensor xt = Tensor::empty({n, shape.h * shape.w, shape.cin}, x.dtype(), x.device());
+            Tensor wt = Tensor::empty({shape.cout, taps, shape.cin}, x.dtype(), x.device());
+            transpose_batched(ctx.exec(), xt.raw(), x.raw(), n, shape.cin, shape.h * shape.w, x.dtype());
+            transpose_batched(ctx.exec(), wt.raw(), w.raw(), shape.cout, shape.cin, taps, x.dtype());
+            detail::cudnn_conv2d_nhwc(ctx.exec(static_cast<size_t>(ws)), yt.raw(), xt.raw(), wt.raw(), shape,
+                                      x.dtype());
+        }  // the input copies go (stream-ordered) before the output is allocated
+        Tensor y = Tensor::empty(y_shape, x.dtype(), x.device());
         transpose_batched(ctx.exec(), y.raw(), yt.raw(), n, ho * wo, shape.cout, x.dtype(), ptr_or_null(b));
         return y;
     }
+    Tensor y = Tensor::empty(y_shape, x.dtype(), x.device());
     // Scratch for im2col: the whole column matrix of one image, capped at 256 MiB (then pixel chunks).
     const size_t full = static_cast<size_t>(w.size(1) * w.size(2) * w.size(3) * ho * wo) * dtype_size(x.dtype());
     const size_t least = conv2d_fwd_min_workspace(w.size(1), w.size(2), w.size(3), x.dtype());
