@@ -186,7 +186,29 @@ namespace {
 
 fe::DataType_t fe_type(DType dt) { return dt == DType::F16 ? fe::DataType_t::HALF : fe::DataType_t::BFLOAT16; }
 
-// The cached graph of `key`, built on first use (under the state's mutex).
+// Validates `g`, picks its engine among the heuristics' `modes` (plans with more than `max_workspace` bytes of
+// workspace left out, where that is positive) and stores it in `entry`; on failure `entry` stays empty and the
+// state's stats say why.
+void finish_graph(CudnnState& st, std::shared_ptr<fe::graph::Graph> g, const std::vector<fe::HeurMode_t>& modes,
+                  int64_t max_workspace, GraphEntry& entry) {
+    int64_t ws = 0;
+    fe::error_t err = g->validate();
+    if (err.is_good()) err = g->build_operation_graph(st.handle);
+    if (err.is_good()) err = g->create_execution_plans(modes);
+    if (err.is_good()) {
+        if (max_workspace > 0) g->deselect_workspace_greater_than(max_workspace);
+        err = g->check_support();
+    }
+    if (err.is_good()) err = g->build_plans();
+    if (err.is_good()) err = g->get_workspace_size(ws);
+    if (err.is_good()) {
+        entry.graph = std::move(g);
+        entry.workspace = ws;
+    } else {
+        st.stats.declined = err.get_message();
+    }
+}
+
 // Builds the graph of `key`; on failure `entry.graph` stays null and `st.stats.declined` says why. `composite`
 // pins the frontend's composite SDPA (the unified one, which AUTO picks on newer cuDNN, may decline a layout the
 // composite one takes).
@@ -243,19 +265,7 @@ void build_graph(CudnnState& st, const GraphKey& key, float scale, bool composit
             dk->set_output(true).set_uid(kdK).set_dim({b, h, tk, d}).set_stride({tk * key.k_row, d, key.k_row, 1});
             dv->set_output(true).set_uid(kdV).set_dim({b, h, tk, d}).set_stride({tk * key.v_row, d, key.v_row, 1});
         }
-        int64_t ws = 0;
-        fe::error_t err = g->validate();
-        if (err.is_good()) err = g->build_operation_graph(st.handle);
-        if (err.is_good()) err = g->create_execution_plans({fe::HeurMode_t::A});
-        if (err.is_good()) err = g->check_support();
-        if (err.is_good()) err = g->build_plans();
-        if (err.is_good()) err = g->get_workspace_size(ws);
-        if (err.is_good()) {
-            entry.graph = std::move(g);
-            entry.workspace = ws;
-        } else {
-            st.stats.declined = err.get_message();
-        }
+        finish_graph(st, std::move(g), {fe::HeurMode_t::A}, 0, entry);
     } catch (const std::exception& e) {  // unsupported: the own kernels run this shape
         entry = {};
         st.stats.declined = e.what();
@@ -399,22 +409,7 @@ GraphEntry build_conv_graph(CudnnState& st, const ConvKey& k) {
                         .set_dilation({1, 1});
         auto y = g->conv_fprop(x, w, opts);
         y->set_output(true).set_uid(kConvY).set_dim({k.n, k.k, ho, wo}).set_stride({ho * wo * k.k, 1, wo * k.k, k.k});
-        int64_t ws = 0;
-        fe::error_t err = g->validate();
-        if (err.is_good()) err = g->build_operation_graph(st.handle);
-        if (err.is_good()) err = g->create_execution_plans({fe::HeurMode_t::A, fe::HeurMode_t::FALLBACK});
-        if (err.is_good()) {
-            g->deselect_workspace_greater_than(kConvWorkspaceCap);
-            err = g->check_support();
-        }
-        if (err.is_good()) err = g->build_plans();
-        if (err.is_good()) err = g->get_workspace_size(ws);
-        if (err.is_good()) {
-            entry.graph = std::move(g);
-            entry.workspace = ws;
-        } else {
-            st.stats.declined = err.get_message();
-        }
+        finish_graph(st, std::move(g), {fe::HeurMode_t::A, fe::HeurMode_t::FALLBACK}, kConvWorkspaceCap, entry);
     } catch (const std::exception& e) {
         entry = {};
         st.stats.declined = e.what();
@@ -425,9 +420,10 @@ GraphEntry build_conv_graph(CudnnState& st, const ConvKey& k) {
 }  // namespace
 
 namespace {
-// The cached graph of `key` (built on first use, under the state's mutex), or null where cuDNN does not apply.
+// The cached graph of this convolution (built on first use; the caller holds the state's mutex), or null where
+// cuDNN does not apply.
 const GraphEntry* conv_graph(const Exec& ex, const ConvShape& c, DType dt) {
-    if (!ex.cudnn_conv || ex.dnn == nullptr || ex.sm < 80 || (dt != DType::BF16 && dt != DType::F16)) return nullptr;
+    if (ex.dnn == nullptr || ex.sm < 80 || (dt != DType::BF16 && dt != DType::F16)) return nullptr;
     CudnnState& st = *ex.dnn;
     if (!st.ready()) return nullptr;
     const ConvKey key{static_cast<int64_t>(dt), c.batch, c.cin, c.h, c.w, c.cout, c.kh, c.kw, c.stride, c.pad};

@@ -25,8 +25,8 @@ bool cudnn_attention_bwd(const Exec& ex, void* dq, void* dk, void* dv, const voi
                          const AttentionShape& s, DType dt, AttentionRows rows);
 
 // Convolutions through cuDNN on channels-last operands: x [batch, h, w, cin], w [cout, kh, kw, cin],
-// y [batch, ho, wo, cout], no bias. The workspace its graph needs, or -1 where cuDNN does not serve this one (Exec
-// flag off, dtype other than bf16/f16, sm < 80, no engine within 256 MiB of workspace): then the im2col path runs.
+// y [batch, ho, wo, cout], no bias. The workspace its graph needs, or -1 where cuDNN does not serve this one (dtype
+// other than bf16/f16, sm < 80, no cuDNN, no engine within 256 MiB of workspace): then the im2col path runs.
 int64_t cudnn_conv2d_nhwc_workspace(const Exec& ex, const ConvShape& c, DType dt);
 // Runs it: the workspace above must be served, the scratch at least that, the operands 16-byte aligned.
 void cudnn_conv2d_nhwc(const Exec& ex, void* y, const void* x, const void* w, const ConvShape& c, DType dt);

@@ -43,8 +43,6 @@ struct Exec {
     // that are multiples of 8 up to 128, 16-byte aligned operands); off, or SD3_ATTENTION=own in the
     // environment, or no cuDNN (`dnn` null, or libcudnn.so.9 missing at run time): the own kernels.
     bool cudnn_attention = true;
-    // Convolutions through cuDNN where it applies (bf16/f16, sm_80+, an engine found); off: im2col + GEMM.
-    bool cudnn_conv = true;
     detail::CudnnState* dnn = nullptr;  // the device's (Context's)
 };
 
