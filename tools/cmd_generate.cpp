@@ -163,6 +163,7 @@ Status run_generate(const CLI::App* sub, GenerateCliOptions& o) {
         log_info("warming up: ", o.warmup_steps, " untimed step(s) and a decode");
         SD3_TRY(pipe.generate(warm, {}, {}).status());
         pipe.release_models();  // the timed call loads them again, in the order memory was planned for
+        release_workspace(placement.device);  // nor does the decode's kernel workspace stay into its encoding
     }
     reset_peak_memory(placement.device);
     SD3_ASSIGN_OR_RETURN(GenerateOutput out, pipe.generate(req, progress, stage));
