@@ -98,6 +98,20 @@ TEST(Sampling, NoGuidanceAtScaleOneAndCancellation) {
     EXPECT_NE(stopped.status().message().find("cancelled after step 2"), std::string::npos);
 }
 
+// Replay asks for a recorded model call on a GPU; on the CPU nothing is recorded: the model runs at every step and
+// the latents are those of the plain loop.
+TEST(Sampling, ReplayOnTheCpuStillCallsTheModelEveryStep) {
+    const FlowMatchSchedule sched = FlowMatchEulerScheduler().inference_schedule(4);
+    TorchGenerator g(3);
+    const Tensor x0 = prepare_latents(g, 1, 16, 16, 16, 8);
+    FakeModel plain, replayed;
+    const Tensor want = sample_flow_match(std::ref(plain), x0, sched, make_cond(1), 4.0f).value();
+    const Tensor got = sample_flow_match(std::ref(replayed), x0, sched, make_cond(1), 4.0f, {}, kCPU, true).value();
+    EXPECT_EQ(replayed.seen_timesteps, plain.seen_timesteps);
+    EXPECT_EQ(replayed.seen_timesteps.size(), 4u);
+    EXPECT_EQ(got.to_float_vector(), want.to_float_vector());
+}
+
 TEST(Sampling, PrepareLatentsIsOneTorchDraw) {
     TorchGenerator a(7), b(7);
     const Tensor lat = prepare_latents(a, 3, 16, 64, 32, 8);
