@@ -207,18 +207,27 @@ void Context::release_scratch() {
     scratch_bytes_ = 0;
 }
 
+namespace {
+// Bytes of the graphs' memory pool on `device` (0 where the driver does not report it).
+uint64_t graph_memory(int device, cudaGraphMemAttributeType attr) {
+    uint64_t v = 0;
+    if (cudaDeviceGetGraphMemAttribute(device, attr, &v) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return v;
+}
+}  // namespace
+
 MemoryStats Context::memory_stats() {
     MemoryStats m;
-    uint64_t v = 0, g = 0;
+    uint64_t v = 0;
     SD3_RT_CHECK(cudaMemPoolGetAttribute(pool_, cudaMemPoolAttrUsedMemCurrent, &v));
-    SD3_RT_CHECK(cudaDeviceGetGraphMemAttribute(index_, cudaGraphMemAttrUsedMemCurrent, &g));
-    m.in_use = v + g;
+    m.in_use = v + graph_memory(index_, cudaGraphMemAttrUsedMemCurrent);
     SD3_RT_CHECK(cudaMemPoolGetAttribute(pool_, cudaMemPoolAttrUsedMemHigh, &v));
-    SD3_RT_CHECK(cudaDeviceGetGraphMemAttribute(index_, cudaGraphMemAttrUsedMemHigh, &g));
-    m.peak = v + g;
+    m.peak = v + graph_memory(index_, cudaGraphMemAttrUsedMemHigh);
     SD3_RT_CHECK(cudaMemPoolGetAttribute(pool_, cudaMemPoolAttrReservedMemCurrent, &v));
-    SD3_RT_CHECK(cudaDeviceGetGraphMemAttribute(index_, cudaGraphMemAttrReservedMemCurrent, &g));
-    m.reserved = v + g;
+    m.reserved = v + graph_memory(index_, cudaGraphMemAttrReservedMemCurrent);
     SD3_RT_CHECK(cudaSetDevice(index_));
     SD3_RT_CHECK(cudaMemGetInfo(&m.free, &m.total));
     return m;
@@ -228,7 +237,8 @@ void Context::reset_peak_memory() {
     synchronize();  // frees still queued count until they run
     uint64_t zero = 0;
     SD3_RT_CHECK(cudaMemPoolSetAttribute(pool_, cudaMemPoolAttrUsedMemHigh, &zero));
-    SD3_RT_CHECK(cudaDeviceSetGraphMemAttribute(index_, cudaGraphMemAttrUsedMemHigh, &zero));
+    if (cudaDeviceSetGraphMemAttribute(index_, cudaGraphMemAttrUsedMemHigh, &zero) != cudaSuccess)
+        cudaGetLastError();  // no graph memory statistics on this driver: nothing to reset
 }
 
 void Context::begin_capture() {
@@ -265,7 +275,7 @@ void Context::destroy_graph(cudaGraphExec_t graph) {
     if (graph == nullptr) return;
     SD3_RT_CHECK(cudaGraphExecDestroy(graph));
     // The memory graphs allocated stays cached for later graphs: give it back (the device's other work reuses it).
-    SD3_RT_CHECK(cudaDeviceGraphMemTrim(index_));
+    if (cudaDeviceGraphMemTrim(index_) != cudaSuccess) cudaGetLastError();
 }
 
 }  // namespace sd3::cuda
