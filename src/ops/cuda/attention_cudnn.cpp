@@ -86,9 +86,10 @@ namespace {
 // Tensor uids of the variant pack.
 enum Uid : int64_t { kQ = 1, kK, kV, kO, kStats, kBias, kdO, kdQ, kdK, kdV, kConvX, kConvW, kConvY };
 
-// One convolution graph: dtype, NCHW input, KCRS weight, stride and padding (both dimensions alike).
+// One convolution graph: its dtype and shape.
 struct ConvKey {
-    int64_t dt, n, c, h, w, k, r, s, stride, pad;
+    int64_t dt;
+    ConvShape shape;
     auto operator<=>(const ConvKey&) const = default;
 };
 // Plans whose workspace exceeds this are not considered (the im2col path's scratch cap).
@@ -185,6 +186,26 @@ struct CudnnState {
 namespace {
 
 fe::DataType_t fe_type(DType dt) { return dt == DType::F16 ? fe::DataType_t::HALF : fe::DataType_t::BFLOAT16; }
+
+// Puts the handle on `stream` where it is not already (under the state's mutex).
+void bind_stream(CudnnState& st, cudaStream_t stream) {
+    if (st.handle_stream == stream) return;
+    SD3_ASSERT(fe::detail::set_stream(st.handle, stream) == CUDNN_STATUS_SUCCESS, "cudnnSetStream failed");
+    st.handle_stream = stream;
+}
+
+// Runs a built graph on `pack` with `workspace`. A failure here is a broken installation or a bug, not a shape
+// cuDNN declined: it ends the process, saying which `what` (attention forward, convolution, ...) failed.
+void execute(CudnnState& st, const GraphEntry& entry, std::unordered_map<int64_t, void*>& pack, void* workspace,
+             const char* what) {
+    fe::error_t status;
+    try {
+        status = entry.graph->execute(st.handle, pack, workspace);
+    } catch (const std::exception& e) {  // the dynamic-loading frontend throws for a missing symbol
+        status = fe::error_t{fe::error_code_t::GRAPH_EXECUTION_FAILED, e.what()};
+    }
+    SD3_ASSERT(status.is_good(), "cuDNN ", what, " failed: ", status.get_message());
+}
 
 // Validates `g`, picks its engine among the heuristics' `modes` (plans with more than `max_workspace` bytes of
 // workspace left out, where that is positive) and stores it in `entry`; on failure `entry` stays empty and the
@@ -343,10 +364,7 @@ bool run(const Exec& ex, bool backward, const Operands& p, const AttentionShape&
             per_pair = static_cast<double>(e.workspace) / static_cast<double>(bc * hc);
     }
     if (entry == nullptr) return false;
-    if (st.handle_stream != ex.stream) {
-        SD3_ASSERT(fe::detail::set_stream(st.handle, ex.stream) == CUDNN_STATUS_SUCCESS, "cudnnSetStream failed");
-        st.handle_stream = ex.stream;
-    }
+    bind_stream(st, ex.stream);
     ++st.stats.calls;
     st.stats.workspace = entry->workspace;
     st.stats.chunk_batch = key.b;
@@ -372,15 +390,7 @@ bool run(const Exec& ex, bool backward, const Operands& p, const AttentionShape&
                 pack[kdK] = at(p.dk, b0, h0, s.kv_len, rows.k_row);
                 pack[kdV] = at(p.dv, b0, h0, s.kv_len, rows.v_row);
             }
-            // A failure here is a broken installation or a bug, not a shape cuDNN declined: say so loudly.
-            fe::error_t status;
-            try {
-                status = entry->graph->execute(st.handle, pack, ex.scratch);
-            } catch (const std::exception& e) {  // the dynamic-loading frontend throws for a missing symbol
-                status = fe::error_t{fe::error_code_t::GRAPH_EXECUTION_FAILED, e.what()};
-            }
-            SD3_ASSERT(status.is_good(), "cuDNN attention ", backward ? "backward" : "forward", " failed: ",
-                       status.get_message());
+            execute(st, *entry, pack, ex.scratch, backward ? "attention backward" : "attention forward");
         }
     }
     return true;
@@ -390,25 +400,28 @@ bool run(const Exec& ex, bool backward, const Operands& p, const AttentionShape&
 // tensor-core engines want them; on NCHW it picked CUDA-core ones, slower than im2col + GEMM). No bias (the
 // caller adds it), so only precompiled engines are needed, no runtime fusion. Null where no engine within
 // kConvWorkspaceCap takes it.
-GraphEntry build_conv_graph(CudnnState& st, const ConvKey& k) {
+GraphEntry build_conv_graph(CudnnState& st, DType dt, const ConvShape& c) {
     GraphEntry entry;
     try {
         auto g = std::make_shared<fe::graph::Graph>();
-        g->set_io_data_type(fe_type(static_cast<DType>(k.dt)))
+        g->set_io_data_type(fe_type(dt))
             .set_intermediate_data_type(fe::DataType_t::FLOAT)
             .set_compute_data_type(fe::DataType_t::FLOAT);
-        const int64_t ho = (k.h + 2 * k.pad - k.r) / k.stride + 1, wo = (k.w + 2 * k.pad - k.s) / k.stride + 1;
-        auto x = g->tensor(fe::graph::Tensor_attributes().set_name("X").set_uid(kConvX).set_dim({k.n, k.c, k.h, k.w})
-                               .set_stride({k.h * k.w * k.c, 1, k.w * k.c, k.c}));
-        auto w = g->tensor(fe::graph::Tensor_attributes().set_name("W").set_uid(kConvW).set_dim({k.k, k.c, k.r, k.s})
-                               .set_stride({k.r * k.s * k.c, 1, k.s * k.c, k.c}));
+        const int64_t ho = (c.h + 2 * c.pad - c.kh) / c.stride + 1, wo = (c.w + 2 * c.pad - c.kw) / c.stride + 1;
+        auto x = g->tensor(fe::graph::Tensor_attributes().set_name("X").set_uid(kConvX)
+                               .set_dim({c.batch, c.cin, c.h, c.w})
+                               .set_stride({c.h * c.w * c.cin, 1, c.w * c.cin, c.cin}));
+        auto w = g->tensor(fe::graph::Tensor_attributes().set_name("W").set_uid(kConvW)
+                               .set_dim({c.cout, c.cin, c.kh, c.kw})
+                               .set_stride({c.kh * c.kw * c.cin, 1, c.kw * c.cin, c.cin}));
         auto opts = fe::graph::Conv_fprop_attributes()
                         .set_name("conv")
-                        .set_padding({k.pad, k.pad})
-                        .set_stride({k.stride, k.stride})
+                        .set_padding({c.pad, c.pad})
+                        .set_stride({c.stride, c.stride})
                         .set_dilation({1, 1});
         auto y = g->conv_fprop(x, w, opts);
-        y->set_output(true).set_uid(kConvY).set_dim({k.n, k.k, ho, wo}).set_stride({ho * wo * k.k, 1, wo * k.k, k.k});
+        y->set_output(true).set_uid(kConvY).set_dim({c.batch, c.cout, ho, wo})
+            .set_stride({ho * wo * c.cout, 1, wo * c.cout, c.cout});
         finish_graph(st, std::move(g), {fe::HeurMode_t::A, fe::HeurMode_t::FALLBACK}, kConvWorkspaceCap, entry);
     } catch (const std::exception& e) {
         entry = {};
@@ -426,9 +439,9 @@ const GraphEntry* conv_graph(const Exec& ex, const ConvShape& c, DType dt) {
     if (ex.dnn == nullptr || ex.sm < 80 || (dt != DType::BF16 && dt != DType::F16)) return nullptr;
     CudnnState& st = *ex.dnn;
     if (!st.ready()) return nullptr;
-    const ConvKey key{static_cast<int64_t>(dt), c.batch, c.cin, c.h, c.w, c.cout, c.kh, c.kw, c.stride, c.pad};
+    const ConvKey key{static_cast<int64_t>(dt), c};
     auto it = st.conv_graphs.find(key);
-    if (it == st.conv_graphs.end()) it = st.conv_graphs.emplace(key, build_conv_graph(st, key)).first;
+    if (it == st.conv_graphs.end()) it = st.conv_graphs.emplace(key, build_conv_graph(st, dt, c)).first;
     return it->second.graph != nullptr ? &it->second : nullptr;
 }
 }  // namespace
@@ -448,19 +461,11 @@ void cudnn_conv2d_nhwc(const Exec& ex, void* y, const void* x, const void* w, co
     const GraphEntry* entry = conv_graph(ex, c, dt);
     SD3_ASSERT(entry != nullptr && static_cast<size_t>(entry->workspace) <= ex.scratch_bytes,
                "cuDNN convolution: no graph, or scratch of ", ex.scratch_bytes, " bytes below its workspace");
-    if (st.handle_stream != ex.stream) {
-        SD3_ASSERT(fe::detail::set_stream(st.handle, ex.stream) == CUDNN_STATUS_SUCCESS, "cudnnSetStream failed");
-        st.handle_stream = ex.stream;
-    }
+    bind_stream(st, ex.stream);
     ++st.stats.conv_calls;
-    std::unordered_map<int64_t, void*> pack{{kConvX, const_cast<void*>(x)}, {kConvW, const_cast<void*>(w)}, {kConvY, y}};
-    fe::error_t status;
-    try {
-        status = entry->graph->execute(st.handle, pack, ex.scratch);
-    } catch (const std::exception& e) {
-        status = fe::error_t{fe::error_code_t::GRAPH_EXECUTION_FAILED, e.what()};
-    }
-    SD3_ASSERT(status.is_good(), "cuDNN convolution failed: ", status.get_message());
+    std::unordered_map<int64_t, void*> pack{
+        {kConvX, const_cast<void*>(x)}, {kConvW, const_cast<void*>(w)}, {kConvY, y}};
+    execute(st, *entry, pack, ex.scratch, "convolution");
 }
 
 CudnnState* cudnn_state_create(int device, int sm, cudaStream_t stream) {

@@ -6,6 +6,7 @@
 // This header pulls in no CUDA header, so host code can include it.
 #pragma once
 
+#include <compare>
 #include <cstddef>
 #include <cstdint>
 
@@ -95,6 +96,7 @@ void group_norm_fwd(const Exec& ex, void* y, const void* x, const void* w, const
 // --- convolution (cuDNN, else im2col into the scratch in pixel chunks, then GEMM) ----------------------------
 struct ConvShape {
     int64_t batch, cin, h, w, cout, kh, kw, stride, pad;
+    auto operator<=>(const ConvShape&) const = default;
 };
 // Any scratch of at least conv2d_fwd_min_workspace() works; more scratch means fewer, larger GEMMs (and lets cuDNN
 // run engines with bigger workspaces).
