@@ -89,12 +89,12 @@ Result<Tensor> sample_flow_match(const VelocityFn& model, const Tensor& latents_
     };
     const char* graphs_env = std::getenv("SD3_CUDA_GRAPHS");
     const bool record = replay && !(graphs_env != nullptr && std::strcmp(graphs_env, "0") == 0);
-    DeviceGraph model_call(record ? device : kCPU);  // on the CPU, run() calls the body every time
+    DeviceGraph model_call(device);
     for (int64_t i = 0; i < steps; ++i) {
         const auto queue_start = std::chrono::steady_clock::now();
         if (i + 1 == profiled_step) profiler_capture(true);
         copy_into(t_step, all_t.select(0, i));
-        SD3_TRY(model_call.run(call_model));
+        SD3_TRY(record ? model_call.run(call_model) : call_model());
         ops::guided_euler_step_(latents, v_step, guidance_scale, schedule.sigmas[i], schedule.sigmas[i + 1]);
         if (i + 1 == profiled_step) profiler_capture(false);
         queue_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - queue_start).count();
