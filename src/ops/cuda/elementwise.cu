@@ -1,6 +1,6 @@
-// Element-wise kernels (activations and their derivatives, add/mul/scale, strided copy with dtype
-// conversion, the guided Euler step of the sampler, the batched transpose around cuDNN's convolutions) and the ordered two-stage column sums behind every
-// parameter-gradient reduction.
+// Element-wise kernels (activations and their derivatives, add/mul/scale, strided copy with dtype conversion, the
+// guided Euler step of the sampler, the batched transpose around cuDNN's convolutions) and the ordered two-stage
+// column sums behind every parameter-gradient reduction.
 // Activation formulas are the CPU spec's (ops/cpu/activation.cpp), in float32.
 #include <algorithm>
 

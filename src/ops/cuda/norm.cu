@@ -1,5 +1,6 @@
 // LayerNorm, RMSNorm (forward and backward) and GroupNorm (forward) kernels: one warp per row, statistics in
-// float32 (GroupNorm's long groups in double, over chunks of each group), parameter gradients through ordered two-stage column sums.
+// float32 (GroupNorm's long groups in double, over chunks of each group), parameter gradients through ordered
+// two-stage column sums.
 // Formulas follow the CPU spec (ops/cpu/norm.cpp) term by term.
 #include <algorithm>
 
