@@ -136,8 +136,8 @@ void MMDiT::block_backward(const JointBlock& b, Tensor& dx, Tensor& dc, Tensor& 
     if (dc1.defined()) ops::add_(dc_in, dc1);
 
     // ---- adaLN linears: gradients flow into SiLU(temb)
-    ops::add_(dst, nn::linear_backward(b.norm1, dE, s.norm1, ctx, grads));
-    ops::add_(dst, nn::linear_backward(b.norm1_context, dEc, s.norm1_context, ctx, grads));
+    nn::linear_backward(b.norm1, dE, s.norm1, ctx, grads, true, &dst);
+    nn::linear_backward(b.norm1_context, dEc, s.norm1_context, ctx, grads, true, &dst);
     dx = dx_in;
     dc = dc_in;
 }

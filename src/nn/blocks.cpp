@@ -66,9 +66,9 @@ Tensor project(const JointAttention& a, const Linear& lin, const Tensor& x, cons
 // Backward of project(): returns d(input).
 Tensor project_backward(const JointAttention& a, const Linear& lin, const Tensor& dy, const Tensor& norm_w,
                         const LinearSaved& ls, const Tensor& raw, const Tensor& rstd, const RunContext& ctx,
-                        Tensor& lora_grads) {
+                        Tensor& lora_grads, Tensor* dx_sum = nullptr) {
     const Tensor d = norm_w.defined() ? head_rms_backward(a, dy, raw, norm_w, rstd) : dy;
-    return linear_backward(lin, d, ls, ctx, lora_grads);
+    return linear_backward(lin, d, ls, ctx, lora_grads, true, dx_sum);
 }
 
 }  // namespace
@@ -132,9 +132,10 @@ void joint_attention_backward(const JointAttention& a, const Tensor& dax, const 
     const Tensor dq = ctx_queries ? ops::slice_contiguous(dQ, 1, 0, N) : dQ;
     const Tensor dk = ctx_stream ? ops::slice_contiguous(dK, 1, 0, N) : dK;
     const Tensor dv = ctx_stream ? ops::slice_contiguous(dV, 1, 0, N) : dV;
+    // The three projections read the same input: their input gradients accumulate into one tensor.
     Tensor gx = project_backward(a, a.to_q, dq, a.norm_q, s.q, s.q_raw, s.q_rstd, ctx, lora_grads);
-    ops::add_(gx, project_backward(a, a.to_k, dk, a.norm_k, s.k, s.k_raw, s.k_rstd, ctx, lora_grads));
-    ops::add_(gx, linear_backward(a.to_v, dv, s.v, ctx, lora_grads));
+    project_backward(a, a.to_k, dk, a.norm_k, s.k, s.k_raw, s.k_rstd, ctx, lora_grads, &gx);
+    linear_backward(a.to_v, dv, s.v, ctx, lora_grads, true, &gx);
     *dnx = gx;
     if (!ctx_stream) {
         if (dnc != nullptr) *dnc = Tensor();
@@ -143,11 +144,10 @@ void joint_attention_backward(const JointAttention& a, const Tensor& dax, const 
     const Tensor dkc = ops::slice_contiguous(dK, 1, N, Tk);
     const Tensor dvc = ops::slice_contiguous(dV, 1, N, Tk);
     Tensor gc = project_backward(a, a.add_k_proj, dkc, a.norm_added_k, s.kc, s.kc_raw, s.kc_rstd, ctx, lora_grads);
-    ops::add_(gc, linear_backward(a.add_v_proj, dvc, s.vc, ctx, lora_grads));
+    linear_backward(a.add_v_proj, dvc, s.vc, ctx, lora_grads, true, &gc);
     if (ctx_queries) {
         const Tensor dqc = ops::slice_contiguous(dQ, 1, N, dQ.size(1));
-        ops::add_(gc, project_backward(a, a.add_q_proj, dqc, a.norm_added_q, s.qc, s.qc_raw, s.qc_rstd, ctx,
-                                       lora_grads));
+        project_backward(a, a.add_q_proj, dqc, a.norm_added_q, s.qc, s.qc_raw, s.qc_rstd, ctx, lora_grads, &gc);
     }
     *dnc = gc;
 }

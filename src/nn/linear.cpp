@@ -48,9 +48,10 @@ Tensor linear_forward(const Linear& layer, const Tensor& x, LinearSaved* saved, 
 }
 
 Tensor linear_backward(const Linear& layer, const Tensor& dy, const LinearSaved& saved, const RunContext& ctx,
-                       Tensor& lora_grads, bool need_dx) {
+                       Tensor& lora_grads, bool need_dx, Tensor* dx_sum) {
     SD3_ASSERT(saved.valid && saved.h.size() == layer.loras.size(), "linear_backward of ", layer.name,
                " without its saved forward");
+    SD3_ASSERT(dx_sum == nullptr || need_dx, "linear_backward of ", layer.name, ": dx_sum without need_dx");
     // dx = dy·W (the base weight is frozen: no dW, db).
     Tensor dx;
     if (need_dx) {
@@ -58,7 +59,12 @@ Tensor linear_backward(const Linear& layer, const Tensor& dy, const LinearSaved&
         const Tensor w = layer.qweight.defined()
                              ? ops::dequantize_weight(layer.qweight.view(), dy.dtype(), dy.device())
                              : layer.weight;
-        dx = ops::linear_backward(dy, Tensor(), w, nullptr, nullptr, true);
+        if (dx_sum != nullptr) {
+            dx = *dx_sum;
+            ops::linear_acc_(dx, dy, w, 1.0f, true);  // dx += dy·W
+        } else {
+            dx = ops::linear_backward(dy, Tensor(), w, nullptr, nullptr, true);
+        }
     }
     for (size_t i = 0; i < layer.loras.size(); ++i) {
         const LoraAdapter& a = layer.loras[i];

@@ -58,8 +58,10 @@ uint64_t layer_id(const std::string& name);
 // y [..., out] = x·Wᵀ + b + Σ_adapters scale·B(A(dropout(x))). `saved` may be null (inference).
 Tensor linear_forward(const Linear& layer, const Tensor& x, LinearSaved* saved, const RunContext& ctx);
 // Returns dx [..., in] (undefined when !need_dx). Trainable adapters accumulate dA, dB into `lora_grads` (the flat
-// gradient buffer, f32 [total]); the base weight and bias get no gradient (frozen).
+// gradient buffer, f32 [total]); the base weight and bias get no gradient (frozen). With `dx_sum` (contiguous, the
+// shape of x) dx is added into it by accumulating GEMMs instead, and *dx_sum is returned: layers that read the
+// same input (q, k, v) sum their input gradients without a temporary and an add_ pass each.
 Tensor linear_backward(const Linear& layer, const Tensor& dy, const LinearSaved& saved, const RunContext& ctx,
-                       Tensor& lora_grads, bool need_dx = true);
+                       Tensor& lora_grads, bool need_dx = true, Tensor* dx_sum = nullptr);
 
 }  // namespace sd3::nn

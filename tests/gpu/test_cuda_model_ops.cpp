@@ -30,7 +30,7 @@ class CudaModelOps : public ::testing::TestWithParam<DType> {
 
 // --- adaLN modulation and gated residuals, forward and backward with views into an adaLN output --------------
 TEST_P(CudaModelOps, ModulateForwardBackward) {
-    // T = 333 spans 6 reduction chunks (detail::reduce_chunks) with a tail; D = 45 leaves a partial block.
+    // T = 333 spans 11 reduction chunks (detail::reduce_chunks) with a tail; D = 45 leaves a partial block.
     const int64_t B = 2, T = 333, D = 45;
     const Tensor x = cpu_randn({B, T, D}, 1, 1.5f), E = cpu_randn({B, 4 * D}, 2, 0.5f), dy = cpu_randn({B, T, D}, 3);
     const Tensor xr = rounded(x, dt()), Er = rounded(E, dt()), dyr = rounded(dy, dt());

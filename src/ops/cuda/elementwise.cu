@@ -298,9 +298,10 @@ void transpose_batched(const Exec& ex, void* out, const void* in, int64_t batch,
 namespace detail {
 
 int64_t reduce_chunks(int64_t rows) {
-    // About 64 rows per chunk, at most 256 chunks: enough blocks to fill the GPU, little stage-2 work.
-    const int64_t chunks = ceil_div(rows, 64);
-    return chunks < 1 ? 1 : (chunks > 256 ? 256 : chunks);
+    // About 32 rows per chunk, at most 512 chunks: enough blocks to fill the GPU (a 4096-token row of adaLN
+    // gradients makes 128 chunks per 512-column slice), little stage-2 work.
+    const int64_t chunks = ceil_div(rows, 32);
+    return chunks < 1 ? 1 : (chunks > 512 ? 512 : chunks);
 }
 
 void sum_partials_into(const Exec& ex, void* dst, DType dst_dt, const float* partial, int64_t chunks, int64_t cols) {

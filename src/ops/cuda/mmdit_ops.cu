@@ -51,8 +51,13 @@ __device__ __forceinline__ void store_cols(T* p, const float (&v)[kCols]) {
 
 // Stage 1 of the token reductions behind modulate_bwd and gated_add_bwd: out = dy * c, where c is one adaLN row
 // (1 + scale for modulate, gate for gated_add), with one f32 partial per (b, chunk, d) of p1 = Σ dy and
-// p2 = Σ dy * other (x for modulate, a for gated_add). Block (x: kThreads * kCols columns, y: a chunk of tokens,
-// z: batch element); out, p1, p2 each skipped when null.
+// p2 = Σ dy * other (x for modulate, a for gated_add). Block (x: kReduceThreads * kCols columns, y: a chunk of
+// tokens, z: batch element); out, p1, p2 each skipped when null. Rows are read kRowsInFlight at a time before any
+// is used, so each thread keeps several loads outstanding (one at a time left the kernel latency-bound at a
+// third of the bandwidth); the sums still add the rows in token order.
+constexpr int kReduceThreads = 64;
+constexpr int kRowsInFlight = 4;
+
 template <typename T, int kCols>
 __global__ void scale_rows_token_sums_kernel(T* out, float* p1, float* p2, const T* dy, const T* other, const T* coef,
                                              bool one_plus_coef, int64_t tokens, int64_t dim, int64_t stride,
@@ -66,18 +71,29 @@ __global__ void scale_rows_token_sums_kernel(T* out, float* p1, float* p2, const
 #pragma unroll
         for (int k = 0; k < kCols; ++k) c[k] = 1.0f + c[k];
     }
-    for (int64_t t = t0; t < t1; ++t) {
-        const int64_t i = (b * tokens + t) * dim + d;
-        float g[kCols], ov[kCols], o[kCols];
-        load_cols<T, kCols>(dy + i, g);
-        load_cols<T, kCols>(other + i, ov);
+    for (int64_t t = t0; t < t1; t += kRowsInFlight) {
+        const int rows = t1 - t < kRowsInFlight ? static_cast<int>(t1 - t) : kRowsInFlight;
+        float g[kRowsInFlight][kCols], ov[kRowsInFlight][kCols];
 #pragma unroll
-        for (int k = 0; k < kCols; ++k) {
-            o[k] = g[k] * c[k];
-            s1[k] += g[k];
-            s2[k] += g[k] * ov[k];
+        for (int r = 0; r < kRowsInFlight; ++r) {
+            if (r < rows) {
+                const int64_t i = (b * tokens + t + r) * dim + d;
+                load_cols<T, kCols>(dy + i, g[r]);
+                load_cols<T, kCols>(other + i, ov[r]);
+            }
         }
-        if (out != nullptr) store_cols<T, kCols>(out + i, o);
+#pragma unroll
+        for (int r = 0; r < kRowsInFlight; ++r) {
+            if (r >= rows) break;
+            float o[kCols];
+#pragma unroll
+            for (int k = 0; k < kCols; ++k) {
+                o[k] = g[r][k] * c[k];
+                s1[k] += g[r][k];
+                s2[k] += g[r][k] * ov[r][k];
+            }
+            if (out != nullptr) store_cols<T, kCols>(out + (b * tokens + t + r) * dim + d, o);
+        }
     }
     const int64_t at = (b * gridDim.y + blockIdx.y) * dim + d;
 #pragma unroll
@@ -142,17 +158,28 @@ __global__ void axpy_vec_kernel(T* y, const T* x, float a, int64_t vecs) {
     }
 }
 
-// Stage 2: dst[b * stride + d] += Σ_k partial[(b * chunks + k) * dim + d], chunks in order.
+// Stage 2: dst[b * stride + d] += Σ_k partial[(b * chunks + k) * dim + d]. Block (x: 32 columns, y:
+// kPartialLanes lanes) of batch element blockIdx.y: lane l sums chunks l, l + kPartialLanes, ... in order, then
+// lane 0 adds the lanes' sums in lane order, so the result is the same on every run.
+constexpr int kPartialLanes = 8;
+
 template <typename G>
-__global__ void sum_token_partials_kernel(G* dst, const float* partial, int64_t chunks, int64_t dim, int64_t stride,
-                                          int64_t n) {
-    SD3_GRID_STRIDE(i, n) {
-        const int64_t d = i % dim, b = i / dim;
-        float acc = 0.0f;
-        for (int64_t k = 0; k < chunks; ++k) acc += partial[(b * chunks + k) * dim + d];
-        G* o = dst + b * stride + d;
-        *o = from_f<G>(to_f(*o) + acc);
+__global__ void sum_token_partials_kernel(G* dst, const float* partial, int64_t chunks, int64_t dim, int64_t stride) {
+    __shared__ float lane_sums[kPartialLanes][32];
+    const int64_t d = blockIdx.x * int64_t{32} + threadIdx.x, b = blockIdx.y;
+    float acc = 0.0f;
+    if (d < dim) {
+#pragma unroll 4
+        for (int64_t k = threadIdx.y; k < chunks; k += kPartialLanes) acc += partial[(b * chunks + k) * dim + d];
     }
+    lane_sums[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y != 0 || d >= dim) return;
+    float total = 0.0f;
+#pragma unroll
+    for (int l = 0; l < kPartialLanes; ++l) total += lane_sums[l][threadIdx.x];
+    G* o = dst + b * stride + d;
+    *o = from_f<G>(to_f(*o) + total);
 }
 
 // The token element and image element paired by cpu::patchify, from the token-side flat index.
@@ -273,15 +300,15 @@ unsigned blocks(int64_t n) { return grid_for(n, kThreads); }
 // Stage 2 of a token reduction into `dst` (grad_dt, rows `stride` apart).
 void sum_token_partials(const Exec& ex, void* dst, DType grad_dt, const float* partial, int64_t batch, int64_t chunks,
                         int64_t dim, int64_t stride) {
-    const int64_t n = batch * dim;
-    SD3_DISPATCH_FLOAT(grad_dt, G, sum_token_partials_kernel<G><<<blocks(n), kThreads, 0, ex.stream>>>(
-                                       static_cast<G*>(dst), partial, chunks, dim, stride, n));
+    const dim3 grid(static_cast<unsigned>(ceil_div(dim, 32)), static_cast<unsigned>(batch));
+    SD3_DISPATCH_FLOAT(grad_dt, G, sum_token_partials_kernel<G><<<grid, dim3(32, kPartialLanes), 0, ex.stream>>>(
+                                       static_cast<G*>(dst), partial, chunks, dim, stride));
     SD3_CUDA_LAUNCHED();
 }
 
 dim3 reduce_grid(int64_t batch, int64_t tokens, int64_t dim, int cols) {
-    SD3_ASSERT(batch <= 65535, "adaLN gradient reduction over a batch of ", batch, ": at most 65535 (grid z)");
-    return dim3(static_cast<unsigned>(ceil_div(dim, kThreads * cols)),
+    SD3_ASSERT(batch <= 65535, "adaLN gradient reduction over a batch of ", batch, ": at most 65535 (grid y, z)");
+    return dim3(static_cast<unsigned>(ceil_div(dim, kReduceThreads * cols)),
                 static_cast<unsigned>(detail::reduce_chunks(tokens)), static_cast<unsigned>(batch));
 }
 
@@ -292,11 +319,18 @@ void scale_rows_token_sums(const Exec& ex, void* out, void* d1, float* p1, void*
                            int64_t dim, int64_t stride, DType dt, DType grad_dt) {
     const int64_t chunks = detail::reduce_chunks(tokens);
     if (tokens > 0) {
-        // Two columns per thread where every row and adaLN chunk starts on an aligned pair.
-        const int cols = aligned_runs(2, dt, {dim, stride}, {out, dy, other, coef}) ? 2 : 1;
+        // 16-byte vectors of columns per thread where every row and adaLN chunk starts on one, else pairs, else
+        // single columns.
+        const std::initializer_list<const void*> ptrs = {out, dy, other, coef};
+        const int cols = aligned_runs(vec_lanes(dt), dt, {dim, stride}, ptrs) ? static_cast<int>(vec_lanes(dt))
+                         : aligned_runs(2, dt, {dim, stride}, ptrs)           ? 2
+                                                                              : 1;
         SD3_DISPATCH_FLOAT(dt, T, {
-            const auto kernel = cols == 2 ? scale_rows_token_sums_kernel<T, 2> : scale_rows_token_sums_kernel<T, 1>;
-            kernel<<<reduce_grid(batch, tokens, dim, cols), kThreads, 0, ex.stream>>>(
+            constexpr int kVec = Vec<T>::kLanes;
+            const auto kernel = cols == kVec ? scale_rows_token_sums_kernel<T, kVec>
+                                : cols == 2  ? scale_rows_token_sums_kernel<T, 2>
+                                             : scale_rows_token_sums_kernel<T, 1>;
+            kernel<<<reduce_grid(batch, tokens, dim, cols), kReduceThreads, 0, ex.stream>>>(
                 static_cast<T*>(out), p1, p2, static_cast<const T*>(dy), static_cast<const T*>(other),
                 static_cast<const T*>(coef), one_plus_coef, tokens, dim, stride, ceil_div(tokens, chunks));
         });
@@ -309,7 +343,6 @@ void scale_rows_token_sums(const Exec& ex, void* out, void* d1, float* p1, void*
     if (d1 != nullptr) sum_token_partials(ex, d1, grad_dt, p1, batch, chunks, dim, stride);
     if (d2 != nullptr) sum_token_partials(ex, d2, grad_dt, p2, batch, chunks, dim, stride);
 }
-
 
 }  // namespace
 
