@@ -20,11 +20,25 @@ Tensor layer_norm_backward(const Tensor& dxhat, const NormSaved& saved) {
 }
 
 Tensor feed_forward(const FeedForward& ff, const Tensor& x, FeedForwardSaved* saved, const RunContext& ctx) {
-    // Inference through a plain fc1: the GELU rides in the GEMM's epilogue (one pass less over the 4D-wide
-    // activations). Adapters add to the pre-activation, and training keeps it (or recomputes it with the separate
-    // ops in the backward, which must see the forward's values): those take the separate ops.
-    if (saved == nullptr && !ctx.training && ff.fc1.loras.empty() && !ff.fc1.qweight.defined())
-        return linear_forward(ff.fc2, ops::linear_gelu_tanh(x, ff.fc1.weight, ff.fc1.bias), nullptr, ctx);
+    // A plain fc1 applies the GELU in its GEMM's epilogue (one pass less over the 4D-wide activations). In training
+    // the epilogue also stores the pre-activation the backward needs, even when this forward keeps nothing: the
+    // checkpointed forward and its recomputation then run the same GEMM and give the same bits. Adapters add to
+    // the pre-activation and quantized weights have their own GEMM: those take the separate ops.
+    if (ff.fc1.loras.empty() && !ff.fc1.qweight.defined()) {
+        Tensor act;
+        if (saved == nullptr && !ctx.training) {
+            act = ops::linear_gelu_tanh(x, ff.fc1.weight, ff.fc1.bias);
+        } else {
+            Tensor pre;
+            act = ops::linear_gelu_tanh(x, ff.fc1.weight, ff.fc1.bias, &pre);
+            if (saved != nullptr) {
+                saved->fc1 = LinearSaved{};  // a frozen layer's backward needs only its weight
+                saved->fc1.valid = true;
+                saved->pre = pre;
+            }
+        }
+        return linear_forward(ff.fc2, act, saved ? &saved->fc2 : nullptr, ctx);
+    }
     Tensor pre = linear_forward(ff.fc1, x, saved ? &saved->fc1 : nullptr, ctx);  // [..., 4D]
     Tensor act = ops::activation(pre, ops::Activation::GELU_TANH);
     if (saved != nullptr) saved->pre = pre;
@@ -33,8 +47,12 @@ Tensor feed_forward(const FeedForward& ff, const Tensor& x, FeedForwardSaved* sa
 
 Tensor feed_forward_backward(const FeedForward& ff, const Tensor& dy, const FeedForwardSaved& saved,
                              const RunContext& ctx, Tensor& lora_grads) {
-    const Tensor dact = linear_backward(ff.fc2, dy, saved.fc2, ctx, lora_grads);
-    const Tensor dpre = ops::activation_backward(dact, saved.pre, ops::Activation::GELU_TANH);
+    // Without adapters on fc2, its input gradient passes the GELU in the GEMM's epilogue.
+    const Tensor dpre =
+        ff.fc2.loras.empty()
+            ? ops::linear_backward_gelu_tanh(dy, dense_weight(ff.fc2, dy), saved.pre)
+            : ops::activation_backward(linear_backward(ff.fc2, dy, saved.fc2, ctx, lora_grads), saved.pre,
+                                       ops::Activation::GELU_TANH);
     return linear_backward(ff.fc1, dpre, saved.fc1, ctx, lora_grads);
 }
 

@@ -23,6 +23,11 @@ Tensor grad_view(Tensor& grads, int64_t offset, const Shape& shape) {
 }
 }  // namespace
 
+Tensor dense_weight(const Linear& layer, const Tensor& like) {
+    return layer.qweight.defined() ? ops::dequantize_weight(layer.qweight.view(), like.dtype(), like.device())
+                                   : layer.weight;
+}
+
 Tensor linear_forward(const Linear& layer, const Tensor& x, LinearSaved* saved, const RunContext& ctx) {
     Tensor y = layer.qweight.defined() ? ops::linear_quantized(x, layer.qweight.view(), layer.bias)
                                        : ops::linear(x, layer.weight, layer.bias);  // [..., out]
@@ -55,10 +60,7 @@ Tensor linear_backward(const Linear& layer, const Tensor& dy, const LinearSaved&
     // dx = dy·W (the base weight is frozen: no dW, db).
     Tensor dx;
     if (need_dx) {
-        // A quantized weight is dequantized for this one GEMM (layer by layer: one layer's weight at a time).
-        const Tensor w = layer.qweight.defined()
-                             ? ops::dequantize_weight(layer.qweight.view(), dy.dtype(), dy.device())
-                             : layer.weight;
+        const Tensor w = dense_weight(layer, dy);
         if (dx_sum != nullptr) {
             dx = *dx_sum;
             ops::linear_acc_(dx, dy, w, 1.0f, true);  // dx += dy·W

@@ -55,6 +55,10 @@ struct LinearSaved {
 
 uint64_t layer_id(const std::string& name);
 
+// The layer's frozen weight [out, in] as a dense tensor of `like`'s dtype and device: a quantized weight is
+// dequantized for the one GEMM that needs it (layer by layer: one layer's weight at a time).
+Tensor dense_weight(const Linear& layer, const Tensor& like);
+
 // y [..., out] = x·Wᵀ + b + Σ_adapters scale·B(A(dropout(x))). `saved` may be null (inference).
 Tensor linear_forward(const Linear& layer, const Tensor& x, LinearSaved* saved, const RunContext& ctx);
 // Returns dx [..., in] (undefined when !need_dx). Trainable adapters accumulate dA, dB into `lora_grads` (the flat

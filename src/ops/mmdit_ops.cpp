@@ -77,6 +77,15 @@ Tensor linear_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& w_
     return dx;
 }
 
+Tensor linear_backward_gelu_tanh(const Tensor& dy, const Tensor& w, const Tensor& pre) {
+    SD3_ASSERT(dy.defined() && w.defined() && pre.defined() && w.dim() == 2 && dy.size(-1) == w.size(0) &&
+                   pre.size(-1) == w.size(1) && dy.numel() / w.size(0) == pre.numel() / w.size(1),
+               "linear_backward_gelu_tanh: dy ", dy.defined() ? dy.describe() : "(none)", " w ",
+               w.defined() ? w.describe() : "(none)", " pre ", pre.defined() ? pre.describe() : "(none)");
+    SD3_ON_CUDA(dy, linear_backward_gelu_tanh(dy, w, pre));
+    return activation_backward(linear_backward(dy, Tensor(), w, nullptr, nullptr), pre, Activation::GELU_TANH);
+}
+
 void linear_acc_(Tensor& y, const Tensor& x, const Tensor& w, float alpha, bool w_is_kn) {
     SD3_ASSERT(y.defined() && x.defined() && w.defined() && w.dim() == 2, "linear_acc_: y, x and a 2-D w are required");
     const int64_t N = w_is_kn ? w.size(1) : w.size(0), K = w_is_kn ? w.size(0) : w.size(1);

@@ -24,6 +24,10 @@ Tensor linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tenso
 // One GEMM that accumulates, where a product and an add_ would each pass over y: a LoRA adapter's up-projection
 // into the frozen layer's output, its input gradient into the layer's.
 void linear_acc_(Tensor& y, const Tensor& x, const Tensor& w, float alpha, bool w_is_kn = false);
+// d pre [..., K] = activation_backward(linear_backward(dy, {}, w, ...), pre, GELU_TANH): the input gradient of a
+// linear layer w [N, K] whose input was GELU-tanh(pre), through that GELU. CUDA applies GELU' in the GEMM's
+// epilogue (one pass less over the 4D-wide activations); the CPU computes the separate ops.
+Tensor linear_backward_gelu_tanh(const Tensor& dy, const Tensor& w, const Tensor& pre);
 // LayerNorm without affine over the last dimension, saving mean and rstd [rows] for the backward.
 Tensor layer_norm_fwd(const Tensor& x, float eps, Tensor* mean, Tensor* rstd);
 Tensor layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& mean, const Tensor& rstd);

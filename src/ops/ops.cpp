@@ -39,9 +39,11 @@ Tensor linear(const Tensor& x_in, const Tensor& w_in, const Tensor& b) {
     return y;
 }
 
-Tensor linear_gelu_tanh(const Tensor& x, const Tensor& w, const Tensor& b) {
-    SD3_ON_CUDA(x, linear_gelu_tanh(x, w, b));
-    return activation(linear(x, w, b), Activation::GELU_TANH);
+Tensor linear_gelu_tanh(const Tensor& x, const Tensor& w, const Tensor& b, Tensor* pre) {
+    SD3_ON_CUDA(x, linear_gelu_tanh(x, w, b, pre));
+    const Tensor p = linear(x, w, b);
+    if (pre != nullptr) *pre = p;
+    return activation(p, Activation::GELU_TANH);
 }
 
 Tensor layer_norm(const Tensor& x_in, const Tensor& w, const Tensor& b, float eps) {

@@ -13,10 +13,11 @@ using cpu::Activation;
 
 // x [..., K] · w[N, K]ᵀ + b[N] -> [..., N]; b may be undefined.
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b = {});
-// activation(linear(x, w, b), GELU_TANH). CUDA applies the GELU in the GEMM's epilogue, on the float32 result
-// before its one rounding to the storage dtype (the separate ops round the pre-activation too: the two differ by
-// at most an ulp of that dtype); the CPU computes the separate ops.
-Tensor linear_gelu_tanh(const Tensor& x, const Tensor& w, const Tensor& b = {});
+// activation(linear(x, w, b), GELU_TANH); with `pre`, also the pre-activation linear(x, w, b) (what the backward,
+// linear_backward_gelu_tanh, needs). CUDA applies the GELU in the GEMM's epilogue, on the float32 result before its
+// one rounding to the storage dtype (the separate ops round the pre-activation too: the two differ by at most an
+// ulp of that dtype); the CPU computes the separate ops.
+Tensor linear_gelu_tanh(const Tensor& x, const Tensor& w, const Tensor& b = {}, Tensor* pre = nullptr);
 // LayerNorm over the last dimension; w and b may be undefined (no affine).
 Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps);
 // RMSNorm over the last dimension; w may be undefined.

@@ -97,9 +97,40 @@ TEST_P(CudaOps, LinearGeluEpilogue) {
             cpu::activation_fwd(y.data(), y.data(), M * N, cpu::Activation::GELU_TANH);
             Tensor gy = upload(std::vector<float>(M * N, NAN), dt());
             const char* xp = static_cast<const char*>(gx.raw()) + offset * dtype_size(dt());
-            cuda::linear_fwd(exec(), gy.raw(), xp, gw.raw(), with_bias ? gb.raw() : nullptr, M, K, N, dt(), true);
+            cuda::linear_fwd(exec(), gy.raw(), xp, gw.raw(), with_bias ? gb.raw() : nullptr, M, K, N, dt(),
+                             cuda::Epilogue::GELU);
             EXPECT_TRUE(close(download(gy), y, dt(), 4.0)) << "bias " << with_bias << ", offset " << offset;
         }
+    }
+}
+
+// Training's GELU epilogues. GELU_AUX: the GELU as above plus the pre-activation, rounded once, in aux. DGELU: the
+// input gradient dy·w times GELU'(pre) for a given pre. N = 48 gives aux rows cuBLASLt takes (8-element strides),
+// N = 45 the tiled fallback's; DGELU's output rows are K = 112 wide. Tolerances as LinearGeluEpilogue.
+TEST_P(CudaOps, LinearGeluAuxAndBackwardEpilogues) {
+    const int64_t M = 57, K = 112;
+    for (const int64_t N : {48, 45}) {
+        const auto x = round_to(randn(M * K, 19), dt()), w = round_to(randn(N * K, 20, 0.1f), dt());
+        const auto b = round_to(randn(N, 21), dt()), dy = round_to(randn(M * N, 22), dt());
+        const auto pre_in = round_to(randn(M * K, 23, 1.5f), dt());
+        Tensor gx = upload(x, dt()), gw = upload(w, dt()), gb = upload(b, dt()), gdy = upload(dy, dt());
+        for (const bool with_bias : {true, false}) {
+            SCOPED_TRACE(::testing::Message() << "N " << N << ", bias " << with_bias);
+            std::vector<float> pre(M * N), y(M * N);
+            cpu::linear_fwd(pre.data(), x.data(), w.data(), with_bias ? b.data() : nullptr, M, K, N);
+            cpu::activation_fwd(y.data(), pre.data(), M * N, cpu::Activation::GELU_TANH);
+            Tensor gy = upload(std::vector<float>(M * N, NAN), dt()), gpre = upload(std::vector<float>(M * N, NAN), dt());
+            cuda::linear_fwd(exec(), gy.raw(), gx.raw(), gw.raw(), with_bias ? gb.raw() : nullptr, M, K, N, dt(),
+                             cuda::Epilogue::GELU_AUX, gpre.raw());
+            EXPECT_TRUE(close(download(gy), y, dt(), 4.0)) << "GELU";
+            EXPECT_TRUE(close(download(gpre), pre, dt())) << "pre-activation";
+        }
+        std::vector<float> dpre(M * K);
+        cpu::linear_bwd(dpre.data(), nullptr, nullptr, dy.data(), nullptr, w.data(), M, K, N);
+        cpu::activation_bwd(dpre.data(), dpre.data(), pre_in.data(), M * K, cpu::Activation::GELU_TANH);
+        Tensor gpre = upload(pre_in, dt()), gdpre = upload(std::vector<float>(M * K, NAN), dt());
+        cuda::linear_bwd_dgelu(exec(), gdpre.raw(), gdy.raw(), gw.raw(), gpre.raw(), M, K, N, dt());
+        EXPECT_TRUE(close(download(gdpre), dpre, dt(), 4.0)) << "DGELU, N " << N;
     }
 }
 

@@ -125,6 +125,30 @@ TEST_P(CudaModelOps, VectorizedElementwiseMatchesCpu) {
     EXPECT_TRUE(same_as_cpu(gdE, dE, DType::F32, 3.0)) << "adaLN gradients";  // token sums, as above
 }
 
+// The token reductions at the model's width: D = 1536 takes 16-byte vectors over three column blocks, T = 130
+// makes 5 chunks of 26 rows (each ending on a partial group of rows in flight); adaLN gradients in float32.
+TEST_P(CudaModelOps, TokenReductionsAtModelWidth) {
+    const int64_t B = 2, T = 130, D = 1536;
+    const Tensor x = cpu_randn({B, T, D}, 31, 1.5f), dy = cpu_randn({B, T, D}, 32), E = cpu_randn({B, 4 * D}, 33, 0.5f);
+    const Tensor xr = rounded(x, dt()), dyr = rounded(dy, dt()), Er = rounded(E, dt());
+    const Tensor gx = on_gpu(x, dt()), gdy = on_gpu(dy, dt()), gE = on_gpu(E, dt());
+    auto ch = [D](const Tensor& t, int i) { return t.slice(1, i * D, (i + 1) * D); };
+    Tensor dE = Tensor::zeros({B, 4 * D}), gdE = ops::zeros({B, 4 * D}, kGPU);
+    Tensor dsh = ch(dE, 0), dsc = ch(dE, 1), dg = ch(dE, 2), gdsh = ch(gdE, 0), gdsc = ch(gdE, 1), gdg = ch(gdE, 2);
+    EXPECT_TRUE(same_as_cpu(ops::modulate_backward(gdy, gx, ch(gE, 1), &gdsh, &gdsc),
+                            ops::modulate_backward(dyr, xr, ch(Er, 1), &dsh, &dsc), dt()))
+        << "modulate_backward dx";
+    EXPECT_TRUE(same_as_cpu(ops::gated_add_backward(gdy, gx, ch(gE, 3), &gdg),
+                            ops::gated_add_backward(dyr, xr, ch(Er, 3), &dg), dt()))
+        << "gated_add_backward da";
+    EXPECT_TRUE(same_as_cpu(gdE, dE, DType::F32, 3.0)) << "adaLN gradients";  // token sums, as above
+    Tensor gdE2 = ops::zeros({B, 4 * D}, kGPU);
+    Tensor gdsh2 = ch(gdE2, 0), gdsc2 = ch(gdE2, 1), gdg2 = ch(gdE2, 2);
+    ops::modulate_backward(gdy, gx, ch(gE, 1), &gdsh2, &gdsc2);
+    ops::gated_add_backward(gdy, gx, ch(gE, 3), &gdg2);
+    EXPECT_TRUE(bit_identical(gdE, gdE2)) << "rerun";
+}
+
 TEST_P(CudaModelOps, GatedAddForwardBackward) {
     const int64_t B = 3, T = 77, D = 111;
     const Tensor x = cpu_randn({B, T, D}, 10), a = cpu_randn({B, T, D}, 11), E = cpu_randn({B, 3 * D}, 12, 0.5f);

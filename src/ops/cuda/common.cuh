@@ -73,11 +73,17 @@ __device__ __forceinline__ float block_max(float v, float* shared) {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// GELU, tanh approximation (ops/cpu/activation.cpp): the activation kernels and the GEMM fallback's epilogue.
+// GELU, tanh approximation (ops/cpu/activation.cpp), and its derivative: the activation kernels and the GEMM
+// fallback's epilogues.
 constexpr float kSqrt2OverPi = 0.7978845608028654f;
 constexpr float kGeluCoeff = 0.044715f;
 __device__ __forceinline__ float gelu_tanh(float v) {
     return 0.5f * v * (1.0f + tanhf(kSqrt2OverPi * (v + kGeluCoeff * v * v * v)));
+}
+__device__ __forceinline__ float gelu_tanh_grad(float v) {
+    const float t = tanhf(kSqrt2OverPi * (v + kGeluCoeff * v * v * v));
+    const float du = kSqrt2OverPi * (1.0f + 3.0f * kGeluCoeff * v * v);
+    return 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du;
 }
 
 // 16-byte vectors of a storage dtype (8 bf16/f16 or 4 f32 elements) as float32 lanes: element-wise kernels move

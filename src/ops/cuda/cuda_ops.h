@@ -48,18 +48,28 @@ struct Exec {
 };
 
 // --- GEMM (cuBLASLt; a plain tiled kernel where cuBLASLt offers no algorithm) --------------------------------
-// C[M,N] = alpha * op(A)·op(B) + beta * C (+ bias[N] per column), row-major, strides lda/ldb/ldc in elements;
-// with `gelu`, GELU (tanh approximation) of that in the epilogue, before C's rounding.
-// A and B have dtype `ab`; C and bias have dtype `c` (F32 accumulators beside BF16/F16 operands are allowed).
-// F32 operands use true fp32 (TF32 off), so results match the CPU to about 1e-6 relative.
+// What the epilogue does with v = alpha * op(A)·op(B) + beta * C (+ bias), in float32 before C's one rounding
+// (GELU is the tanh approximation): GELU stores GELU(v); GELU_AUX stores GELU(v) and v itself in `aux` (the
+// pre-activation a backward needs); DGELU stores v * GELU'(aux) (the backward through a GELU whose pre-activation
+// is aux; no bias). aux has C's dtype and layout (rows ldc apart).
+enum class Epilogue { NONE, GELU, GELU_AUX, DGELU };
+
+// C[M,N] = epilogue(alpha * op(A)·op(B) + beta * C (+ bias[N] per column)), row-major, strides lda/ldb/ldc in
+// elements. A and B have dtype `ab`; C, bias and aux have dtype `c` (F32 accumulators beside BF16/F16 operands are
+// allowed). F32 operands use true fp32 (TF32 off), so results match the CPU to about 1e-6 relative.
 void gemm(const Exec& ex, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const void* A,
           int64_t lda, const void* B, int64_t ldb, float beta, void* C, int64_t ldc, DType ab, DType c,
-          const void* bias = nullptr, bool gelu = false);
+          const void* bias = nullptr, Epilogue epi = Epilogue::NONE, void* aux = nullptr);
 
-// y[M,N] = x[M,K]·w[N,K]ᵀ + b[N] (b may be null); with `gelu`, GELU-tanh of that, fused into the GEMM's epilogue
-// (the pre-activation is not rounded to dt first, as the separate ops would).
+// y[M,N] = epi(x[M,K]·w[N,K]ᵀ + b[N]) (b may be null): NONE, GELU or GELU_AUX (pre[M,N] gets the
+// pre-activation). The fused GELU sees the float32 pre-activation, where the separate ops would round it to dt
+// first.
 void linear_fwd(const Exec& ex, void* y, const void* x, const void* w, const void* b, int64_t M, int64_t K, int64_t N,
-                DType dt, bool gelu = false);
+                DType dt, Epilogue epi = Epilogue::NONE, void* pre = nullptr);
+// dpre[M,K] = (dy[M,N]·w[N,K]) * GELU'(pre[M,K]): the input gradient of a linear layer whose input was GELU(pre),
+// carried through that GELU in the GEMM's epilogue.
+void linear_bwd_dgelu(const Exec& ex, void* dpre, const void* dy, const void* w, const void* pre, int64_t M,
+                      int64_t K, int64_t N, DType dt);
 // dx[M,K] = alpha·dy·w (overwrites, dtype dt); dw[N,K] += alpha·dyᵀ·x and db[N] += Σ_rows dy in dtype `grad_dt`
 // (F32 for master gradients, or dt). Each output is skipped when null; db only with alpha 1.
 size_t linear_bwd_workspace(int64_t M, int64_t N);

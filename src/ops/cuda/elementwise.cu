@@ -33,11 +33,7 @@ __device__ __forceinline__ float act_grad(float v, Activation act) {
             const float s = sigmoid(v);
             return s * (1.0f + v * (1.0f - s));
         }
-        case Activation::GELU_TANH: {
-            const float t = tanhf(kSqrt2OverPi * (v + kGeluCoeff * v * v * v));
-            const float du = kSqrt2OverPi * (1.0f + 3.0f * kGeluCoeff * v * v);
-            return 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du;
-        }
+        case Activation::GELU_TANH: return gelu_tanh_grad(v);
         case Activation::GELU_ERF: {
             const float cdf = 0.5f * (1.0f + erff(v * kInvSqrt2));
             const float pdf = expf(-0.5f * v * v) * 0.3989422804014327f;

@@ -42,12 +42,12 @@ uint32_t alignment_of(const void* p, int64_t ld, DType dt) {
 
 constexpr int kTile = 16;
 
-// C = alpha * op(A)·op(B) + beta * C + bias[n], then GELU when asked; fp32 accumulation. Only where cuBLASLt
+// C = epi(alpha * op(A)·op(B) + beta * C + bias[n]) (cuda_ops.h); fp32 accumulation. Only where cuBLASLt
 // declines.
 template <typename TA, typename TC>
 __global__ void gemm_fallback_kernel(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const TA* A,
                                      int64_t lda, const TA* B, int64_t ldb, float beta, TC* C, int64_t ldc,
-                                     const TC* bias, bool gelu) {
+                                     const TC* bias, Epilogue epi, TC* aux) {
     __shared__ float As[kTile][kTile + 1];
     __shared__ float Bs[kTile][kTile + 1];
     const int tx = threadIdx.x, ty = threadIdx.y;
@@ -67,14 +67,22 @@ __global__ void gemm_fallback_kernel(bool ta, bool tb, int64_t M, int64_t N, int
         float v = alpha * acc;
         if (beta != 0.0f) v += beta * to_f(C[m * ldc + n]);
         if (bias != nullptr) v += to_f(bias[n]);
-        if (gelu) v = gelu_tanh(v);
+        switch (epi) {
+            case Epilogue::NONE: break;
+            case Epilogue::GELU: v = gelu_tanh(v); break;
+            case Epilogue::GELU_AUX:
+                aux[m * ldc + n] = from_f<TC>(v);
+                v = gelu_tanh(v);
+                break;
+            case Epilogue::DGELU: v *= gelu_tanh_grad(to_f(aux[m * ldc + n])); break;
+        }
         C[m * ldc + n] = from_f<TC>(v);
     }
 }
 
 void gemm_fallback(const Exec& ex, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const void* A,
                    int64_t lda, const void* B, int64_t ldb, float beta, void* C, int64_t ldc, DType ab, DType c,
-                   const void* bias, bool gelu) {
+                   const void* bias, Epilogue epi, void* aux) {
     const dim3 block(kTile, kTile);
     const dim3 grid(static_cast<unsigned>(ceil_div(N, kTile)), static_cast<unsigned>(ceil_div(M, kTile)));
     SD3_DISPATCH_FLOAT(ab, TA,
@@ -82,7 +90,7 @@ void gemm_fallback(const Exec& ex, bool ta, bool tb, int64_t M, int64_t N, int64
                                           gemm_fallback_kernel<TA, TC><<<grid, block, 0, ex.stream>>>(
                                               ta, tb, M, N, K, alpha, static_cast<const TA*>(A), lda,
                                               static_cast<const TA*>(B), ldb, beta, static_cast<TC*>(C), ldc,
-                                              static_cast<const TC*>(bias), gelu)));
+                                              static_cast<const TC*>(bias), epi, static_cast<TC*>(aux))));
     SD3_CUDA_LAUNCHED();
 }
 
@@ -91,7 +99,8 @@ void gemm_fallback(const Exec& ex, bool ta, bool tb, int64_t M, int64_t N, int64
 // runs on the device; a training step makes about two thousand GEMMs of a few hundred shapes).
 struct GemmKey {
     cublasLtHandle_t blas;
-    bool trans_a, trans_b, bias, gelu;
+    bool trans_a, trans_b, bias;
+    Epilogue epi;
     int64_t M, N, K, lda, ldb, ldc;
     DType ab, c;
     uint32_t al_a, al_b, al_c;
@@ -104,7 +113,7 @@ struct GemmKeyHash {
         uint64_t h = 1469598103934665603ull;  // FNV-1a over the fields
         auto mix = [&h](uint64_t v) { h = (h ^ v) * 1099511628211ull; };
         mix(reinterpret_cast<uint64_t>(k.blas));
-        mix(k.trans_a | k.trans_b << 1 | k.bias << 2 | k.gelu << 3);
+        mix(k.trans_a | k.trans_b << 1 | k.bias << 2 | static_cast<uint64_t>(k.epi) << 3);
         for (int64_t v : {k.M, k.N, k.K, k.lda, k.ldb, k.ldc}) mix(static_cast<uint64_t>(v));
         mix(static_cast<uint64_t>(k.ab) << 8 | static_cast<uint64_t>(k.c));
         mix(uint64_t{k.al_a} << 32 | uint64_t{k.al_b} << 16 | k.al_c);
@@ -127,10 +136,23 @@ GemmPlan make_plan(const GemmKey& k) {
     const cublasOperation_t op_a = k.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, op_b = k.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
     SD3_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof(op_a)));
     SD3_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof(op_b)));
-    if (k.bias || k.gelu) {
-        const cublasLtEpilogue_t epi = k.gelu ? (k.bias ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_GELU)
-                                              : CUBLASLT_EPILOGUE_BIAS;
+    if (k.bias || k.epi != Epilogue::NONE) {
+        cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+        switch (k.epi) {
+            case Epilogue::NONE: break;
+            case Epilogue::GELU: epi = k.bias ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_GELU; break;
+            case Epilogue::GELU_AUX: epi = k.bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX; break;
+            case Epilogue::DGELU: epi = CUBLASLT_EPILOGUE_DGELU; break;
+        }
         SD3_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+    }
+    if (k.epi == Epilogue::GELU_AUX || k.epi == Epilogue::DGELU) {
+        // aux is laid out as C (column-major Cᵀ to cuBLASLt: rows of ldc elements) in C's dtype.
+        const int64_t ld = k.ldc;
+        const cudaDataType_t at = cuda_type(k.c);
+        SD3_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld, sizeof(ld)));
+        SD3_CUBLAS_CHECK(
+            cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE, &at, sizeof(at)));
     }
     if (k.bias) {
         const cudaDataType_t bt = cuda_type(k.c);
@@ -169,11 +191,13 @@ GemmPlan make_plan(const GemmKey& k) {
 // Tries cuBLASLt; false when it has no algorithm for this problem.
 bool gemm_lt(const Exec& ex, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const void* A,
              int64_t lda, const void* B, int64_t ldb, float beta, void* C, int64_t ldc, DType ab, DType c,
-             const void* bias, bool gelu) {
+             const void* bias, Epilogue epi, void* aux) {
     if (ex.blas == nullptr || K == 0) return false;
     // A mix cuBLASLt supports: equal dtypes, or 16-bit operands with an f32 result.
     if (ab != c && !(c == DType::F32 && (ab == DType::BF16 || ab == DType::F16))) return false;
-    const GemmKey key{ex.blas, trans_a, trans_b, bias != nullptr, gelu, M, N, K, lda, ldb, ldc, ab, c,
+    // cuBLASLt's auxiliary output wants a row stride of 8 elements and a 16-byte aligned pointer.
+    if (aux != nullptr && (ldc % 8 != 0 || reinterpret_cast<uintptr_t>(aux) % 16 != 0)) return false;
+    const GemmKey key{ex.blas, trans_a, trans_b, bias != nullptr, epi, M, N, K, lda, ldb, ldc, ab, c,
                       alignment_of(B, ldb, ab), alignment_of(A, lda, ab), alignment_of(C, ldc, c),
                       ex.blas_workspace_bytes};
     // Plans live as long as the process (their handles' lifetime); one host thread issues a device's work, but
@@ -187,6 +211,9 @@ bool gemm_lt(const Exec& ex, bool trans_a, bool trans_b, int64_t M, int64_t N, i
     if (!p.found) return false;
     if (bias != nullptr)
         SD3_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    if (aux != nullptr)
+        SD3_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux,
+                                                        sizeof(aux)));
     SD3_CUBLAS_CHECK(cublasLtMatmul(ex.blas, p.desc, &alpha, B, p.la, A, p.lb, &beta, C, p.lc, C, p.lc, &p.algo,
                                     ex.blas_workspace, ex.blas_workspace_bytes, ex.stream));
     return true;
@@ -215,15 +242,25 @@ __global__ void im2col_kernel(T* cols, const T* x, int h, int wd, int kh, int kw
 
 void gemm(const Exec& ex, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const void* A,
           int64_t lda, const void* B, int64_t ldb, float beta, void* C, int64_t ldc, DType ab, DType c,
-          const void* bias, bool gelu) {
+          const void* bias, Epilogue epi, void* aux) {
     if (M == 0 || N == 0) return;
-    if (gemm_lt(ex, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ab, c, bias, gelu)) return;
-    gemm_fallback(ex, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ab, c, bias, gelu);
+    const bool with_aux = epi == Epilogue::GELU_AUX || epi == Epilogue::DGELU;
+    SD3_ASSERT(with_aux == (aux != nullptr), "gemm: the GELU_AUX and DGELU epilogues, and only they, take aux");
+    SD3_ASSERT(epi != Epilogue::DGELU || bias == nullptr, "gemm: DGELU takes no bias");
+    if (gemm_lt(ex, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ab, c, bias, epi, aux)) return;
+    gemm_fallback(ex, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ab, c, bias, epi, aux);
 }
 
 void linear_fwd(const Exec& ex, void* y, const void* x, const void* w, const void* b, int64_t M, int64_t K, int64_t N,
-                DType dt, bool gelu) {
-    gemm(ex, false, true, M, N, K, 1.0f, x, K, w, K, 0.0f, y, N, dt, dt, b, gelu);
+                DType dt, Epilogue epi, void* pre) {
+    SD3_ASSERT(epi != Epilogue::DGELU, "linear_fwd: DGELU is a backward epilogue (linear_bwd_dgelu)");
+    gemm(ex, false, true, M, N, K, 1.0f, x, K, w, K, 0.0f, y, N, dt, dt, b, epi, pre);
+}
+
+void linear_bwd_dgelu(const Exec& ex, void* dpre, const void* dy, const void* w, const void* pre, int64_t M,
+                      int64_t K, int64_t N, DType dt) {
+    gemm(ex, false, false, M, K, N, 1.0f, dy, N, w, K, 0.0f, dpre, K, dt, dt, nullptr, Epilogue::DGELU,
+         const_cast<void*>(pre));  // read, never written, by DGELU
 }
 
 size_t linear_bwd_workspace(int64_t M, int64_t N) {

@@ -183,7 +183,7 @@ Tensor convert(const Tensor& t, DType dtype) {
 }
 
 namespace {
-Tensor linear_with(const Tensor& x_in, const Tensor& w_in, const Tensor& b_in, bool gelu) {
+Tensor linear_with(const Tensor& x_in, const Tensor& w_in, const Tensor& b_in, Epilogue epi, Tensor* pre) {
     require(x_in, x_in, "linear input");
     require(w_in, x_in, "linear weight");
     const Tensor x = contiguous(x_in), w = contiguous(w_in), b = contig_or_empty(b_in);
@@ -194,13 +194,17 @@ Tensor linear_with(const Tensor& x_in, const Tensor& w_in, const Tensor& b_in, b
         SD3_ASSERT(b.numel() == N, "linear: bias ", b.describe(), " for ", N, " outputs");
     }
     Tensor y = Tensor::empty(with_last(x.shape(), N), x.dtype(), x.device());
-    linear_fwd(ctx_of(x).exec(), y.raw(), x.raw(), w.raw(), ptr_or_null(b), x.numel() / K, K, N, x.dtype(), gelu);
+    if (pre != nullptr) *pre = Tensor::empty(y.shape(), y.dtype(), y.device());
+    linear_fwd(ctx_of(x).exec(), y.raw(), x.raw(), w.raw(), ptr_or_null(b), x.numel() / K, K, N, x.dtype(), epi,
+               pre != nullptr ? pre->raw() : nullptr);
     return y;
 }
 }  // namespace
 
-Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) { return linear_with(x, w, b, false); }
-Tensor linear_gelu_tanh(const Tensor& x, const Tensor& w, const Tensor& b) { return linear_with(x, w, b, true); }
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) { return linear_with(x, w, b, Epilogue::NONE, nullptr); }
+Tensor linear_gelu_tanh(const Tensor& x, const Tensor& w, const Tensor& b, Tensor* pre) {
+    return linear_with(x, w, b, pre != nullptr ? Epilogue::GELU_AUX : Epilogue::GELU, pre);
+}
 
 Tensor layer_norm(const Tensor& x_in, const Tensor& w_in, const Tensor& b_in, float eps) {
     require(x_in, x_in, "layer_norm input");

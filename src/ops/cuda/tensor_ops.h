@@ -40,7 +40,7 @@ void copy(const Tensor& dst, const Tensor& src);
 Tensor convert(const Tensor& t, DType dtype);
 
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b);
-Tensor linear_gelu_tanh(const Tensor& x, const Tensor& w, const Tensor& b);
+Tensor linear_gelu_tanh(const Tensor& x, const Tensor& w, const Tensor& b, Tensor* pre);
 Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps);
 Tensor rms_norm(const Tensor& x, const Tensor& w, float eps);
 Tensor group_norm(const Tensor& x, const Tensor& w, const Tensor& b, int64_t groups, float eps);

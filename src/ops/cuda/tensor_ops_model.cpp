@@ -94,6 +94,17 @@ Tensor linear_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& w_
     return dx;
 }
 
+Tensor linear_backward_gelu_tanh(const Tensor& dy_in, const Tensor& w_in, const Tensor& pre_in) {
+    require(dy_in, dy_in, "linear_backward_gelu_tanh dy");
+    require(w_in, dy_in, "linear_backward_gelu_tanh weight");
+    require(pre_in, dy_in, "linear_backward_gelu_tanh pre-activation");
+    const Tensor dy = contiguous(dy_in), w = contiguous(w_in), pre = contiguous(pre_in);
+    const int64_t K = w.size(1), N = w.size(0), M = dy.numel() / N;
+    Tensor dpre = Tensor::empty(pre.shape(), dy.dtype(), dy.device());
+    cuda::linear_bwd_dgelu(ctx_of(dy).exec(), dpre.raw(), dy.raw(), w.raw(), pre.raw(), M, K, N, dy.dtype());
+    return dpre;
+}
+
 void linear_acc_(Tensor& y, const Tensor& x_in, const Tensor& w_in, float alpha, bool w_is_kn) {
     require(y, y, "linear_acc_ y");
     require(x_in, y, "linear_acc_ x");
