@@ -98,8 +98,7 @@ void MMDiT::block_backward(const JointBlock& b, Tensor& dx, Tensor& dc, Tensor& 
     const Tensor dfx = ops::gated_add_backward(dx, s.fx, chunk(E, 5, D), &dE_[5]);
     const Tensor dh = nn::feed_forward_backward(b.ff, dfx, s.ff, ctx, grads);
     const Tensor dxhat2 = ops::modulate_backward(dh, s.ln2.xhat, chunk(E, 4, D), &dE_[3], &dE_[4]);
-    Tensor dx1 = nn::layer_norm_backward(dxhat2, s.ln2);
-    ops::add_(dx1, dx);  // residual
+    Tensor dx1 = nn::layer_norm_backward(dxhat2, s.ln2, dx);  // + the residual's gradient
     // x1 = x + g_msa * attn (+ g_msa2 * attn2)
     Tensor dxhat_extra;
     if (b.dual) {
@@ -117,8 +116,7 @@ void MMDiT::block_backward(const JointBlock& b, Tensor& dx, Tensor& dc, Tensor& 
         const Tensor dfc = ops::gated_add_backward(dc, s.fc, chunk(Ec, 5, D), &dEc_[5]);
         const Tensor dhc = nn::feed_forward_backward(b.ff_context, dfc, s.ffc, ctx, grads);
         const Tensor dchat2 = ops::modulate_backward(dhc, s.ln2c.xhat, chunk(Ec, 4, D), &dEc_[3], &dEc_[4]);
-        dc1 = nn::layer_norm_backward(dchat2, s.ln2c);
-        ops::add_(dc1, dc);
+        dc1 = nn::layer_norm_backward(dchat2, s.ln2c, dc);
         dac = ops::gated_add_backward(dc1, s.ac, chunk(Ec, 2, D), &dEc_[2]);
     }
 
@@ -127,13 +125,11 @@ void MMDiT::block_backward(const JointBlock& b, Tensor& dx, Tensor& dc, Tensor& 
     nn::joint_attention_backward(b.attn, dax, dac, s.attn, ctx, grads, &dnx, &dnc);
     Tensor dxhat = ops::modulate_backward(dnx, s.ln1.xhat, chunk(E, 1, D), &dE_[0], &dE_[1]);
     if (dxhat_extra.defined()) ops::add_(dxhat, dxhat_extra);  // LN(x) feeds both modulations
-    Tensor dx_in = nn::layer_norm_backward(dxhat, s.ln1);
-    ops::add_(dx_in, dx1);
+    Tensor dx_in = nn::layer_norm_backward(dxhat, s.ln1, dx1);
     const Tensor dchat = b.context_pre_only
                              ? ops::modulate_backward(dnc, s.ln1c.xhat, chunk(Ec, 0, D), &dEc_[1], &dEc_[0])
                              : ops::modulate_backward(dnc, s.ln1c.xhat, chunk(Ec, 1, D), &dEc_[0], &dEc_[1]);
-    Tensor dc_in = nn::layer_norm_backward(dchat, s.ln1c);
-    if (dc1.defined()) ops::add_(dc_in, dc1);
+    Tensor dc_in = nn::layer_norm_backward(dchat, s.ln1c, dc1);
 
     // ---- adaLN linears: gradients flow into SiLU(temb)
     nn::linear_backward(b.norm1, dE, s.norm1, ctx, grads, true, &dst);

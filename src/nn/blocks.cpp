@@ -15,8 +15,8 @@ Tensor layer_norm_forward(const Tensor& x, float eps, NormSaved* saved) {
     return xhat;
 }
 
-Tensor layer_norm_backward(const Tensor& dxhat, const NormSaved& saved) {
-    return ops::layer_norm_backward(dxhat, saved.x, saved.mean, saved.rstd);
+Tensor layer_norm_backward(const Tensor& dxhat, const NormSaved& saved, const Tensor& add) {
+    return ops::layer_norm_backward(dxhat, saved.x, saved.mean, saved.rstd, add);
 }
 
 Tensor feed_forward(const FeedForward& ff, const Tensor& x, FeedForwardSaved* saved, const RunContext& ctx) {

@@ -18,7 +18,8 @@ struct NormSaved {
 };
 // Returns (x - mean) * rstd over the last dimension.
 Tensor layer_norm_forward(const Tensor& x, float eps, NormSaved* saved);
-Tensor layer_norm_backward(const Tensor& dxhat, const NormSaved& saved);
+// d x, plus `add` when given (the residual branch's gradient, summed in the same pass).
+Tensor layer_norm_backward(const Tensor& dxhat, const NormSaved& saved, const Tensor& add = {});
 
 // ---- FeedForward ----
 struct FeedForward {

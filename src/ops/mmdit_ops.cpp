@@ -112,16 +112,20 @@ Tensor layer_norm_fwd(const Tensor& x_in, float eps, Tensor* mean, Tensor* rstd)
     return y;
 }
 
-Tensor layer_norm_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& mean, const Tensor& rstd) {
+Tensor layer_norm_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& mean, const Tensor& rstd,
+                           const Tensor& add) {
     SD3_ASSERT(dy_in.shape() == x_in.shape(), "layer_norm_backward: dy ", dy_in.describe(), " x ", x_in.describe());
+    SD3_ASSERT(!add.defined() || add.shape() == x_in.shape(), "layer_norm_backward: add ", add.describe(), " x ",
+               x_in.describe());
     const int64_t cols = x_in.size(-1), rows = x_in.numel() / cols;
     SD3_ASSERT(mean.numel() == rows && rstd.numel() == rows, "layer_norm_backward: statistics");
-    SD3_ON_CUDA(x_in, layer_norm_backward(dy_in, x_in, mean, rstd));
+    SD3_ON_CUDA(x_in, layer_norm_backward(dy_in, x_in, mean, rstd, add));
     require_f32(x_in, "layer_norm_backward x");
     const Tensor dy = dy_in.contiguous(), x = x_in.contiguous();
     Tensor dx = empty_like(x);
     cpu::layer_norm_bwd(dx.data<float>(), nullptr, nullptr, dy.data<float>(), x.data<float>(), nullptr,
                         mean.contiguous().data<float>(), rstd.contiguous().data<float>(), rows, cols);
+    if (add.defined()) add_(dx, add);
     return dx;
 }
 

@@ -30,7 +30,9 @@ void linear_acc_(Tensor& y, const Tensor& x, const Tensor& w, float alpha, bool 
 Tensor linear_backward_gelu_tanh(const Tensor& dy, const Tensor& w, const Tensor& pre);
 // LayerNorm without affine over the last dimension, saving mean and rstd [rows] for the backward.
 Tensor layer_norm_fwd(const Tensor& x, float eps, Tensor* mean, Tensor* rstd);
-Tensor layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& mean, const Tensor& rstd);
+// Returns dx, plus `add` when given (x's shape: a residual branch's gradient, summed in the same pass on CUDA).
+Tensor layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& mean, const Tensor& rstd,
+                           const Tensor& add = {});
 // RMSNorm over the last dimension with weight w (may be undefined), saving rstd [rows].
 Tensor rms_norm_fwd(const Tensor& x, const Tensor& w, float eps, Tensor* rstd);
 // Returns dx; accumulates dw when given.

@@ -172,6 +172,13 @@ TEST_P(CudaOps, LayerNorm) {
                              nc.affine ? gdb.raw() : nullptr, gdy.raw(), gx.raw(), nc.affine ? gw.raw() : nullptr,
                              cmean.data<float>(), crstd.data<float>(), R, C, dt(), DType::F32);
         EXPECT_TRUE(close(download(gdx), dx, dt(), 2.0)) << "dx";
+        // With a residual gradient added in the same pass (here dy itself): dx + dy, rounded once.
+        std::vector<float> dx_plus(R * C);
+        for (int64_t i = 0; i < R * C; ++i) dx_plus[i] = dx[i] + dy[i];
+        Tensor gdx2 = upload(std::vector<float>(R * C, NAN), dt());
+        cuda::layer_norm_bwd(exec(), gdx2.raw(), nullptr, nullptr, gdy.raw(), gx.raw(), nc.affine ? gw.raw() : nullptr,
+                             cmean.data<float>(), crstd.data<float>(), R, C, dt(), DType::F32, gdy.raw());
+        EXPECT_TRUE(close(download(gdx2), dx_plus, dt(), 2.0)) << "dx + residual";
         if (nc.affine) {
             EXPECT_TRUE(close(download(gdw), dw, DType::F32, 3.0)) << "dw";
             EXPECT_TRUE(close(download(gdb), db, DType::F32, 3.0)) << "db";

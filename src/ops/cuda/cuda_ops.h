@@ -91,8 +91,10 @@ void linear_fwd_quantized(const Exec& ex, void* y, const void* x, const cpu::Qua
 void layer_norm_fwd(const Exec& ex, void* y, float* mean, float* rstd, const void* x, const void* w, const void* b,
                     int64_t rows, int64_t cols, float eps, DType dt);
 size_t layer_norm_bwd_workspace(int64_t rows, int64_t cols);
+// dx_add (dtype dt, dx's shape; may be null) is added to dx in the same pass: a residual branch's gradient.
 void layer_norm_bwd(const Exec& ex, void* dx, void* dw, void* db, const void* dy, const void* x, const void* w,
-                    const float* mean, const float* rstd, int64_t rows, int64_t cols, DType dt, DType grad_dt);
+                    const float* mean, const float* rstd, int64_t rows, int64_t cols, DType dt, DType grad_dt,
+                    const void* dx_add = nullptr);
 void rms_norm_fwd(const Exec& ex, void* y, float* rstd, const void* x, const void* w, int64_t rows, int64_t cols,
                   float eps, DType dt);
 size_t rms_norm_bwd_workspace(int64_t rows, int64_t cols);

@@ -121,7 +121,7 @@ __global__ void layer_norm_fwd_vec_kernel(T* y, float* mean_out, float* rstd_out
 
 template <typename T>
 __global__ void layer_norm_bwd_dx_kernel(T* dx, const T* dy, const T* x, const T* w, const float* mean,
-                                         const float* rstd, int64_t rows, int64_t cols) {
+                                         const float* rstd, const T* dx_add, int64_t rows, int64_t cols) {
     const int64_t r = blockIdx.x * (int64_t)kRowsPerBlock + (threadIdx.x >> 5);
     const int lane = threadIdx.x & 31;
     if (r >= rows) return;
@@ -137,10 +137,13 @@ __global__ void layer_norm_bwd_dx_kernel(T* dx, const T* dy, const T* x, const T
     }
     const float mg = warp_sum(sg) / static_cast<float>(cols), mgx = warp_sum(sgx) / static_cast<float>(cols);
     T* dr = dx + r * cols;
+    const T* ar = dx_add != nullptr ? dx_add + r * cols : nullptr;
     for (int64_t c = lane; c < cols; c += 32) {
         const float xhat = (to_f(xr[c]) - m) * rs;
         const float g = w != nullptr ? to_f(gr[c]) * to_f(w[c]) : to_f(gr[c]);
-        dr[c] = from_f<T>(rs * (g - mg - xhat * mgx));
+        float v = rs * (g - mg - xhat * mgx);
+        if (ar != nullptr) v += to_f(ar[c]);
+        dr[c] = from_f<T>(v);
     }
 }
 
@@ -308,12 +311,14 @@ size_t layer_norm_bwd_workspace(int64_t rows, int64_t cols) {
 }
 
 void layer_norm_bwd(const Exec& ex, void* dx, void* dw, void* db, const void* dy, const void* x, const void* w,
-                    const float* mean, const float* rstd, int64_t rows, int64_t cols, DType dt, DType grad_dt) {
+                    const float* mean, const float* rstd, int64_t rows, int64_t cols, DType dt, DType grad_dt,
+                    const void* dx_add) {
     if (rows == 0) return;
     if (dx != nullptr) {
         SD3_DISPATCH_FLOAT(dt, T, layer_norm_bwd_dx_kernel<T><<<row_blocks(rows), kThreads, 0, ex.stream>>>(
                                       static_cast<T*>(dx), static_cast<const T*>(dy), static_cast<const T*>(x),
-                                      static_cast<const T*>(w), mean, rstd, rows, cols));
+                                      static_cast<const T*>(w), mean, rstd, static_cast<const T*>(dx_add), rows,
+                                      cols));
         SD3_CUDA_LAUNCHED();
     }
     if (dw == nullptr && db == nullptr) return;

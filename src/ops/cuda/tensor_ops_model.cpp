@@ -127,16 +127,19 @@ Tensor layer_norm_fwd(const Tensor& x_in, float eps, Tensor* mean, Tensor* rstd)
     return y;
 }
 
-Tensor layer_norm_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& mean_in, const Tensor& rstd_in) {
+Tensor layer_norm_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& mean_in, const Tensor& rstd_in,
+                           const Tensor& add_in) {
     require(dy_in, x_in, "layer_norm_backward dy");
     require(x_in, x_in, "layer_norm_backward x");
+    if (add_in.defined()) require(add_in, x_in, "layer_norm_backward add");
     const Tensor dy = contiguous(dy_in), x = contiguous(x_in), mean = contiguous(mean_in), rstd = contiguous(rstd_in);
+    const Tensor add = add_in.defined() ? contiguous(add_in) : Tensor();
     SD3_ASSERT(mean.dtype() == DType::F32 && rstd.dtype() == DType::F32 && mean.device() == x.device(),
                "layer_norm_backward: statistics must be f32 on ", x.device().str());
     const int64_t cols = x.size(-1), rows = x.numel() / cols;
     Tensor dx = empty_like(x);
     cuda::layer_norm_bwd(ctx_of(x).exec(), dx.raw(), nullptr, nullptr, dy.raw(), x.raw(), nullptr, mean.data<float>(),
-                         rstd.data<float>(), rows, cols, x.dtype(), x.dtype());
+                         rstd.data<float>(), rows, cols, x.dtype(), x.dtype(), add.defined() ? add.raw() : nullptr);
     return dx;
 }
 

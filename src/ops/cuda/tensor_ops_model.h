@@ -23,7 +23,7 @@ Tensor linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tenso
 void linear_acc_(Tensor& y, const Tensor& x, const Tensor& w, float alpha, bool w_is_kn);
 Tensor linear_backward_gelu_tanh(const Tensor& dy, const Tensor& w, const Tensor& pre);
 Tensor layer_norm_fwd(const Tensor& x, float eps, Tensor* mean, Tensor* rstd);
-Tensor layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& mean, const Tensor& rstd);
+Tensor layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& mean, const Tensor& rstd, const Tensor& add);
 Tensor rms_norm_fwd(const Tensor& x, const Tensor& w, float eps, Tensor* rstd);
 Tensor rms_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor* dw);
 Tensor activation_backward(const Tensor& dy, const Tensor& x, cpu::Activation act);
