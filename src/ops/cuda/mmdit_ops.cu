@@ -56,7 +56,7 @@ __device__ __forceinline__ void store_cols(T* p, const float (&v)[kCols]) {
 // is used, so each thread keeps several loads outstanding (one at a time left the kernel latency-bound at a
 // third of the bandwidth); the sums still add the rows in token order.
 constexpr int kReduceThreads = 64;
-constexpr int kRowsInFlight = 4;
+constexpr int kRowsInFlight = 8;
 
 template <typename T, int kCols>
 __global__ void scale_rows_token_sums_kernel(T* out, float* p1, float* p2, const T* dy, const T* other, const T* coef,
