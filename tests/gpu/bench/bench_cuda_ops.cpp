@@ -65,6 +65,38 @@ int main() {
         std::printf("linear_fwd %-4s M=%ld K=%ld N=%ld: %8.3f ms  %6.1f TFLOP/s\n", name(dt), (long)M, (long)K,
                     (long)N, s * 1e3, 2.0 * M * N * K / s / 1e12);
     }
+    // A LoRA adapter's six GEMMs on a 1536-wide layer at 512², batch 4 (M = 4096 image tokens), as nn/linear.cpp
+    // issues them: bf16 activations, float32 master gradients. Each is memory-bound: the rate is the bytes of the
+    // wide operands (x, dy: read; y, dx: read and written) over the time.
+    {
+        const DType dt = DType::BF16;
+        const int64_t M = 4096, D = 1536;
+        Tensor x = random_on_gpu(M * D, dt, 30), y = random_on_gpu(M * D, dt, 31);
+        for (const int64_t r : {4, 16, 64}) {
+            Tensor A = random_on_gpu(r * D, dt, 32), B = random_on_gpu(D * r, dt, 33), h = random_on_gpu(M * r, dt, 34);
+            Tensor dA = random_on_gpu(r * D, DType::F32, 35), dB = random_on_gpu(D * r, DType::F32, 36);
+            const cuda::Exec ex = ctx.exec();
+            const double wide = static_cast<double>(M * D) * 2;
+            struct Case {
+                const char* what;
+                double bytes;
+                std::function<void()> f;
+            };
+            const Case cases[] = {
+                {"h = x·Aᵀ", wide, [&] { cuda::gemm(ex, false, true, M, r, D, 1.0f, x.raw(), D, A.raw(), D, 0.0f, h.raw(), r, dt, dt); }},
+                {"y += s·h·Bᵀ", 2 * wide, [&] { cuda::gemm(ex, false, true, M, D, r, 0.5f, h.raw(), r, B.raw(), r, 1.0f, y.raw(), D, dt, dt); }},
+                {"dh = s·dy·B", wide, [&] { cuda::gemm(ex, false, false, M, r, D, 0.5f, y.raw(), D, B.raw(), r, 0.0f, h.raw(), r, dt, dt); }},
+                {"dB += s·dyᵀ·h", wide, [&] { cuda::gemm(ex, true, false, D, r, M, 0.5f, y.raw(), D, h.raw(), r, 1.0f, dB.raw(), r, dt, DType::F32); }},
+                {"dA += dhᵀ·x", wide, [&] { cuda::gemm(ex, true, false, r, D, M, 1.0f, h.raw(), r, x.raw(), D, 1.0f, dA.raw(), D, dt, DType::F32); }},
+                {"dx += dh·A", 2 * wide, [&] { cuda::gemm(ex, false, false, M, D, r, 1.0f, h.raw(), r, A.raw(), D, 1.0f, x.raw(), D, dt, dt); }},
+            };
+            for (const Case& c : cases) {
+                const double t = time_it(c.f, 20, 5);
+                std::printf("lora r=%-3ld %-14s M=%ld D=%ld: %7.1f us  %6.0f GB/s\n", (long)r, c.what, (long)M, (long)D,
+                            t * 1e6, c.bytes / t / 1e9);
+            }
+        }
+    }
     // Attention: training at 512² (B 4, T 1178) and generation at 1024² (B 2 for CFG, T 4250); 24 heads of 64.
     // The own kernels (tensor-core and CUDA-core forward, CUDA-core backward) against cuDNN's fused SDPA.
     std::printf("attention backends: %s\n", cuda::cudnn_attention_info(ctx.exec()));
