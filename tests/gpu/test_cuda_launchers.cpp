@@ -45,6 +45,43 @@ TEST_P(CudaOps, Gemm) {
     }
 }
 
+// The rank-4 and rank-8 shapes of a LoRA adapter take the skinny kernels (gemm.cu): inner dimension r (y += h·Bᵀ,
+// dx += dh·A) and output width r (h = x·Aᵀ, dh = dy·B), with and without transposed B, overwriting and
+// accumulating. A wide dimension of 136 with tight strides takes their 16-byte vectors, 133 and padded strides
+// their scalar forms.
+TEST_P(CudaOps, GemmSkinnyRanks) {
+    const int64_t M = 37;
+    for (const int64_t r : {4, 8}) {
+        for (const int64_t wide : {136, 133}) {
+            for (const bool small_k : {true, false}) {
+                for (int tb = 0; tb < 2; ++tb) {
+                    for (const float beta : {0.0f, 0.3f}) {
+                        const int64_t N = small_k ? wide : r, K = small_k ? r : wide;
+                        const int64_t pad = wide == 136 ? 0 : 3;
+                        const int64_t lda = K + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
+                        SCOPED_TRACE(::testing::Message() << "r " << r << " M " << M << " N " << N << " K " << K
+                                                          << " trans_b " << tb << " beta " << beta);
+                        const auto A = round_to(randn(M * lda, 40), dt());
+                        const auto B = round_to(randn((tb ? N : K) * ldb, 41), dt());
+                        const auto C0 = round_to(randn(M * ldc, 42), dt());
+                        auto ref = C0;
+                        cpu::gemm(false, tb, M, N, K, 0.7f, A.data(), lda, B.data(), ldb, beta, ref.data(), ldc);
+                        Tensor dA = upload(A, dt()), dB = upload(B, dt());
+                        Tensor dC = upload(beta != 0.0f ? C0 : std::vector<float>(M * ldc, NAN), dt());
+                        cuda::gemm(exec(), false, tb, M, N, K, 0.7f, dA.raw(), lda, dB.raw(), ldb, beta, dC.raw(),
+                                   ldc, dt(), dt());
+                        auto got = download(dC);
+                        if (beta == 0.0f)  // the padding columns are never written: compare the written ones
+                            for (int64_t i = 0; i < M; ++i)
+                                for (int64_t j = N; j < ldc; ++j) got[i * ldc + j] = ref[i * ldc + j];
+                        EXPECT_TRUE(close(got, ref, dt()));
+                    }
+                }
+            }
+        }
+    }
+}
+
 // 16-bit operands accumulating into an f32 result (the weight-gradient path of mixed precision).
 TEST_P(CudaOps, GemmF32Result) {
     const int64_t M = 45, N = 33, K = 130;
