@@ -106,22 +106,12 @@ __device__ __forceinline__ float op_b(const T* B, int64_t ldb, bool trans_b, int
     return to_f(trans_b ? B[n * ldb + k] : B[k * ldb + n]);
 }
 
-// c[0, L) = alpha·acc + beta·c (c not read when beta is 0).
-template <typename T, int L>
-__device__ __forceinline__ void store_scaled(T* c, const float (&acc)[L], float alpha, float beta) {
-    if constexpr (L == 1) {
-        c[0] = from_f<T>(beta != 0.0f ? alpha * acc[0] + beta * to_f(c[0]) : alpha * acc[0]);
-    } else {
-        Vec<T, L> v;
-        if (beta != 0.0f) v.load(c);
-#pragma unroll
-        for (int l = 0; l < L; ++l) v.v[l] = beta != 0.0f ? alpha * acc[l] + beta * v.v[l] : alpha * acc[l];
-        v.store(c);
-    }
-}
-
 // Inner dimension R: C[M,N] = alpha·A[M,R]·op(B) + beta·C, e.g. y += s·h·Bᵀ. Each thread keeps op(B) for its L
-// columns (a 16-byte vector of C, or 1) in registers and walks rows blockIdx.y, blockIdx.y + gridDim.y, ...
+// columns (a 16-byte vector of C, or 1) in registers and walks rows blockIdx.y, blockIdx.y + gridDim.y, ...,
+// kSkinnyRows of them at a time: their loads are all issued before the first store (one row at a time left the
+// kernel at 1.3 TB/s).
+constexpr int kSkinnyRows = 4;
+
 template <typename T, int R, int L>
 __global__ void gemm_small_k_kernel(int64_t M, int64_t N, float alpha, const T* A, int64_t lda, const T* B,
                                     int64_t ldb, bool trans_b, float beta, T* C, int64_t ldc) {
@@ -132,15 +122,46 @@ __global__ void gemm_small_k_kernel(int64_t M, int64_t N, float alpha, const T* 
     for (int k = 0; k < R; ++k)
 #pragma unroll
         for (int l = 0; l < L; ++l) b[k][l] = op_b(B, ldb, trans_b, k, n0 + l);
-    for (int64_t m = blockIdx.y; m < M; m += gridDim.y) {
-        float a[R], acc[L] = {};
+    for (int64_t m0 = blockIdx.y; m0 < M; m0 += int64_t{kSkinnyRows} * gridDim.y) {
+        float a[kSkinnyRows][R], c[kSkinnyRows][L];
 #pragma unroll
-        for (int k = 0; k < R; ++k) a[k] = to_f(A[m * lda + k]);
+        for (int i = 0; i < kSkinnyRows; ++i) {
+            const int64_t m = m0 + i * int64_t{gridDim.y};
+            if (m >= M) break;
 #pragma unroll
-        for (int l = 0; l < L; ++l)
+            for (int k = 0; k < R; ++k) a[i][k] = to_f(A[m * lda + k]);
+            if (beta != 0.0f) {
+                if constexpr (L == 1) {
+                    c[i][0] = to_f(C[m * ldc + n0]);
+                } else {
+                    Vec<T, L> v;
+                    v.load(C + m * ldc + n0);
 #pragma unroll
-            for (int k = 0; k < R; ++k) acc[l] += a[k] * b[k][l];
-        store_scaled<T, L>(C + m * ldc + n0, acc, alpha, beta);
+                    for (int l = 0; l < L; ++l) c[i][l] = v.v[l];
+                }
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < kSkinnyRows; ++i) {
+            const int64_t m = m0 + i * int64_t{gridDim.y};
+            if (m >= M) break;
+            float out[L];
+#pragma unroll
+            for (int l = 0; l < L; ++l) {
+                float acc = 0.0f;
+#pragma unroll
+                for (int k = 0; k < R; ++k) acc += a[i][k] * b[k][l];
+                out[l] = beta != 0.0f ? alpha * acc + beta * c[i][l] : alpha * acc;
+            }
+            if constexpr (L == 1) {
+                C[m * ldc + n0] = from_f<T>(out[0]);
+            } else {
+                Vec<T, L> v;
+#pragma unroll
+                for (int l = 0; l < L; ++l) v.v[l] = out[l];
+                v.store(C + m * ldc + n0);
+            }
+        }
     }
 }
 
@@ -155,6 +176,7 @@ __global__ void gemm_small_n_kernel(int64_t M, int64_t K, float alpha, const T* 
     if (m >= M) return;
     float acc[R] = {};
     const T* a_row = A + m * lda;
+#pragma unroll 3  // several runs' loads in flight per lane (a 1536-wide row is 6 runs of 8)
     for (int64_t k0 = lane * L; k0 < K; k0 += 32 * L) {
         float b[L][R];
         if constexpr (L == 1) {
