@@ -36,12 +36,16 @@ void MMDiT::block_forward(const JointBlock& b, Tensor& x, Tensor& c, const Tenso
     const Tensor& E = s.E;
     const Tensor& Ec = s.Ec;
 
-    // Inference proper: nothing kept, and no training forward whose recomputation in the backward (the separate
-    // ops) must see the same values.
+    // Inference proper: nothing kept. Each LayerNorm runs fused with its modulation; training also keeps the
+    // LayerNorm's output and statistics (the fused kernel stores the two ops' bits, so a checkpointed block's
+    // recomputation matches its first forward).
     const bool inference = saved == nullptr && !ctx.training;
     auto norm_modulate = [&](const Tensor& in, nn::NormSaved* ns, const Tensor& shift, const Tensor& scale) {
         if (inference) return ops::layer_norm_modulate(in, shift, scale, kNormEps);
-        return ops::modulate(nn::layer_norm_forward(in, kNormEps, ns), shift, scale);
+        Tensor xhat, mean, rstd;
+        const Tensor y = ops::layer_norm_modulate(in, shift, scale, kNormEps, &xhat, &mean, &rstd);
+        *ns = nn::NormSaved{in, mean, rstd, xhat};
+        return y;
     };
     auto residual = [&](const Tensor& base) { return inference && overwrite_inputs ? base : ops::copy(base); };
 

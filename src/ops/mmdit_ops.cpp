@@ -215,15 +215,20 @@ Tensor modulate(const Tensor& x_in, const Tensor& shift, const Tensor& scale) {
     return y;
 }
 
-Tensor layer_norm_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale, float eps) {
+Tensor layer_norm_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale, float eps, Tensor* xhat,
+                           Tensor* mean, Tensor* rstd) {
     SD3_ASSERT(x.defined() && x.dim() == 3, "layer_norm_modulate x must be [B, T, D], got ",
                x.defined() ? x.describe() : "undefined");
     require_rows(shift, x.size(0), x.size(2), "layer_norm_modulate shift");
     require_rows(scale, x.size(0), x.size(2), "layer_norm_modulate scale");
     SD3_ASSERT(shift.stride(0) == scale.stride(0), "layer_norm_modulate: shift and scale must share a row stride");
-    SD3_ON_CUDA(x, layer_norm_modulate(x, shift, scale, eps));
-    Tensor mean, rstd;
-    return modulate(layer_norm_fwd(x, eps, &mean, &rstd), shift, scale);
+    SD3_ASSERT((xhat == nullptr) == (mean == nullptr) && (mean == nullptr) == (rstd == nullptr),
+               "layer_norm_modulate: xhat, mean and rstd are asked for together");
+    SD3_ON_CUDA(x, layer_norm_modulate(x, shift, scale, eps, xhat, mean, rstd));
+    Tensor m, r;
+    const Tensor n = layer_norm_fwd(x, eps, mean != nullptr ? mean : &m, rstd != nullptr ? rstd : &r);
+    if (xhat != nullptr) *xhat = n;
+    return modulate(n, shift, scale);
 }
 
 Tensor modulate_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& scale, Tensor* dshift, Tensor* dscale) {

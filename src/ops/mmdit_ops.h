@@ -54,9 +54,11 @@ Tensor slice_contiguous(const Tensor& x, int dim, int64_t start, int64_t end);
 // ---- MMDiT ops ----
 // x [B, T, D]; shift and scale [B, D] (row-strided views of the adaLN output are fine).
 Tensor modulate(const Tensor& x, const Tensor& shift, const Tensor& scale);
-// modulate(layer_norm_fwd(x, eps), shift, scale) for inference: one pass over x on CUDA (same stored values as the
-// two ops), the two ops elsewhere.
-Tensor layer_norm_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale, float eps);
+// modulate(layer_norm_fwd(x, eps, mean, rstd), shift, scale): one pass over x on CUDA (the same stored values as
+// the two ops), the two ops elsewhere. With `xhat` (then also mean and rstd), the LayerNorm's output is stored too:
+// what training keeps for the backward.
+Tensor layer_norm_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale, float eps,
+                           Tensor* xhat = nullptr, Tensor* mean = nullptr, Tensor* rstd = nullptr);
 // Returns dx; accumulates into dshift and dscale [B, D] (views of the adaLN output gradient) when given.
 Tensor modulate_backward(const Tensor& dy, const Tensor& x, const Tensor& scale, Tensor* dshift, Tensor* dscale);
 // In place: x [B, T, D] += gate [B, D] * a [B, T, D].

@@ -64,8 +64,9 @@ TEST_P(CudaModelOps, ModulateForwardBackward) {
     }
 }
 
-// The inference LayerNorm + modulation: the vector kernel (D = 64) stores what the two GPU ops store, bit for
-// bit, and both match the CPU; D = 45 falls back to the two ops.
+// LayerNorm + modulation: the vector kernel (D = 64) stores what the two GPU ops store, bit for bit (also the
+// LayerNorm's output and statistics that training keeps), and both match the CPU; D = 45 falls back to the two
+// ops.
 TEST_P(CudaModelOps, LayerNormModulateFused) {
     for (const int64_t D : {64, 45}) {
         const int64_t B = 2, T = 37;
@@ -77,6 +78,11 @@ TEST_P(CudaModelOps, LayerNormModulateFused) {
         const Tensor fused = ops::layer_norm_modulate(gx, ch(gE, 2), ch(gE, 0), 1e-6f);
         const Tensor two_ops = ops::modulate(ops::layer_norm_fwd(gx, 1e-6f, &gm, &gr), ch(gE, 2), ch(gE, 0));
         EXPECT_TRUE(bit_identical(fused, two_ops)) << "D = " << D;
+        Tensor xhat, fm, fr;
+        const Tensor fused_kept = ops::layer_norm_modulate(gx, ch(gE, 2), ch(gE, 0), 1e-6f, &xhat, &fm, &fr);
+        EXPECT_TRUE(bit_identical(fused_kept, two_ops)) << "D = " << D << ", keeping the LayerNorm's output";
+        EXPECT_TRUE(bit_identical(xhat, ops::layer_norm_fwd(gx, 1e-6f, &gm, &gr))) << "xhat, D = " << D;
+        EXPECT_TRUE(bit_identical(fm, gm) && bit_identical(fr, gr)) << "mean, rstd, D = " << D;
         const Tensor cpu = ops::modulate(ops::layer_norm_fwd(xr, 1e-6f, &m, &r), ch(Er, 2), ch(Er, 0));
         EXPECT_TRUE(same_as_cpu(fused, cpu, dt())) << "D = " << D;
     }

@@ -20,10 +20,12 @@ using cpu::PatchLayout;
 void modulate_fwd(const Exec& ex, void* y, const void* x, const void* shift, const void* scale, int64_t batch,
                   int64_t tokens, int64_t dim, int64_t stride, DType dt);
 // y = modulate(layer_norm(x) without affine, shift, scale) in one pass (the LayerNorm rounded to dt before the
-// modulation, as the two ops store it). Vector kernel only: false, with nothing launched, where dim, stride or an
-// address does not allow 16-byte vectors (then run the two ops).
+// modulation, as the two ops store it); xhat (the LayerNorm's output), mean and rstd are stored where not null.
+// Vector kernel only: false, with nothing launched, where dim, stride or an address does not allow 16-byte
+// vectors (then run the two ops).
 bool layer_norm_modulate_fwd(const Exec& ex, void* y, const void* x, const void* shift, const void* scale,
-                             int64_t batch, int64_t tokens, int64_t dim, int64_t stride, float eps, DType dt);
+                             int64_t batch, int64_t tokens, int64_t dim, int64_t stride, float eps, DType dt,
+                             void* xhat = nullptr, float* mean = nullptr, float* rstd = nullptr);
 size_t modulate_bwd_workspace(int64_t batch, int64_t tokens, int64_t dim);
 // dx = dy * (1 + scale) (overwrites; skipped when null); dshift[b] += Σ_t dy, dscale[b] += Σ_t dy * x (each
 // skipped when null; both in grad_dt, rows `stride` apart like scale).

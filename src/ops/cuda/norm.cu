@@ -62,13 +62,17 @@ struct AffineOut {
     }
 };
 // ModulateOut: adaLN's n * (1 + scale) + shift with the sample's rows of scale and shift (row r belongs to sample
-// r / tokens; `stride` between samples), n first rounded to T: what layer_norm then modulate would store.
+// r / tokens; `stride` between samples), n first rounded to T: what layer_norm then modulate would store. With
+// `xhat` (rows `cols` apart), n itself is stored there too, as layer_norm would.
 template <typename T>
 struct ModulateOut {
     const T* shift;
     const T* scale;
     int64_t tokens, stride;
+    T* xhat;
+    int64_t cols;
     __device__ __forceinline__ void apply(Vec<T>& v, int64_t r, int64_t c) const {
+        if (xhat != nullptr) v.store(xhat + r * cols + c);
         Vec<T> sc, sh;
         const int64_t at = r / tokens * stride + c;
         sc.load(scale + at);
@@ -344,14 +348,15 @@ void layer_norm_fwd(const Exec& ex, void* y, float* mean, float* rstd, const voi
 }
 
 bool layer_norm_modulate_fwd(const Exec& ex, void* y, const void* x, const void* shift, const void* scale,
-                             int64_t batch, int64_t tokens, int64_t dim, int64_t stride, float eps, DType dt) {
-    if (!aligned_runs(vec_lanes(dt), dt, {dim, stride}, {y, x, shift, scale})) return false;
+                             int64_t batch, int64_t tokens, int64_t dim, int64_t stride, float eps, DType dt,
+                             void* xhat, float* mean, float* rstd) {
+    if (!aligned_runs(vec_lanes(dt), dt, {dim, stride}, {y, x, shift, scale, xhat})) return false;
     const int64_t rows = batch * tokens;
     if (rows == 0) return true;
     SD3_DISPATCH_FLOAT(dt, T, layer_norm_fwd_vec_kernel<T><<<row_blocks(rows), kThreads, 0, ex.stream>>>(
-                                  static_cast<T*>(y), nullptr, nullptr, static_cast<const T*>(x),
+                                  static_cast<T*>(y), mean, rstd, static_cast<const T*>(x),
                                   ModulateOut<T>{static_cast<const T*>(shift), static_cast<const T*>(scale), tokens,
-                                                 stride},
+                                                 stride, static_cast<T*>(xhat), dim},
                                   rows, dim, eps));
     SD3_CUDA_LAUNCHED();
     return true;

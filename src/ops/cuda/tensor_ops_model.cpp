@@ -248,17 +248,29 @@ Tensor modulate(const Tensor& x_in, const Tensor& shift, const Tensor& scale) {
     return y;
 }
 
-Tensor layer_norm_modulate(const Tensor& x_in, const Tensor& shift, const Tensor& scale, float eps) {
+Tensor layer_norm_modulate(const Tensor& x_in, const Tensor& shift, const Tensor& scale, float eps, Tensor* xhat,
+                           Tensor* mean, Tensor* rstd) {
     require(x_in, x_in, "layer_norm_modulate x");
     require(shift, x_in, "layer_norm_modulate shift");
     require(scale, x_in, "layer_norm_modulate scale");
     const Tensor x = contiguous(x_in);
     Tensor y = empty_like(x);
+    if (xhat != nullptr) {
+        const int64_t rows = x.size(0) * x.size(1);
+        *xhat = empty_like(x);
+        *mean = Tensor::empty({rows}, DType::F32, x.device());
+        *rstd = Tensor::empty({rows}, DType::F32, x.device());
+    }
     if (cuda::layer_norm_modulate_fwd(ctx_of(x).exec(), y.raw(), x.raw(), shift.raw(), scale.raw(), x.size(0),
-                                      x.size(1), x.size(2), shift.stride(0), eps, x.dtype()))
+                                      x.size(1), x.size(2), shift.stride(0), eps, x.dtype(),
+                                      xhat != nullptr ? xhat->raw() : nullptr,
+                                      mean != nullptr ? mean->data<float>() : nullptr,
+                                      rstd != nullptr ? rstd->data<float>() : nullptr))
         return y;
-    Tensor mean, rstd;
-    return modulate(layer_norm_fwd(x, eps, &mean, &rstd), shift, scale);
+    Tensor m, r;
+    const Tensor n = layer_norm_fwd(x, eps, mean != nullptr ? mean : &m, rstd != nullptr ? rstd : &r);
+    if (xhat != nullptr) *xhat = n;
+    return modulate(n, shift, scale);
 }
 
 Tensor modulate_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& scale, Tensor* dshift,

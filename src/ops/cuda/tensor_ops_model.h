@@ -37,7 +37,8 @@ Tensor attention_chunked(const Tensor& q, const Tensor& k, const Tensor& v, int6
 
 // ---- MMDiT ops ----
 Tensor modulate(const Tensor& x, const Tensor& shift, const Tensor& scale);
-Tensor layer_norm_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale, float eps);
+Tensor layer_norm_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale, float eps, Tensor* xhat,
+                           Tensor* mean, Tensor* rstd);
 Tensor modulate_backward(const Tensor& dy, const Tensor& x, const Tensor& scale, Tensor* dshift, Tensor* dscale);
 void gated_add_(Tensor& x, const Tensor& gate, const Tensor& a);
 Tensor gated_add_backward(const Tensor& dx, const Tensor& a, const Tensor& gate, Tensor* dgate);
