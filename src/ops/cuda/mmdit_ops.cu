@@ -52,9 +52,10 @@ __device__ __forceinline__ void store_cols(T* p, const float (&v)[kCols]) {
 // Stage 1 of the token reductions behind modulate_bwd and gated_add_bwd: out = dy * c, where c is one adaLN row
 // (1 + scale for modulate, gate for gated_add), with one f32 partial per (b, chunk, d) of p1 = Σ dy and
 // p2 = Σ dy * other (x for modulate, a for gated_add). Block (x: kReduceThreads * kCols columns, y: a chunk of
-// tokens, z: batch element); out, p1, p2 each skipped when null. Rows are read kRowsInFlight at a time before any
-// is used, so each thread keeps several loads outstanding (one at a time left the kernel latency-bound at a
-// third of the bandwidth); the sums still add the rows in token order.
+// tokens, z: batch element); out, p1, p2 each skipped when null. Rows are read kRowsInFlight at a time, their loads
+// in one branch-free run (rows past the chunk's end re-read its last row and are not used), so each thread keeps
+// them all outstanding: loads under a per-row branch were issued one row at a time, about 20 µs a launch whatever
+// the number of rows. The sums still add the rows in token order.
 constexpr int kReduceThreads = 64;
 constexpr int kRowsInFlight = 8;
 
@@ -76,11 +77,9 @@ __global__ void scale_rows_token_sums_kernel(T* out, float* p1, float* p2, const
         float g[kRowsInFlight][kCols], ov[kRowsInFlight][kCols];
 #pragma unroll
         for (int r = 0; r < kRowsInFlight; ++r) {
-            if (r < rows) {
-                const int64_t i = (b * tokens + t + r) * dim + d;
-                load_cols<T, kCols>(dy + i, g[r]);
-                load_cols<T, kCols>(other + i, ov[r]);
-            }
+            const int64_t i = (b * tokens + (r < rows ? t + r : t1 - 1)) * dim + d;
+            load_cols<T, kCols>(dy + i, g[r]);
+            load_cols<T, kCols>(other + i, ov[r]);
         }
 #pragma unroll
         for (int r = 0; r < kRowsInFlight; ++r) {
