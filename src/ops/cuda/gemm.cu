@@ -171,35 +171,7 @@ __global__ void gemm_small_k_kernel(int64_t M, int64_t N, float alpha, const T* 
 
 // Output width R: C[M,R] = alpha·A[M,K]·op(B) + beta·C, e.g. h = x·Aᵀ. One warp per row of A, its lanes over K
 // in runs of L elements, then a warp sum per output. L > 1 needs 16-byte vectors of A and of op(B): rows of B
-// when trans_b, else B's rows R elements apart (a run of L rows is then L·R contiguous elements). A lane loads
-// kRunsInFlight runs of A in one branch-free group (runs past K re-read the first and are not used); op(B), small
-// and cached, is read as each run is used.
-constexpr int kRunsInFlight = 4;
-
-template <typename T, int R, int L>
-__device__ __forceinline__ void load_op_b_run(const T* B, int64_t ldb, bool trans_b, int64_t k0, float (&b)[L][R]) {
-    if constexpr (L == 1) {
-#pragma unroll
-        for (int n = 0; n < R; ++n) b[0][n] = op_b(B, ldb, trans_b, k0, n);
-    } else if (trans_b) {
-#pragma unroll
-        for (int n = 0; n < R; ++n) {  // a vector of row n
-            Vec<T, L> v;
-            v.load(B + n * ldb + k0);
-#pragma unroll
-            for (int l = 0; l < L; ++l) b[l][n] = v.v[l];
-        }
-    } else {
-#pragma unroll
-        for (int j = 0; j < R; ++j) {  // L·R contiguous elements, j-th vector of L
-            Vec<T, L> v;
-            v.load(B + k0 * R + j * L);
-#pragma unroll
-            for (int e = 0; e < L; ++e) b[(j * L + e) / R][(j * L + e) % R] = v.v[e];
-        }
-    }
-}
-
+// when trans_b, else B's rows R elements apart (a run of L rows is then L·R contiguous elements).
 template <typename T, int R, int L>
 __global__ void gemm_small_n_kernel(int64_t M, int64_t K, float alpha, const T* A, int64_t lda, const T* B,
                                     int64_t ldb, bool trans_b, float beta, T* C, int64_t ldc) {
@@ -208,32 +180,42 @@ __global__ void gemm_small_n_kernel(int64_t M, int64_t K, float alpha, const T* 
     if (m >= M) return;
     float acc[R] = {};
     const T* a_row = A + m * lda;
-    constexpr int64_t kStride = 32 * L;
-    for (int64_t k0 = lane * L; k0 < K; k0 += kRunsInFlight * kStride) {
-        float a[kRunsInFlight][L];
+#pragma unroll 3  // several runs' loads in flight per lane (a 1536-wide row is 6 runs of 8)
+    for (int64_t k0 = lane * L; k0 < K; k0 += 32 * L) {
+        float b[L][R];
+        if constexpr (L == 1) {
 #pragma unroll
-        for (int g = 0; g < kRunsInFlight; ++g) {
-            const int64_t k = k0 + g * kStride < K ? k0 + g * kStride : k0;
-            if constexpr (L == 1) {
-                a[g][0] = to_f(a_row[k]);
-            } else {
+            for (int n = 0; n < R; ++n) b[0][n] = op_b(B, ldb, trans_b, k0, n);
+        } else if (trans_b) {
+#pragma unroll
+            for (int n = 0; n < R; ++n) {  // a vector of row n
                 Vec<T, L> v;
-                v.load(a_row + k);
+                v.load(B + n * ldb + k0);
 #pragma unroll
-                for (int l = 0; l < L; ++l) a[g][l] = v.v[l];
+                for (int l = 0; l < L; ++l) b[l][n] = v.v[l];
+            }
+        } else if constexpr (L > 1) {
+#pragma unroll
+            for (int j = 0; j < R; ++j) {  // L·R contiguous elements, j-th vector of L
+                Vec<T, L> v;
+                v.load(B + k0 * R + j * L);
+#pragma unroll
+                for (int e = 0; e < L; ++e) b[(j * L + e) / R][(j * L + e) % R] = v.v[e];
             }
         }
+        float a[L];
+        if constexpr (L == 1) {
+            a[0] = to_f(a_row[k0]);
+        } else {
+            Vec<T, L> v;
+            v.load(a_row + k0);
 #pragma unroll
-        for (int g = 0; g < kRunsInFlight; ++g) {
-            const int64_t k = k0 + g * kStride;
-            if (k >= K) break;
-            float b[L][R];
-            load_op_b_run<T, R, L>(B, ldb, trans_b, k, b);
-#pragma unroll
-            for (int l = 0; l < L; ++l)
-#pragma unroll
-                for (int n = 0; n < R; ++n) acc[n] += a[g][l] * b[l][n];
+            for (int l = 0; l < L; ++l) a[l] = v.v[l];
         }
+#pragma unroll
+        for (int l = 0; l < L; ++l)
+#pragma unroll
+            for (int n = 0; n < R; ++n) acc[n] += a[l] * b[l][n];
     }
 #pragma unroll
     for (int n = 0; n < R; ++n) {
