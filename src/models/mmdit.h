@@ -221,9 +221,10 @@ class MMDiT {
     // Block i's weights where the placement computes: itself when resident, else a copy brought in from host
     // memory, held by `staged` until it is released.
     const JointBlock& block_weights(size_t i, JointBlock& staged) const;
-    // One joint block on x and c (replaced by its outputs). With `saved`, keeps what block_backward needs. At
-    // inference (no `saved`, ctx not training) each LayerNorm runs fused with its modulation, and with
-    // `overwrite_inputs` (nothing else holds x and c) the residuals are added into their memory, not into copies.
+    // One joint block on x and c (replaced by its outputs). With `saved`, keeps what block_backward needs. Each
+    // LayerNorm runs fused with its modulation (training also keeps the LayerNorm's output). At inference (no
+    // `saved`, ctx not training) with `overwrite_inputs` (nothing else holds x and c) the residuals are added into
+    // their memory, not into copies.
     void block_forward(const JointBlock& blk, Tensor& x, Tensor& c, const Tensor& silu_temb, JointBlockSaved* saved,
                        const nn::RunContext& ctx, bool overwrite_inputs = false) const;
     void block_backward(const JointBlock& blk, Tensor& dx, Tensor& dc, Tensor& dsilu_temb, const JointBlockSaved& s,
