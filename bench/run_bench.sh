@@ -9,12 +9,16 @@
 #   BENCH_WORKLOADS   subset, comma-separated, of train512,train1024,bound,generate,whole1024,t5,whole512 (default
 #                     all of these) and profile (never by default: sd3tune's kernels of one update under ncu, profile512.md)
 #                     and profile_generate (never by default: one denoising step and the decode at 1024² under ncu,
-#                     profile_gen_step.md and profile_gen_decode.md)
+#                     profile_gen_step.md and profile_gen_decode.md) and stream (never by default: training at 1024²
+#                     with about half the transformer's blocks streamed from host memory, --max-vram
+#                     BENCH_STREAM_MAX_VRAM; also with the bundle's sd3tune_baseline.gz when there is one, an
+#                     earlier build to compare with)
 #   BENCH_BUDGET_S    wall seconds for everything (default 540: the device tool stops a command at 600)
 #   BENCH_STEPS       updates per training-step workload, 2 of them warm-up (default 12)
 #   BENCH_WHOLE_STEPS updates of a whole run; the table adds the rest of 100 at the median rate (default 30)
 #   BENCH_BASE_DTYPE  quantized base weights of the second whole run per resolution: int8 or fp8 (default int8)
 #   BENCH_WHOLE_MAX_VRAM  --max-vram in GiB of the whole runs with bf16 base weights (default 4)
+#   BENCH_STREAM_MAX_VRAM --max-vram in GiB of the stream workload (default 2)
 #   BENCH_QUANT_MAX_VRAM  the same for the quantized base (default 3). Without --max-vram, checkpointing keeps
 #                     every block the GPU has room for, which on an H100 is all of them: fast, not lean.
 #   BENCH_DRY_RUN=1   the tiny preset on the CPU at 1/8 of the resolutions, to try the script without a GPU
@@ -33,6 +37,7 @@ whole_steps=${BENCH_WHOLE_STEPS:-30}
 base_q=${BENCH_BASE_DTYPE:-int8}
 whole_max_vram=${BENCH_WHOLE_MAX_VRAM:-4}
 quant_max_vram=${BENCH_QUANT_MAX_VRAM:-3}
+stream_max_vram=${BENCH_STREAM_MAX_VRAM:-2}
 recompute_max_vram=4.5  # the training-step runs that recompute every block: what the weights and one block fit
 preset=sd3-medium device=cuda precision=bf16 div=1 val_steps=28 captions=100
 if [ "${BENCH_DRY_RUN:-0}" = 1 ]; then  # sd3tune computes in float32 on the CPU
@@ -69,7 +74,8 @@ done
 # 3. What this run is, for the table's header.
 driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -1)
 "$py" - "$json/env.json" "${driver:-?}" "$(cat "$bundle/COMMIT" 2>/dev/null || echo unknown)" \
-    "$whole_steps" "$base_q" "$captions" "$quant_max_vram" "$whole_max_vram" "$recompute_max_vram" <<'PY'
+    "$whole_steps" "$base_q" "$captions" "$quant_max_vram" "$whole_max_vram" "$recompute_max_vram" \
+    "$stream_max_vram" <<'PY'
 import json, sys, time
 import torch
 gpu = "none (CPU dry run)"
@@ -78,7 +84,8 @@ if torch.cuda.is_available():
     gpu = f"{p.name}, {p.total_memory / 2**30:.0f} GiB, driver {sys.argv[2]}"
 env = {"gpu": gpu, "commit": sys.argv[3], "whole_steps": int(sys.argv[4]), "base_dtype": sys.argv[5],
        "captions": int(sys.argv[6]), "quant_max_vram_gib": float(sys.argv[7] or 0),
-       "whole_max_vram_gib": float(sys.argv[8] or 0), "recompute_max_vram_gib": float(sys.argv[9]), "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+       "whole_max_vram_gib": float(sys.argv[8] or 0), "recompute_max_vram_gib": float(sys.argv[9]),
+       "stream_max_vram_gib": float(sys.argv[10]), "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 for mod in ("torch", "diffusers", "transformers", "peft", "bitsandbytes"):
     try:
         env[mod] = __import__(mod).__version__
@@ -198,6 +205,20 @@ if want t5; then
     done
 fi
 want whole512 && whole $r512 4
+if want stream; then
+    # Blocks past --max-vram stream in for every forward and backward (nn/streamed_blocks.h); an earlier build
+    # carried as sd3tune_baseline.gz runs the same command for comparison.
+    train sd3_stream1024 $r1024 1 "$steps" --gradient_checkpointing --cache_dir "$work/cache1024" \
+        --max-vram "$stream_max_vram"
+    if [ -f "$bundle/sd3tune_baseline.gz" ]; then
+        gunzip -c "$bundle/sd3tune_baseline.gz" > "$work/sd3tune_baseline" && chmod +x "$work/sd3tune_baseline"
+        current=$sd3
+        sd3=$work/sd3tune_baseline
+        train sd3_stream1024_baseline $r1024 1 "$steps" --gradient_checkpointing --cache_dir "$work/cache1024" \
+            --max-vram "$stream_max_vram"
+        sd3=$current
+    fi
+fi
 if want profile; then
     # Where sd3tune's training step spends its GPU time: every kernel of update 3 of 4 at 512², batch 4, with
     # checkpointing, timed one by one by Nsight Compute (the machine has ncu, not nsys; SD3_PROFILE_UPDATE has

@@ -89,6 +89,14 @@ def rows(runs, env):
     out.append(("generate 1024², 28 steps, CFG 7", "peak GPU memory (sd3tune: T5 int8)", "GiB",
                 gib(get(runs, "ref_generate", "peak_gpu_bytes")), gib(get(runs, "sd3_generate", "peak_gpu_bytes")),
                 ("max<", 6.0)))
+    # Blocks streamed from host memory: sd3tune's own rows (the reference script has no such mode); the baseline
+    # is an earlier sd3tune build carried with the bundle, when there is one.
+    label = f"train 1024², batch 1, checkpointing, blocks streamed (--max-vram {env.get('stream_max_vram_gib', 0):g})"
+    for run, suffix in (("sd3_stream1024", ""), ("sd3_stream1024_baseline", ", earlier build")):
+        if run in runs:
+            out.append((label + suffix, "throughput", "img/s", None, get(runs, run, "images_per_second"), None))
+            out.append((label + suffix, "peak GPU memory", "GiB", None, gib(get(runs, run, "train_peak_gpu_bytes")),
+                        None))
     n = get(runs, "ref_t5", "captions") or env.get("captions")
     for dtype in ("int8", "bf16", "nf4"):
         label = f"prompt encoding, {n} captions × 256 tokens, T5 {dtype}"

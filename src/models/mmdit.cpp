@@ -385,11 +385,12 @@ void place_block(nn::WeightPlacer& placer, JointBlock& b) {
 // The Linears a quantized base stores quantized: the joint blocks' (by module path or weight name).
 bool in_joint_block(std::string_view name) { return name.starts_with("transformer_blocks."); }
 
-size_t block_bytes(const JointBlock& b, DType compute) {
+// A block's bytes as placed in the compute dtype (aligned), or with `as_held` as its tensors are now.
+size_t block_bytes(const JointBlock& b, DType compute, bool as_held = false) {
     JointBlock copy = b;
     nn::WeightPlacer placer;
     place_block(placer, copy);
-    return placer.bytes(compute);
+    return as_held ? placer.tensor_bytes() : placer.bytes(compute);
 }
 }  // namespace
 
@@ -416,24 +417,31 @@ Status MMDiT::to(const nn::Placement& placement, std::optional<QuantFormat> base
         placer.convert(l->bias);
     }
     placer.convert(w_.pos_embed);
-    // Blocks in order while they fit the budget (float weights in the compute dtype, quantized ones as stored).
-    size_t used = 0;
-    int resident = 0;
-    for (JointBlock& b : w_.blocks) {
-        const size_t bytes = block_bytes(b, placement.dtype);
-        if (max_resident_bytes != SIZE_MAX && used + bytes > max_resident_bytes) break;
-        used += bytes;
-        place_block(placer, b);
-        ++resident;
-    }
+    // Blocks in order while they fit the budget with the streaming slots (float weights in the compute dtype,
+    // quantized ones as stored); the rest are packed for streaming.
+    std::vector<size_t> bytes;
+    for (const JointBlock& b : w_.blocks) bytes.push_back(block_bytes(b, placement.dtype));
+    const size_t resident = nn::StreamedBlocks::resident_count(bytes, max_resident_bytes);
+    for (size_t i = 0; i < resident; ++i) place_block(placer, w_.blocks[i]);
     for (nn::Linear* l : linears())  // LoRA adapters attached before the move follow the model
         for (nn::LoraAdapter& a : l->loras) {
             placer.convert(a.A);
             placer.convert(a.B);
         }
     SD3_TRY(placer.place(placement, "transformer").status());
+    std::shared_ptr<nn::StreamedBlocks> streamed;
+    if (resident < w_.blocks.size()) {
+        streamed = std::make_shared<nn::StreamedBlocks>(placement);
+        for (size_t i = resident; i < w_.blocks.size(); ++i) {
+            nn::WeightPlacer block_placer;
+            place_block(block_placer, w_.blocks[i]);
+            streamed->add(block_placer);
+        }
+        SD3_TRY(streamed->allocate_slots("transformer"));
+    }
     placement_ = placement;
-    resident_blocks_ = resident;
+    resident_blocks_ = static_cast<int>(resident);
+    streamed_ = std::move(streamed);
     return {};
 }
 
@@ -452,27 +460,20 @@ size_t MMDiT::placed_bytes(const TensorSource& weights, const nn::Placement& pla
 }
 
 size_t MMDiT::weight_bytes() const {
-    size_t n = w_.pos_embed.nbytes();
-    for (const nn::Linear* l : linears())
-        n += (l->weight.defined() ? l->weight.nbytes() : l->qweight.bytes()) + (l->bias.defined() ? l->bias.nbytes() : 0);
-    n += w_.patch_embed.weight.nbytes() + w_.patch_embed.bias.nbytes();
-    for (const JointBlock& b : w_.blocks)
-        for (const nn::JointAttention* a : {&b.attn, &b.attn2})
-            for (const Tensor* t : {&a->norm_q, &a->norm_k, &a->norm_added_q, &a->norm_added_k})
-                if (t->defined()) n += t->nbytes();
+    size_t n = w_.pos_embed.nbytes() + (streamed_ ? streamed_->device_bytes() : 0);
+    for (const nn::Linear* l : {&w_.patch_embed, &w_.time_linear_1, &w_.time_linear_2, &w_.text_linear_1,
+                                &w_.text_linear_2, &w_.context_embedder, &w_.norm_out, &w_.proj_out})
+        n += l->weight.nbytes() + (l->bias.defined() ? l->bias.nbytes() : 0);
+    for (int i = 0; i < resident_blocks_; ++i) n += block_bytes(w_.blocks[i], placement_.dtype, true);
     return n;
 }
 
-const JointBlock& MMDiT::block_weights(size_t i, JointBlock& staged) const {
+const JointBlock& MMDiT::block_weights(size_t i, JointBlock& staged, int64_t next) const {
     if (static_cast<int>(i) < resident_blocks_) return w_.blocks[i];
-    staged = w_.blocks[i];  // shares the host tensors (and the LoRA adapters) until placed
+    staged = w_.blocks[i];  // shares the LoRA adapters; the frozen weights are rebound to the slot's copy
     nn::WeightPlacer placer;
     place_block(placer, staged);
-    const size_t bytes = placer.bytes(placement_.dtype);
-    if (!placer.place(placement_, "streamed transformer block").ok()) {  // unwinds like any allocation failure
-        const MemoryStats m = memory_stats(placement_.device);
-        throw OutOfMemoryError(placement_.device.str(), bytes, m.free, m.total, "a streamed transformer block");
-    }
+    streamed_->bind(i - resident_blocks_, placer, next < resident_blocks_ ? -1 : next - resident_blocks_);
     return staged;
 }
 

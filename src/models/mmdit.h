@@ -29,6 +29,7 @@
 #include "nn/blocks.h"
 #include "nn/lora.h"
 #include "nn/placement.h"
+#include "nn/streamed_blocks.h"
 
 namespace sd3 {
 
@@ -156,9 +157,10 @@ class MMDiT {
     // afterwards follow the model there). The CPU in float32 is where load() leaves it. With `base_format` (int8,
     // fp8, nf4) the joint blocks' Linear weights are quantized first and kept in that format (dequantized one layer
     // at a time for each matmul); the embedders and the output head stay in the compute dtype.
-    // With `max_resident_bytes`, only the joint blocks that fit in it (after the embedders and the head) join the
-    // allocation; the others stay in host memory and every forward and backward brings each in for its turn, one
-    // block at a time (for cards smaller than the model; `--max-vram`).
+    // With `max_resident_bytes`, only the joint blocks that fit in it (after the embedders and the head, and
+    // leaving room for the two slots the others take turns in) join the allocation; the others are packed into
+    // pinned host memory and every forward and backward brings each in for its turn, the next block's copy
+    // overlapping the current one's kernels (nn/streamed_blocks.h; for cards smaller than the model, `--max-vram`).
     Status to(const nn::Placement& placement, std::optional<QuantFormat> base_format = std::nullopt,
               size_t max_resident_bytes = SIZE_MAX);
     // What to() would place of a transformer's stored weights, read from their shapes alone (nothing loaded):
@@ -167,7 +169,8 @@ class MMDiT {
                                std::optional<QuantFormat> base_format);
     int resident_blocks() const { return resident_blocks_; }
     const nn::Placement& placement() const { return placement_; }
-    // Bytes of every weight as held now (quantized block weights at their storage size), LoRA adapters excluded.
+    // Bytes of the weights the placement's device holds (quantized block weights at their storage size; for
+    // streamed blocks, their slots), LoRA adapters excluded.
     size_t weight_bytes() const;
 
     const MMDiTConfig& config() const { return config_; }
@@ -218,9 +221,10 @@ class MMDiT {
     Result<Tensor> run_forward(const Tensor& hidden_states, const Tensor& timestep, const Tensor& encoder_hidden_states,
                                const Tensor& pooled_projections, MMDiTActivations* saved,
                                const std::vector<int64_t>& skip_layers, bool output_on_device) const;
-    // Block i's weights where the placement computes: itself when resident, else a copy brought in from host
-    // memory, held by `staged` until it is released.
-    const JointBlock& block_weights(size_t i, JointBlock& staged) const;
+    // Block i's weights where the placement computes: itself when resident, else `staged` bound to its copy in a
+    // streaming slot (valid until block i ± 2 is asked for). `next`: the block asked for after this one, whose copy
+    // then starts early (-1: none).
+    const JointBlock& block_weights(size_t i, JointBlock& staged, int64_t next) const;
     // One joint block on x and c (replaced by its outputs). With `saved`, keeps what block_backward needs. Each
     // LayerNorm runs fused with its modulation (training also keeps the LayerNorm's output). At inference (no
     // `saved`, ctx not training) with `overwrite_inputs` (nothing else holds x and c) the residuals are added into
@@ -235,6 +239,7 @@ class MMDiT {
     MMDiTWeights w_;
     nn::Placement placement_;
     int resident_blocks_ = 0;  // blocks [0, resident_blocks_) are in place; the rest stream in (set by load and to())
+    std::shared_ptr<nn::StreamedBlocks> streamed_;  // blocks [resident_blocks_, num_layers), when any
 };
 
 }  // namespace sd3

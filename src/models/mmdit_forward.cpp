@@ -222,7 +222,7 @@ Result<Tensor> MMDiT::run_forward(const Tensor& x_in, const Tensor& timestep_in,
     for (size_t i = 0; i < w_.blocks.size(); ++i) {
         if (std::find(skip_layers.begin(), skip_layers.end(), static_cast<int64_t>(i)) != skip_layers.end()) continue;
         JointBlock staged;  // a streamed block's weights, brought in for this call
-        const JointBlock& blk = block_weights(i, staged);
+        const JointBlock& blk = block_weights(i, staged, i + 1 < w_.blocks.size() ? static_cast<int64_t>(i) + 1 : -1);
         const bool recomputed = s.checkpoint_blocks && static_cast<int64_t>(i) + s.kept_blocks < n_blocks;
         if (keep && !recomputed) {
             block_forward(blk, hx, hc, s.silu_temb, &s.blocks[i], rc);
@@ -384,7 +384,7 @@ void MMDiT::backward(const Tensor& dout_in, MMDiTActivations& s, Tensor& grads, 
     for (size_t i = w_.blocks.size(); i-- > 0;) {
         const JointBlockSaved* bs = &s.blocks[i];
         JointBlock staged;  // a streamed block comes in once for its recompute and backward
-        const JointBlock& blk = block_weights(i, staged);
+        const JointBlock& blk = block_weights(i, staged, static_cast<int64_t>(i) - 1);
         JointBlockSaved recomputed;
         if (!bs->full) {
             Tensor x = bs->x_in, cc = bs->c_in;

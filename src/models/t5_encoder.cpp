@@ -208,12 +208,13 @@ Result<std::vector<Tensor>> T5Encoder::forward_batches(const std::vector<Tensor>
     }
     for (size_t i = 0; i < weights_.blocks.size(); ++i) {
         const T5BlockWeights* w = &weights_.blocks[i];
-        T5BlockWeights streamed;  // a non-resident block, uploaded for this pass and freed after it
+        T5BlockWeights streamed;  // a non-resident block, bound to its copy in a streaming slot
         if (static_cast<int>(i) >= resident_blocks_) {
             streamed = *w;
             nn::WeightPlacer placer;
             place_block(placer, streamed);
-            SD3_TRY(placer.place(p, "T5 block (streamed)").status());
+            const size_t k = i - resident_blocks_;
+            streamed_->bind(k, placer, k + 1 < streamed_->size() ? static_cast<int64_t>(k) + 1 : -1);
             w = &streamed;
         }
         for (size_t b = 0; b < xs.size(); ++b) xs[b] = block_forward(config_, *w, xs[b], biases[b]);
@@ -227,17 +228,24 @@ Status T5Encoder::to(const nn::Placement& placement, size_t max_resident_bytes) 
     if (placement.on_cpu() && placement_.on_cpu() && max_resident_bytes == SIZE_MAX) return {};
     nn::WeightPlacer placer;
     placer.convert(weights_.final_norm);
-    size_t used = 0;
-    int resident = 0;
-    for (T5BlockWeights& b : weights_.blocks) {
-        if (used + b.bytes() > max_resident_bytes) break;
-        used += b.bytes();
-        place_block(placer, b);
-        ++resident;
-    }
+    std::vector<size_t> bytes;
+    for (const T5BlockWeights& b : weights_.blocks) bytes.push_back(b.bytes());
+    const size_t resident = nn::StreamedBlocks::resident_count(bytes, max_resident_bytes);
+    for (size_t i = 0; i < resident; ++i) place_block(placer, weights_.blocks[i]);
     SD3_TRY(placer.place(placement, "T5 encoder").status());
+    std::shared_ptr<nn::StreamedBlocks> streamed;
+    if (resident < weights_.blocks.size()) {
+        streamed = std::make_shared<nn::StreamedBlocks>(placement);
+        for (size_t i = resident; i < weights_.blocks.size(); ++i) {
+            nn::WeightPlacer block_placer;
+            place_block(block_placer, weights_.blocks[i]);
+            streamed->add(block_placer);
+        }
+        SD3_TRY(streamed->allocate_slots("T5 encoder"));
+    }
     placement_ = placement;
-    resident_blocks_ = resident;
+    resident_blocks_ = static_cast<int>(resident);
+    streamed_ = std::move(streamed);
     return {};
 }
 

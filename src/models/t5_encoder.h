@@ -15,6 +15,7 @@
 #include "io/quant.h"
 #include "io/tensor_source.h"
 #include "nn/placement.h"
+#include "nn/streamed_blocks.h"
 
 namespace sd3 {
 
@@ -76,8 +77,9 @@ class T5Encoder {
                                   const T5LoadOptions& options = {});
 
     // Moves the blocks to the placement's device (quantized data as stored, norms in its dtype), as many as fit
-    // in `max_resident_bytes` in one allocation; the rest stay in host memory and are streamed in, one block at
-    // a time, by every forward. The embedding table stays on the CPU (the lookup checks ids there). On the CPU a
+    // in `max_resident_bytes` in one allocation with the streaming slots; the rest are packed into pinned host
+    // memory and streamed in by every forward, the next block's copy overlapping the current one's kernels
+    // (nn/streamed_blocks.h). The embedding table stays on the CPU (the lookup checks ids there). On the CPU a
     // budget does the same between host allocations (the streaming path, testable without a GPU).
     Status to(const nn::Placement& placement, size_t max_resident_bytes = SIZE_MAX);
     int resident_blocks() const { return resident_blocks_; }
@@ -106,6 +108,7 @@ class T5Encoder {
     T5Weights weights_;
     nn::Placement placement_;
     int resident_blocks_ = 0;  // blocks [0, resident_blocks_) are in place; the rest stream in (load: all)
+    std::shared_ptr<nn::StreamedBlocks> streamed_;  // blocks [resident_blocks_, num_layers), when any
 };
 
 }  // namespace sd3

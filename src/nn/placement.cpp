@@ -73,10 +73,14 @@ size_t WeightPlacer::bytes(DType compute) const {
     return layout(compute, offsets, dtypes);
 }
 
+size_t WeightPlacer::tensor_bytes() const {
+    size_t n = 0;
+    for (const Entry& e : entries_) n += e.tensor->nbytes();
+    return n;
+}
+
 Result<size_t> WeightPlacer::place(const Placement& p, const char* model_name) {
-    std::vector<size_t> offsets;
-    std::vector<DType> dtypes;
-    const size_t total = layout(p.dtype, offsets, dtypes);
+    const size_t total = bytes(p.dtype);
     if (!p.on_cpu()) synchronize(p.device);  // makes the device's context, which registers its allocator
     std::shared_ptr<Storage> storage = Storage::allocate(std::max<size_t>(total, 1), p.device);
     if (storage == nullptr) {
@@ -85,6 +89,20 @@ Result<size_t> WeightPlacer::place(const Placement& p, const char* model_name) {
                           ": its weights need ", total >> 20, " MiB, ", m.free >> 20, " MiB are free; use a smaller "
                           "weight format (--base-dtype / --t5-dtype) or --max-vram");
     }
+    fill(storage, p.dtype);
+    synchronize(p.device);
+    return total;
+}
+
+void WeightPlacer::fill(const std::shared_ptr<Storage>& storage, DType compute) { rebind(storage, compute, true); }
+
+void WeightPlacer::bind(const std::shared_ptr<Storage>& storage, DType compute) { rebind(storage, compute, false); }
+
+void WeightPlacer::rebind(const std::shared_ptr<Storage>& storage, DType compute, bool copy) {
+    std::vector<size_t> offsets;
+    std::vector<DType> dtypes;
+    const size_t total = layout(compute, offsets, dtypes);
+    SD3_ASSERT(storage->bytes() >= total, "a storage of ", storage->bytes(), " bytes for weights of ", total);
     std::map<size_t, Tensor> placed;  // offset -> view, for shared slots
     for (size_t i = 0; i < entries_.size(); ++i) {
         Tensor& t = *entries_[i].tensor;
@@ -93,13 +111,11 @@ Result<size_t> WeightPlacer::place(const Placement& p, const char* model_name) {
             continue;
         }
         Tensor view = Tensor::view_of(storage, offsets[i], t.shape(), dtypes[i]);
-        copy_into(view, t);
+        if (copy) copy_into(view, t);
         placed[offsets[i]] = view;
         t = view;
     }
-    synchronize(p.device);
     entries_.clear();
-    return total;
 }
 
 }  // namespace sd3::nn

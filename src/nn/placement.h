@@ -40,10 +40,18 @@ class WeightPlacer {
     Result<size_t> place(const Placement& p, const char* model_name);
     // The bytes place() would allocate for a compute dtype, without placing anything.
     size_t bytes(DType compute) const;
+    // The tensors' bytes as they are now (no conversion, no alignment).
+    size_t tensor_bytes() const;
+    // place()'s two halves on a given storage of at least bytes(compute): fill() copies each tensor into its slot
+    // (converting) and rebinds it to the view there; bind() only rebinds, for a storage that holds the same
+    // tensors' bytes in this layout already (a streamed block's device copy, nn/streamed_blocks.h).
+    void fill(const std::shared_ptr<Storage>& storage, DType compute);
+    void bind(const std::shared_ptr<Storage>& storage, DType compute);
 
   private:
     // Each entry's dtype on the device and offset in the allocation (shared data shares a slot); returns the total.
     size_t layout(DType compute, std::vector<size_t>& offsets, std::vector<DType>& dtypes) const;
+    void rebind(const std::shared_ptr<Storage>& storage, DType compute, bool copy);
     struct Entry {
         Tensor* tensor;
         bool convert;

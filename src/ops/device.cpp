@@ -1,7 +1,9 @@
 // Device moves (ops/device.h): the CPU side here, the CUDA side in ops/cuda/tensor_ops.cpp when it is built.
 #include "ops/device.h"
 
+#include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include "core/check.h"
@@ -70,6 +72,38 @@ void copy_into(const Tensor& dst, const Tensor& src) {
     cuda::tensor_ops::copy(dst, src);
 #else
     SD3_ASSERT(false, "a CUDA tensor in a build without CUDA");
+#endif
+}
+
+std::shared_ptr<Storage> allocate_pinned(size_t bytes) {
+#ifdef SD3_HAVE_CUDA
+    if (cuda::tensor_ops::device_count() > 0) {
+        if (void* p = cuda::tensor_ops::pinned_alloc(std::max<size_t>(bytes, 1)); p != nullptr)
+            return std::make_shared<Storage>(p, bytes, kCPU, [](void* q) { cuda::tensor_ops::pinned_free(q); });
+    }
+#endif
+    return Storage::allocate(bytes, kCPU);
+}
+
+int side_copy(const Tensor& dst, const Tensor& src) {
+    SD3_ASSERT(src.device().is_cpu() && src.is_contiguous() && dst.is_contiguous() && src.nbytes() == dst.nbytes(),
+               "side_copy of ", src.describe(), " into ", dst.describe());
+    if (dst.device().is_cpu()) {
+        std::memcpy(dst.raw(), src.raw(), src.nbytes());
+        return -1;
+    }
+#ifdef SD3_HAVE_CUDA
+    return cuda::tensor_ops::side_copy(dst, src);
+#else
+    SD3_ASSERT(false, "a CUDA tensor in a build without CUDA");
+    return -1;
+#endif
+}
+
+void wait_side_copy(Device device, int ticket) {
+    if (device.is_cpu() || ticket < 0) return;
+#ifdef SD3_HAVE_CUDA
+    cuda::tensor_ops::wait_side_copy(device.index, ticket);
 #endif
 }
 

@@ -40,6 +40,20 @@ class PendingDownload {
 };
 PendingDownload download_async(const Tensor& t);
 
+// Host memory that a device copies from at full bus speed while the host goes on (page-locked): a CPU Storage.
+// Ordinary host memory where there is no CUDA device or the system refuses to pin more (copies then still work,
+// only slower and without overlap).
+std::shared_ptr<Storage> allocate_pinned(size_t bytes);
+
+// Copies on a second queue beside a device's own, so a transfer overlaps the kernels queued there. side_copy(dst,
+// src): dst (a contiguous device tensor) gets the bytes of src (a contiguous CPU tensor of the same byte size,
+// pinned for the copy to overlap) once the work queued on dst's device so far is done, so nothing queued before
+// still reads what dst held; returns a ticket. wait_side_copy(device, ticket): the device's later work waits for
+// that copy; each ticket is waited for once. src must stay unchanged until then. On the CPU the copy happens at
+// once (ticket -1, nothing to wait for).
+int side_copy(const Tensor& dst, const Tensor& src);
+void wait_side_copy(Device device, int ticket);
+
 // Copies src's elements (same shape; any device, strides and dtype) into dst's memory, converting float dtypes
 // (quantized dtypes are copied only as themselves). Waits until a host source may be freed.
 void copy_into(const Tensor& dst, const Tensor& src);

@@ -1,12 +1,14 @@
 // The transformer's blocks streamed under a memory budget (MMDiT::to with max_resident_bytes, `--max-vram`):
-// blocks beyond the budget stay in host memory and each forward and backward brings them in one at a time. On the
-// CPU the "device" is another host allocation: the same code path as on a GPU minus the transfer, so the output
-// and the LoRA gradients must equal the resident model's bit for bit, for every budget, with and without
-// activation checkpointing.
+// blocks beyond the budget are packed in host memory and each forward and backward brings them in, taking turns in
+// two slots (nn/streamed_blocks.h). On the CPU the "device" is another host allocation: the same code path as on
+// a GPU minus the transfer, so the output and the LoRA gradients must equal the resident model's bit for bit, for
+// every budget, with and without activation checkpointing.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
+#include "common/random_mmdit.h"
 #include "common/reference_mmdit.h"
 #include "common/testing.h"
 #include "models/mmdit.h"
@@ -48,11 +50,13 @@ TEST(MMDiTStreaming, EveryBudgetGivesTheResidentResultsBitForBit) {
     EXPECT_EQ(resident.resident_blocks(), blocks);
     for (bool checkpoint : {false, true}) {
         const Step ref = run_step(resident, checkpoint);
-        for (size_t budget : {size_t{0}, size_t{200000}, SIZE_MAX - 1}) {  // none, one block (~150 KB), all
+        // Blocks of ~150 KB: none resident; still none (one block and a slot for the other take as much as both);
+        // all.
+        for (size_t budget : {size_t{0}, size_t{200000}, SIZE_MAX - 1}) {
             SCOPED_TRACE(str_cat("budget ", budget, checkpoint ? ", checkpointing" : ""));
             MMDiT streamed = testing::reference_mmdit();
             ASSERT_TRUE(streamed.to(nn::Placement{}, std::nullopt, budget).ok());
-            EXPECT_EQ(streamed.resident_blocks(), budget == 0 ? 0 : budget == 200000 ? 1 : blocks);
+            EXPECT_EQ(streamed.resident_blocks(), budget == SIZE_MAX - 1 ? blocks : 0);
             const Step got = run_step(streamed, checkpoint);
             EXPECT_TRUE(testing::all_close(got.pred, ref.pred, 0, 0));
             EXPECT_TRUE(testing::all_close(got.grads, ref.grads, 0, 0));
@@ -70,6 +74,82 @@ TEST(MMDiTStreaming, QuantizedBlocksStreamToo) {
     const Step ref = run_step(resident, true), got = run_step(streamed, true);
     EXPECT_TRUE(testing::all_close(got.pred, ref.pred, 0, 0));
     EXPECT_TRUE(testing::all_close(got.grads, ref.grads, 0, 0));
+}
+
+// Block i's bytes as placed in float32: each tensor in its own 256-byte aligned slot (nn::WeightPlacer).
+size_t block_bytes(const testing::MapSource& weights, int i) {
+    const std::string prefix = str_cat("transformer_blocks.", i, ".");
+    size_t n = 0;
+    for (const auto& [name, t] : weights.t)
+        if (name.starts_with(prefix)) n += (t.nbytes() + 255) / 256 * 256;
+    return n;
+}
+
+// Five blocks streamed through two slots, twice in a row: each slot is refilled as the blocks take turns, the
+// backward starts on the block the forward left in place, and the second step finds the slots as the first left
+// them. Every step equals the resident model's bit for bit.
+TEST(MMDiTStreaming, FiveBlocksTakeTurnsInTwoSlots) {
+    testing::OneOmpThread one;
+    MMDiTConfig c = testing::small_config();
+    c.num_layers = 5;
+    std::mt19937 rng(21);
+    const auto weights = testing::random_weights(c, rng);
+    const Tensor x = testing::random_tensor({2, 4, 4, 6}, rng), ctx = testing::random_tensor({2, 3, 6}, rng);
+    const Tensor pooled = testing::random_tensor({2, 5}, rng);
+    Tensor t = Tensor::empty({2}, DType::F32);
+    t.data<float>()[0] = 310.0f;
+    t.data<float>()[1] = 870.0f;
+    auto steps = [&](MMDiT& m, bool checkpoint) {
+        LoraTrainable lora = m.make_trainable_lora(LoraTrainConfig{}).value();
+        for (int64_t k = 0; k < lora.numel; ++k) lora.params.data<float>()[k] = 0.05f * std::sin(0.37f * k);
+        EXPECT_TRUE(m.attach_trainable(lora).ok());
+        std::vector<Step> out;
+        for (int step = 0; step < 2; ++step) {
+            MMDiTActivations saved;
+            saved.checkpoint_blocks = checkpoint;
+            auto pred = m.forward(x, t, ctx, pooled, &saved);
+            EXPECT_TRUE(pred.ok()) << pred.status().message();
+            lora.grads.fill(0.0);
+            m.backward(*pred, saved, lora.grads);
+            out.push_back({*pred, lora.grads.clone()});
+        }
+        m.detach_loras();
+        return out;
+    };
+    MMDiT resident = MMDiT::create(c, weights).value();
+    for (bool checkpoint : {false, true}) {
+        const std::vector<Step> ref = steps(resident, checkpoint);
+        EXPECT_TRUE(testing::all_close(ref[0].pred, ref[1].pred, 0, 0));
+        for (int want_resident : {0, 2}) {
+            SCOPED_TRACE(str_cat(want_resident, " resident", checkpoint ? ", checkpointing" : ""));
+            MMDiT streamed = MMDiT::create(c, weights).value();
+            // Blocks 0 and 1 plus two slots of the largest of the rest: room for two resident blocks, not three.
+            const size_t budget = want_resident == 0 ? 0
+                                                     : block_bytes(*weights, 0) + block_bytes(*weights, 1) +
+                                                           2 * std::max({block_bytes(*weights, 2), block_bytes(*weights, 3),
+                                                                         block_bytes(*weights, 4)});
+            ASSERT_TRUE(streamed.to(nn::Placement{}, std::nullopt, budget).ok());
+            ASSERT_EQ(streamed.resident_blocks(), want_resident);
+            const std::vector<Step> got = steps(streamed, checkpoint);
+            for (size_t i = 0; i < got.size(); ++i) {
+                EXPECT_TRUE(testing::all_close(got[i].pred, ref[i].pred, 0, 0)) << "step " << i;
+                EXPECT_TRUE(testing::all_close(got[i].grads, ref[i].grads, 0, 0)) << "step " << i;
+            }
+        }
+    }
+}
+
+TEST(StreamedBlocks, ResidentCountLeavesRoomForTheSlots) {
+    const std::vector<size_t> five(5, 10);
+    EXPECT_EQ(nn::StreamedBlocks::resident_count(five, SIZE_MAX), 5u);
+    EXPECT_EQ(nn::StreamedBlocks::resident_count(five, 50), 5u);  // all fit: no slots
+    EXPECT_EQ(nn::StreamedBlocks::resident_count(five, 49), 2u);  // 3 + 2 slots, 4 + 1 slot need 50
+    EXPECT_EQ(nn::StreamedBlocks::resident_count(five, 40), 2u);
+    EXPECT_EQ(nn::StreamedBlocks::resident_count(five, 39), 1u);
+    EXPECT_EQ(nn::StreamedBlocks::resident_count(five, 5), 0u);   // even the slots do not fit: all streamed
+    // The slots take the size of the largest streamed block.
+    EXPECT_EQ(nn::StreamedBlocks::resident_count({10, 10, 10, 30}, 59), 0u);  // 3 + a slot of 30 need 60
+    EXPECT_EQ(nn::StreamedBlocks::resident_count({30, 10, 10, 10}, 50), 1u);  // 30 + 2 slots of 10
 }
 
 }  // namespace

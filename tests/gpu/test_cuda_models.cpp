@@ -15,6 +15,7 @@
 #include <cmath>
 #include <map>
 
+#include "common/random_mmdit.h"
 #include "common/reference_mmdit.h"
 #include "common/testing.h"
 #include "gpu/gpu_testing.h"
@@ -162,6 +163,51 @@ TEST_P(GpuModels, TrainingStepIsBitIdenticalAcrossRunsCheckpointingAndStreaming)
     const GpuTrainStep d = gpu_train_step(placement(), true, 0);
     EXPECT_TRUE(testing::all_close(a.pred, d.pred, 0, 0)) << "streamed blocks: prediction";
     EXPECT_TRUE(testing::all_close(a.grads, d.grads, 0, 0)) << "streamed blocks: gradients";
+}
+
+// Five random blocks, all streamed through the two slots on the device (the copies on the side stream, each
+// waiting for the kernels that read the slot's previous block), two forward+backward steps in a row: bit for bit
+// the resident model's steps.
+TEST_P(GpuModels, FiveStreamedBlocksGiveTheResidentStepsBitForBit) {
+    SD3_REQUIRE_GPU();
+    MMDiTConfig c = testing::small_config();
+    c.num_layers = 5;
+    std::mt19937 rng(21);
+    const auto weights = testing::random_weights(c, rng);
+    const Tensor x = testing::random_tensor({2, 4, 4, 6}, rng), ctx = testing::random_tensor({2, 3, 6}, rng);
+    const Tensor pooled = testing::random_tensor({2, 5}, rng);
+    Tensor t = Tensor::empty({2}, DType::F32);
+    t.data<float>()[0] = 310.0f;
+    t.data<float>()[1] = 870.0f;
+    auto steps = [&](size_t resident_bytes, bool checkpoint) {
+        MMDiT m = MMDiT::create(c, weights).value();
+        EXPECT_TRUE(m.to(placement(), std::nullopt, resident_bytes).ok());
+        LoraTrainable lora = m.make_trainable_lora(LoraTrainConfig{}).value();
+        for (int64_t k = 0; k < lora.numel; ++k) lora.params.data<float>()[k] = 0.05f * std::sin(0.37f * k);
+        LoraTrainable on_device = lora;
+        on_device.params = convert(to_device(lora.params, kGPU).value(), GetParam());
+        EXPECT_TRUE(m.attach_trainable(on_device).ok());
+        std::vector<Tensor> out;
+        for (int step = 0; step < 2; ++step) {
+            MMDiTActivations saved;
+            saved.checkpoint_blocks = checkpoint;
+            auto pred = m.forward(x, t, ctx, pooled, &saved);
+            EXPECT_TRUE(pred.ok()) << pred.status().message();
+            Tensor grads = ops::zeros({lora.numel}, kGPU);
+            m.backward(*pred, saved, grads);
+            out.push_back(*pred);
+            out.push_back(to_host(grads));
+        }
+        EXPECT_EQ(m.resident_blocks(), resident_bytes == 0 ? 0 : 5);
+        return out;
+    };
+    for (bool checkpoint : {false, true}) {
+        const std::vector<Tensor> ref = steps(SIZE_MAX, checkpoint), got = steps(0, checkpoint);
+        for (size_t i = 0; i < ref.size(); ++i)
+            EXPECT_TRUE(testing::all_close(got[i], ref[i], 0, 0))
+                << (i % 2 == 0 ? "prediction" : "gradients") << " of step " << i / 2
+                << (checkpoint ? ", checkpointing" : "");
+    }
 }
 
 const Vae& tiny_vae_on(const nn::Placement& p) {

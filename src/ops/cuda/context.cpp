@@ -103,6 +103,9 @@ Context::~Context() {
         cudaFreeHost(b.host);
         cudaEventDestroy(b.done);
     }
+    for (cudaEvent_t e : side_events_) cudaEventDestroy(e);
+    if (side_mark_ != nullptr) cudaEventDestroy(side_mark_);
+    if (copy_stream_ != nullptr) cudaStreamDestroy(copy_stream_);
     if (blas_workspace_ != nullptr) cudaFree(blas_workspace_);
     if (blas_ != nullptr) cublasLtDestroy(blas_);
     if (stream_ != nullptr) cudaStreamDestroy(stream_);
@@ -169,6 +172,36 @@ void Context::finish_download(int handle, void* dst, size_t bytes) {
     std::memcpy(dst, host, bytes);
     std::lock_guard<std::mutex> lock(staging_mutex_);
     staging_[handle].held = false;
+}
+
+int Context::side_copy(void* dst, const void* src, size_t bytes) {
+    SD3_RT_CHECK(cudaSetDevice(index_));
+    if (copy_stream_ == nullptr) {
+        SD3_RT_CHECK(cudaStreamCreateWithFlags(&copy_stream_, cudaStreamNonBlocking));
+        SD3_RT_CHECK(cudaEventCreateWithFlags(&side_mark_, cudaEventDisableTiming));
+    }
+    int ticket = 0;
+    while (ticket < static_cast<int>(side_events_.size()) && side_event_busy_[ticket]) ++ticket;
+    if (ticket == static_cast<int>(side_events_.size())) {
+        cudaEvent_t e = nullptr;
+        SD3_RT_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+        side_events_.push_back(e);
+        side_event_busy_.push_back(false);
+    }
+    // The copy starts once the kernels queued so far are done: none of them reads dst's old bytes any more.
+    SD3_RT_CHECK(cudaEventRecord(side_mark_, stream_));
+    SD3_RT_CHECK(cudaStreamWaitEvent(copy_stream_, side_mark_, 0));
+    if (bytes > 0) SD3_RT_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, copy_stream_));
+    SD3_RT_CHECK(cudaEventRecord(side_events_[ticket], copy_stream_));
+    side_event_busy_[ticket] = true;
+    return ticket;
+}
+
+void Context::wait_side_copy(int ticket) {
+    SD3_ASSERT(ticket >= 0 && ticket < static_cast<int>(side_events_.size()) && side_event_busy_[ticket],
+               "wait_side_copy of an unknown or spent ticket ", ticket);
+    SD3_RT_CHECK(cudaStreamWaitEvent(stream_, side_events_[ticket], 0));
+    side_event_busy_[ticket] = false;  // the wait holds the event's state as of now: it may be recorded again
 }
 
 Exec Context::exec(size_t scratch_bytes) {

@@ -59,6 +59,12 @@ class Context {
     int start_download(const void* src, size_t bytes);
     void finish_download(int handle, void* dst, size_t bytes);
 
+    // Copies on a second stream (ops/device.h SideCopies): side_copy queues dst <- src (host memory, pinned for
+    // the copy to overlap) behind the work queued on the context's stream so far and returns a ticket;
+    // wait_side_copy(ticket) makes the stream's later work wait for that copy, after which the ticket is spent.
+    int side_copy(void* dst, const void* src, size_t bytes);
+    void wait_side_copy(int ticket);
+
     Context(const Context&) = delete;
     Context& operator=(const Context&) = delete;
     ~Context();
@@ -89,6 +95,13 @@ class Context {
     int acquire_staging(size_t bytes);  // a free buffer of at least `bytes`, marked held; with staging_mutex_ held
     std::vector<Staging> staging_;
     std::mutex staging_mutex_;
+
+    // side_copy's stream (made on first use), the event marking the main stream's progress that a copy waits
+    // for, and one event per ticket (reused once its ticket is spent).
+    cudaStream_t copy_stream_ = nullptr;
+    cudaEvent_t side_mark_ = nullptr;
+    std::vector<cudaEvent_t> side_events_;
+    std::vector<bool> side_event_busy_;
 };
 
 // Number of usable CUDA devices (0 without a driver or GPU).

@@ -118,6 +118,26 @@ Result<Tensor> upload_async(const Tensor& t_in, Device device) {
     return d;
 }
 
+void* pinned_alloc(size_t bytes) {
+    void* p = nullptr;
+    if (cudaHostAlloc(&p, bytes, cudaHostAllocDefault) != cudaSuccess) {
+        cudaGetLastError();
+        return nullptr;
+    }
+    return p;
+}
+
+void pinned_free(void* p) { cudaFreeHost(p); }
+
+int side_copy(const Tensor& dst, const Tensor& src) {
+    SD3_ASSERT(is_cuda(dst) && dst.is_contiguous() && src.device().is_cpu() && src.is_contiguous() &&
+                   src.nbytes() == dst.nbytes(),
+               "side_copy of ", src.describe(), " into ", dst.describe());
+    return ctx_of(dst).side_copy(dst.raw(), src.raw(), dst.nbytes());
+}
+
+void wait_side_copy(int index, int ticket) { Context::get(index).wait_side_copy(ticket); }
+
 int start_download(const Tensor& t) {
     SD3_ASSERT(is_cuda(t) && t.is_contiguous(), "start_download of ", t.describe());
     return ctx_of(t).start_download(t.raw(), t.nbytes());

@@ -35,6 +35,13 @@ Tensor to_host(const Tensor& t);
 int start_download(const Tensor& t);
 void finish_download(const Tensor& t, int handle, const Tensor& host);
 Tensor contiguous(const Tensor& t);
+// Page-locked host memory (null when the driver refuses to pin more) and its release.
+void* pinned_alloc(size_t bytes);
+void pinned_free(void* p);
+// Context::side_copy of dst (a contiguous CUDA tensor) <- src (a contiguous CPU tensor of the same byte size), and
+// Context::wait_side_copy.
+int side_copy(const Tensor& dst, const Tensor& src);
+void wait_side_copy(int index, int ticket);
 // dst (a CUDA tensor) = src (host or device), converting float dtypes.
 void copy(const Tensor& dst, const Tensor& src);
 Tensor convert(const Tensor& t, DType dtype);
