@@ -32,8 +32,7 @@ Tensor feed_forward(const FeedForward& ff, const Tensor& x, FeedForwardSaved* sa
             Tensor pre;
             act = ops::linear_gelu_tanh(x, ff.fc1.weight, ff.fc1.bias, &pre);
             if (saved != nullptr) {
-                saved->fc1 = LinearSaved{};  // a frozen layer's backward needs only its weight
-                saved->fc1.valid = true;
+                saved->fc1 = LinearSaved::frozen();
                 saved->pre = pre;
             }
         }

@@ -51,6 +51,12 @@ struct LinearSaved {
     Tensor x;                // [..., in], only when the layer has adapters
     std::vector<Tensor> xd;  // per adapter: dropout(x) [..., in], undefined when no dropout was applied
     std::vector<Tensor> h;   // per adapter: A·xd [..., r]
+    // What linear_forward keeps for a layer without adapters, for callers that run its GEMM themselves.
+    static LinearSaved frozen() {
+        LinearSaved s;
+        s.valid = true;
+        return s;
+    }
 };
 
 uint64_t layer_id(const std::string& name);

@@ -124,6 +124,31 @@ struct Vec {
     }
 };
 
+// kCols adjacent elements as float32, in one access when kCols > 1 (a pair, or a whole Vec<T>): kernels whose
+// threads own runs of columns read and write them through these, the same math for every run length.
+template <typename T, int kCols>
+__device__ __forceinline__ void load_cols(const T* p, float (&v)[kCols]) {
+    if constexpr (kCols == 1) {
+        v[0] = to_f(*p);
+    } else {
+        Vec<T, kCols> w;
+        w.load(p);
+#pragma unroll
+        for (int k = 0; k < kCols; ++k) v[k] = w.v[k];
+    }
+}
+template <typename T, int kCols>
+__device__ __forceinline__ void store_cols(T* p, const float (&v)[kCols]) {
+    if constexpr (kCols == 1) {
+        *p = from_f<T>(v[0]);
+    } else {
+        Vec<T, kCols> w;
+#pragma unroll
+        for (int k = 0; k < kCols; ++k) w.v[k] = v[k];
+        w.store(p);
+    }
+}
+
 // Elements of `dt` in one 16-byte vector: Vec<T>'s lanes.
 inline int64_t vec_lanes(DType dt) { return 16 / static_cast<int64_t>(dtype_size(dt)); }
 

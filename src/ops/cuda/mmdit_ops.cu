@@ -24,31 +24,6 @@ __global__ void modulate_fwd_kernel(T* y, const T* x, const T* shift, const T* s
     }
 }
 
-// kCols adjacent elements as float32, in one access when kCols is 2 (the reduction kernels below give each
-// thread two columns where rows allow it, so a warp reads 128 bytes of a bf16 row instead of 64).
-template <typename T, int kCols>
-__device__ __forceinline__ void load_cols(const T* p, float (&v)[kCols]) {
-    if constexpr (kCols == 1) {
-        v[0] = to_f(*p);
-    } else {
-        Vec<T, kCols> w;
-        w.load(p);
-#pragma unroll
-        for (int k = 0; k < kCols; ++k) v[k] = w.v[k];
-    }
-}
-template <typename T, int kCols>
-__device__ __forceinline__ void store_cols(T* p, const float (&v)[kCols]) {
-    if constexpr (kCols == 1) {
-        *p = from_f<T>(v[0]);
-    } else {
-        Vec<T, kCols> w;
-#pragma unroll
-        for (int k = 0; k < kCols; ++k) w.v[k] = v[k];
-        w.store(p);
-    }
-}
-
 // Stage 1 of the token reductions behind modulate_bwd and gated_add_bwd: out = dy * c, where c is one adaLN row
 // (1 + scale for modulate, gate for gated_add), with one f32 partial per (b, chunk, d) of p1 = Σ dy and
 // p2 = Σ dy * other (x for modulate, a for gated_add). Block (x: kReduceThreads * kCols columns, y: a chunk of

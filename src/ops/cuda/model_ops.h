@@ -21,9 +21,11 @@ void modulate_fwd(const Exec& ex, void* y, const void* x, const void* shift, con
                   int64_t tokens, int64_t dim, int64_t stride, DType dt);
 // y = modulate(layer_norm(x) without affine, shift, scale) in one pass (the LayerNorm rounded to dt before the
 // modulation, as the two ops store it); xhat (the LayerNorm's output), mean and rstd are stored where not null.
-// Vector kernel only: false, with nothing launched, where dim, stride or an address does not allow 16-byte
-// vectors (then run the two ops).
-bool layer_norm_modulate_fwd(const Exec& ex, void* y, const void* x, const void* shift, const void* scale,
+// A vector kernel: layer_norm_modulate_fits says whether dim, stride and the addresses allow 16-byte vectors
+// (y and xhat must be aligned as x is; where it does not fit, run the two ops).
+bool layer_norm_modulate_fits(const void* x, const void* shift, const void* scale, int64_t dim, int64_t stride,
+                              DType dt);
+void layer_norm_modulate_fwd(const Exec& ex, void* y, const void* x, const void* shift, const void* scale,
                              int64_t batch, int64_t tokens, int64_t dim, int64_t stride, float eps, DType dt,
                              void* xhat = nullptr, float* mean = nullptr, float* rstd = nullptr);
 size_t modulate_bwd_workspace(int64_t batch, int64_t tokens, int64_t dim);

@@ -123,7 +123,11 @@ __global__ void layer_norm_fwd_vec_kernel(T* y, float* mean_out, float* rstd_out
     }
 }
 
-template <typename T>
+// dx of LayerNorm, one row per warp, plus dx_add where given (a residual branch's gradient). Each thread owns runs
+// of kCols adjacent columns: 1, or Vec<T>'s lanes where every operand is aligned to them (16-byte accesses instead
+// of 2-byte ones, which used a quarter of each memory transaction; a 1536-wide row's second pass comes from the
+// L1 that the first filled). The same math per element either way.
+template <typename T, int kCols>
 __global__ void layer_norm_bwd_dx_kernel(T* dx, const T* dy, const T* x, const T* w, const float* mean,
                                          const float* rstd, const T* dx_add, int64_t rows, int64_t cols) {
     const int64_t r = blockIdx.x * (int64_t)kRowsPerBlock + (threadIdx.x >> 5);
@@ -132,73 +136,41 @@ __global__ void layer_norm_bwd_dx_kernel(T* dx, const T* dy, const T* x, const T
     const T* xr = x + r * cols;
     const T* gr = dy + r * cols;
     const float m = mean[r], rs = rstd[r];
-    float sg = 0.0f, sgx = 0.0f;
-    for (int64_t c = lane; c < cols; c += 32) {
-        const float xhat = (to_f(xr[c]) - m) * rs;
-        const float g = w != nullptr ? to_f(gr[c]) * to_f(w[c]) : to_f(gr[c]);
-        sg += g;
-        sgx += g * xhat;
-    }
-    const float mg = warp_sum(sg) / static_cast<float>(cols), mgx = warp_sum(sgx) / static_cast<float>(cols);
-    T* dr = dx + r * cols;
-    const T* ar = dx_add != nullptr ? dx_add + r * cols : nullptr;
-    for (int64_t c = lane; c < cols; c += 32) {
-        const float xhat = (to_f(xr[c]) - m) * rs;
-        const float g = w != nullptr ? to_f(gr[c]) * to_f(w[c]) : to_f(gr[c]);
-        float v = rs * (g - mg - xhat * mgx);
-        if (ar != nullptr) v += to_f(ar[c]);
-        dr[c] = from_f<T>(v);
-    }
-}
-
-// The same on 16-byte vectors (cols a multiple of Vec<T>'s lanes, every operand aligned to them): the
-// scalar kernel's 2-byte accesses used a quarter of each memory transaction, and a 1536-wide row's second pass
-// comes from the L1 that the first filled.
-template <typename T>
-__global__ void layer_norm_bwd_dx_vec_kernel(T* dx, const T* dy, const T* x, const T* w, const float* mean,
-                                             const float* rstd, const T* dx_add, int64_t rows, int64_t cols) {
-    constexpr int L = Vec<T>::kLanes;
-    const int64_t r = blockIdx.x * (int64_t)kRowsPerBlock + (threadIdx.x >> 5);
-    const int lane = threadIdx.x & 31;
-    if (r >= rows) return;
-    const T* xr = x + r * cols;
-    const T* gr = dy + r * cols;
-    const float m = mean[r], rs = rstd[r];
-    // dy·w and x̂ of the L columns at c.
-    auto load = [&](int64_t c, Vec<T>& g, Vec<T>& xh) {
-        g.load(gr + c);
-        xh.load(xr + c);
-        Vec<T> wv;
-        if (w != nullptr) wv.load(w + c);
+    // dy·w and x̂ of the kCols columns at c.
+    auto load = [&](int64_t c, float (&g)[kCols], float (&xh)[kCols]) {
+        load_cols<T, kCols>(gr + c, g);
+        load_cols<T, kCols>(xr + c, xh);
+        float wv[kCols];
+        if (w != nullptr) load_cols<T, kCols>(w + c, wv);
 #pragma unroll
-        for (int k = 0; k < L; ++k) {
-            xh.v[k] = (xh.v[k] - m) * rs;
-            if (w != nullptr) g.v[k] *= wv.v[k];
+        for (int k = 0; k < kCols; ++k) {
+            xh[k] = (xh[k] - m) * rs;
+            if (w != nullptr) g[k] *= wv[k];
         }
     };
     float sg = 0.0f, sgx = 0.0f;
-    for (int64_t c = lane * L; c < cols; c += 32 * L) {
-        Vec<T> g, xh;
+    for (int64_t c = lane * kCols; c < cols; c += 32 * kCols) {
+        float g[kCols], xh[kCols];
         load(c, g, xh);
 #pragma unroll
-        for (int k = 0; k < L; ++k) {
-            sg += g.v[k];
-            sgx += g.v[k] * xh.v[k];
+        for (int k = 0; k < kCols; ++k) {
+            sg += g[k];
+            sgx += g[k] * xh[k];
         }
     }
     const float mg = warp_sum(sg) / static_cast<float>(cols), mgx = warp_sum(sgx) / static_cast<float>(cols);
     T* dr = dx + r * cols;
     const T* ar = dx_add != nullptr ? dx_add + r * cols : nullptr;
-    for (int64_t c = lane * L; c < cols; c += 32 * L) {
-        Vec<T> g, xh, a;
+    for (int64_t c = lane * kCols; c < cols; c += 32 * kCols) {
+        float g[kCols], xh[kCols], a[kCols];
         load(c, g, xh);
-        if (ar != nullptr) a.load(ar + c);
+        if (ar != nullptr) load_cols<T, kCols>(ar + c, a);
 #pragma unroll
-        for (int k = 0; k < L; ++k) {
-            g.v[k] = rs * (g.v[k] - mg - xh.v[k] * mgx);
-            if (ar != nullptr) g.v[k] += a.v[k];
+        for (int k = 0; k < kCols; ++k) {
+            g[k] = rs * (g[k] - mg - xh[k] * mgx);
+            if (ar != nullptr) g[k] += a[k];
         }
-        g.store(dr + c);
+        store_cols<T, kCols>(dr + c, g);
     }
 }
 
@@ -347,19 +319,24 @@ void layer_norm_fwd(const Exec& ex, void* y, float* mean, float* rstd, const voi
     SD3_CUDA_LAUNCHED();
 }
 
-bool layer_norm_modulate_fwd(const Exec& ex, void* y, const void* x, const void* shift, const void* scale,
+bool layer_norm_modulate_fits(const void* x, const void* shift, const void* scale, int64_t dim, int64_t stride,
+                              DType dt) {
+    return aligned_runs(vec_lanes(dt), dt, {dim, stride}, {x, shift, scale});
+}
+
+void layer_norm_modulate_fwd(const Exec& ex, void* y, const void* x, const void* shift, const void* scale,
                              int64_t batch, int64_t tokens, int64_t dim, int64_t stride, float eps, DType dt,
                              void* xhat, float* mean, float* rstd) {
-    if (!aligned_runs(vec_lanes(dt), dt, {dim, stride}, {y, x, shift, scale, xhat})) return false;
+    SD3_ASSERT(aligned_runs(vec_lanes(dt), dt, {dim, stride}, {y, x, shift, scale, xhat}),
+               "layer_norm_modulate_fwd: dim, stride or an address is not a whole number of 16-byte vectors");
     const int64_t rows = batch * tokens;
-    if (rows == 0) return true;
+    if (rows == 0) return;
     SD3_DISPATCH_FLOAT(dt, T, layer_norm_fwd_vec_kernel<T><<<row_blocks(rows), kThreads, 0, ex.stream>>>(
                                   static_cast<T*>(y), mean, rstd, static_cast<const T*>(x),
                                   ModulateOut<T>{static_cast<const T*>(shift), static_cast<const T*>(scale), tokens,
                                                  stride, static_cast<T*>(xhat), dim},
                                   rows, dim, eps));
     SD3_CUDA_LAUNCHED();
-    return true;
 }
 
 size_t layer_norm_bwd_workspace(int64_t rows, int64_t cols) {
@@ -373,7 +350,7 @@ void layer_norm_bwd(const Exec& ex, void* dx, void* dw, void* db, const void* dy
     if (dx != nullptr) {
         const bool vec = aligned_runs(vec_lanes(dt), dt, {cols}, {dx, dy, x, w, dx_add});
         SD3_DISPATCH_FLOAT(dt, T, {
-            const auto kernel = vec ? layer_norm_bwd_dx_vec_kernel<T> : layer_norm_bwd_dx_kernel<T>;
+            const auto kernel = vec ? layer_norm_bwd_dx_kernel<T, Vec<T>::kLanes> : layer_norm_bwd_dx_kernel<T, 1>;
             kernel<<<row_blocks(rows), kThreads, 0, ex.stream>>>(
                 static_cast<T*>(dx), static_cast<const T*>(dy), static_cast<const T*>(x), static_cast<const T*>(w),
                 mean, rstd, static_cast<const T*>(dx_add), rows, cols);

@@ -254,6 +254,12 @@ Tensor layer_norm_modulate(const Tensor& x_in, const Tensor& shift, const Tensor
     require(shift, x_in, "layer_norm_modulate shift");
     require(scale, x_in, "layer_norm_modulate scale");
     const Tensor x = contiguous(x_in);
+    if (!cuda::layer_norm_modulate_fits(x.raw(), shift.raw(), scale.raw(), x.size(2), shift.stride(0), x.dtype())) {
+        Tensor m, r;
+        const Tensor n = layer_norm_fwd(x, eps, mean != nullptr ? mean : &m, rstd != nullptr ? rstd : &r);  // same bits
+        if (xhat != nullptr) *xhat = n;
+        return modulate(n, shift, scale);
+    }
     Tensor y = empty_like(x);
     if (xhat != nullptr) {
         const int64_t rows = x.size(0) * x.size(1);
@@ -261,16 +267,11 @@ Tensor layer_norm_modulate(const Tensor& x_in, const Tensor& shift, const Tensor
         *mean = Tensor::empty({rows}, DType::F32, x.device());
         *rstd = Tensor::empty({rows}, DType::F32, x.device());
     }
-    if (cuda::layer_norm_modulate_fwd(ctx_of(x).exec(), y.raw(), x.raw(), shift.raw(), scale.raw(), x.size(0),
-                                      x.size(1), x.size(2), shift.stride(0), eps, x.dtype(),
-                                      xhat != nullptr ? xhat->raw() : nullptr,
-                                      mean != nullptr ? mean->data<float>() : nullptr,
-                                      rstd != nullptr ? rstd->data<float>() : nullptr))
-        return y;
-    Tensor m, r;
-    const Tensor n = layer_norm_fwd(x, eps, mean != nullptr ? mean : &m, rstd != nullptr ? rstd : &r);
-    if (xhat != nullptr) *xhat = n;
-    return modulate(n, shift, scale);
+    cuda::layer_norm_modulate_fwd(ctx_of(x).exec(), y.raw(), x.raw(), shift.raw(), scale.raw(), x.size(0), x.size(1),
+                                  x.size(2), shift.stride(0), eps, x.dtype(), xhat != nullptr ? xhat->raw() : nullptr,
+                                  mean != nullptr ? mean->data<float>() : nullptr,
+                                  rstd != nullptr ? rstd->data<float>() : nullptr);
+    return y;
 }
 
 Tensor modulate_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& scale, Tensor* dshift,
