@@ -172,6 +172,8 @@ TEST_P(GpuModels, FiveStreamedBlocksGiveTheResidentStepsBitForBit) {
     SD3_REQUIRE_GPU();
     MMDiTConfig c = testing::small_config();
     c.num_layers = 5;
+    c.attention_head_dim = 8;  // the CUDA attention backward takes head dims 8, 16, 32, 64
+    c.caption_projection_dim = c.inner_dim();
     std::mt19937 rng(21);
     const auto weights = testing::random_weights(c, rng);
     const Tensor x = testing::random_tensor({2, 4, 4, 6}, rng), ctx = testing::random_tensor({2, 3, 6}, rng);
