@@ -429,8 +429,7 @@ std::pair<CLI::App*, CommandRunner> setup_train(CLI::App& app) {
                 // Where an update's time goes (train/trainer.h StepReport::Phases), each the median on its own.
                 m["phase_seconds_per_update"] = {
                     {"batch", steady_median([&](size_t i) { return update_phases[i].batch; })},
-                    {"forward", steady_median([&](size_t i) { return update_phases[i].forward; })},
-                    {"backward", steady_median([&](size_t i) { return update_phases[i].backward; })},
+                    {"step", steady_median([&](size_t i) { return update_phases[i].step; })},
                     {"optimizer", steady_median([&](size_t i) { return update_phases[i].optimizer; })},
                     {"report", steady_median([&](size_t i) { return update_phases[i].report; })}};
                 const double images = static_cast<double>(c->o.train_batch_size * c->o.gradient_accumulation_steps);

@@ -70,7 +70,8 @@ MemoryStats memory_stats(Device device);
 void reset_peak_memory(Device device);
 // Frees the device's kernel workspace, which keeps the size of the largest request so far (the next op that needs
 // one allocates it again): between phases whose workspaces differ, such as the VAE's convolutions and training.
-// Nothing on the CPU.
+// It also waits for the device and gives back what recorded graphs hold between their launches (a recorded
+// training step's activations), so the next phase has that memory too. Nothing on the CPU.
 void release_workspace(Device device);
 // Starts or stops the CUDA profiler's capture (cudaProfilerStart/Stop), for profilers started with capture off
 // (`ncu --profile-from-start off`, `nsys --capture-range=cudaProfilerApi`); nothing without CUDA.

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "core/check.h"
+#include "ops/device.h"
 #include "ops/dispatch.h"
 
 namespace sd3::ops {
@@ -26,10 +27,26 @@ void require_table(const Tensor& t, const Tensor& like, int64_t cols, const char
 
 }  // namespace
 
-Tensor flow_matching_loss(const Tensor& pred_in, const Tensor& noisy_in, const Tensor& x0_in, const Tensor& noise_in,
+Tensor loss_sample_table(const std::vector<cpu::LossSample>& samples) {
+    constexpr int64_t kBytes = sizeof(cpu::LossSample);
+    Tensor t = Tensor::empty({static_cast<int64_t>(samples.size()), kBytes}, DType::U8);
+    if (!samples.empty()) std::memcpy(t.raw(), samples.data(), samples.size() * kBytes);
+    return t;
+}
+
+Tensor flow_matching_loss(const Tensor& pred, const Tensor& noisy, const Tensor& x0, const Tensor& noise,
                           const std::vector<cpu::LossSample>& samples, bool precondition, Tensor* grad) {
-    SD3_ASSERT(pred_in.defined() && pred_in.dim() >= 1 && pred_in.size(0) == static_cast<int64_t>(samples.size()),
-               "flow_matching_loss: pred ", pred_in.describe(), " for ", samples.size(), " samples");
+    Tensor table = loss_sample_table(samples);
+    if (!pred.device().is_cpu()) table = upload_async(table, pred.device()).value();  // no wait for the device
+    return flow_matching_loss(pred, noisy, x0, noise, table, precondition, grad);
+}
+
+Tensor flow_matching_loss(const Tensor& pred_in, const Tensor& noisy_in, const Tensor& x0_in, const Tensor& noise_in,
+                          const Tensor& samples, bool precondition, Tensor* grad) {
+    SD3_ASSERT(pred_in.defined() && pred_in.dim() >= 1 && samples.defined() && samples.dtype() == DType::U8 &&
+                   samples.is_contiguous() && samples.device() == pred_in.device() &&
+                   samples.shape() == Shape({pred_in.size(0), static_cast<int64_t>(sizeof(cpu::LossSample))}),
+               "flow_matching_loss: pred ", pred_in.describe(), " with the sample table ", samples.describe());
     for (const Tensor* t : {&noisy_in, &x0_in, &noise_in})
         SD3_ASSERT(t->defined() && t->dtype() == DType::F32 && t->device() == pred_in.device() &&
                        t->shape() == pred_in.shape(),
@@ -39,13 +56,14 @@ Tensor flow_matching_loss(const Tensor& pred_in, const Tensor& noisy_in, const T
     const Tensor pred = pred_in.contiguous(), noisy = noisy_in.contiguous(), x0 = x0_in.contiguous(),
                  noise = noise_in.contiguous();
     const int64_t B = pred.size(0), per = B > 0 ? pred.numel() / B : 0;
+    const auto* sample = static_cast<const cpu::LossSample*>(samples.raw());
     *grad = Tensor::empty(pred.shape(), DType::F32);
     Tensor sums = Tensor::empty({B}, DType::F64);  // [B]
 #pragma omp parallel for
     for (int64_t b = 0; b < B; ++b)
         sums.data<double>()[b] = cpu::flow_matching_sample(
             grad->data<float>() + b * per, pred.data<float>() + b * per, noisy.data<float>() + b * per,
-            x0.data<float>() + b * per, noise.data<float>() + b * per, per, samples[b], precondition);
+            x0.data<float>() + b * per, noise.data<float>() + b * per, per, sample[b], precondition);
     return sums;
 }
 

@@ -16,6 +16,12 @@ namespace sd3::ops {
 // *grad (allocated here, f32 [B, ...]) and returns the per-sample sums Σ w·(out - target)² as f64 [B].
 Tensor flow_matching_loss(const Tensor& pred, const Tensor& noisy, const Tensor& x0, const Tensor& noise,
                           const std::vector<cpu::LossSample>& samples, bool precondition, Tensor* grad);
+// The same with the samples' constants in a table on pred's device (loss_sample_table's bytes, copied there), so
+// a step recorded once (DeviceGraph) reads each micro-batch's constants from memory rather than from its launch.
+Tensor flow_matching_loss(const Tensor& pred, const Tensor& noisy, const Tensor& x0, const Tensor& noise,
+                          const Tensor& samples, bool precondition, Tensor* grad);
+// The samples as a table: U8 [B, sizeof(cpu::LossSample)] on the CPU.
+Tensor loss_sample_table(const std::vector<cpu::LossSample>& samples);
 
 // torch.nn.utils.clip_grad_norm_ over the segments of x (an I64 [S, 2] table of (offset, numel) on x's device):
 // each segment's norm (float32, from a double sum), the norm of those (summed in segment order), coef = max_norm /

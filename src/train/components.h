@@ -30,11 +30,11 @@ class TrainableModel {
     // [P] f32 master params. The caller may write them (optimizer step, resume): the model's compute copy follows.
     virtual Tensor lora_params() = 0;
     virtual Tensor lora_grads() = 0;  // [P] f32
-    // Velocity prediction for x_t [B, 16, h, w], timesteps [B] (= 1000 sigma), prompt_embeds [B, T, D],
-    // pooled [B, P], on the model's device (in its compute dtype there). Keeps what backward needs. `rng_seed`
-    // seeds LoRA dropout for this call.
-    virtual Result<Tensor> forward(const Tensor& x_t, const std::vector<float>& timesteps,
-                                   const Tensor& prompt_embeds, const Tensor& pooled, uint64_t rng_seed) = 0;
+    // Velocity prediction for x_t [B, 16, h, w], timesteps f32 [B] (= 1000 sigma), prompt_embeds [B, T, D],
+    // pooled [B, P] (each on any device, best staged by stage_input), on the model's device (in its compute dtype
+    // there). Keeps what backward needs. `rng_seed` seeds LoRA dropout for this call.
+    virtual Result<Tensor> forward(const Tensor& x_t, const Tensor& timesteps, const Tensor& prompt_embeds,
+                                   const Tensor& pooled, uint64_t rng_seed) = 0;
     // A forward or loss input (x_t, prompt_embeds, pooled, x0, noise) brought to where the model runs, ahead of
     // its use: the trainer calls it from the thread that builds the next micro-batch, so the upload leaves the
     // critical path.
@@ -43,6 +43,11 @@ class TrainableModel {
     // Accumulates d(loss)/d(lora params) given d(loss)/d(prediction) [B, 16, h, w] (f32, any device) of the last
     // forward.
     virtual Status backward(const Tensor& grad_pred) = 0;
+    // Whether forward, the loss and backward queue the same device work on the same memory for every micro-batch
+    // of one shape whose inputs sit in the same buffers, so the trainer may record them once and replay them (a
+    // CUDA graph, DeviceGraph): true for a GPU model without float16 loss scaling (which reads the gradients
+    // back), streamed blocks (whose slots keep host-side state) or LoRA dropout (seeded per call).
+    virtual bool replayable() const { return false; }
     // Plans memory for micro-batches of `batch` latents [16, h, w] with `context_len` text tokens (under a memory
     // budget, how many blocks may skip their recompute) and says what they will hold (weights, LoRA, saved
     // activations) in one line for the start-up report; empty when the model cannot say. Called before training.

@@ -108,24 +108,36 @@ Tensor noisy_input(const Tensor& x0, const Tensor& noise, const std::vector<floa
     return out;
 }
 
-DeferredLoss flow_matching_loss_deferred(const LossInputs& in, double grad_scale) {
-    const Tensor& pred = in.model_pred;
-    const int64_t B = pred.size(0);
+Tensor loss_sample_table(const LossInputs& in, const Shape& pred_shape, double grad_scale) {
+    const int64_t B = pred_shape.at(0), per = shape_numel(pred_shape) / B;
     SD3_ASSERT(static_cast<int64_t>(in.sigmas.size()) == B && static_cast<int64_t>(in.weighting.size()) == B);
     SD3_ASSERT(!in.with_prior_preservation || B % 2 == 0, "prior preservation needs an even batch");
-    DeferredLoss r;
-    r.per_sample = pred.numel() / B;
-    r.half = in.with_prior_preservation ? B / 2 : B;
-    r.with_prior_preservation = in.with_prior_preservation;
-    r.prior_loss_weight = in.prior_loss_weight;
+    const int64_t half = in.with_prior_preservation ? B / 2 : B;
     std::vector<cpu::LossSample> samples(B);
     for (int64_t b = 0; b < B; ++b) {
         // d(total)/d(sample mean) = 1/half (mean over the half), times prior_loss_weight for the prior half.
-        const double part_weight = (b >= r.half ? in.prior_loss_weight : 1.0) / static_cast<double>(r.half);
+        const double part_weight = (b >= half ? in.prior_loss_weight : 1.0) / static_cast<double>(half);
         samples[b] = {in.sigmas[b], in.weighting[b],
-                      grad_scale * part_weight * 2.0 * static_cast<double>(in.weighting[b]) /
-                          static_cast<double>(r.per_sample)};
+                      grad_scale * part_weight * 2.0 * static_cast<double>(in.weighting[b]) / static_cast<double>(per)};
     }
+    return ops::loss_sample_table(samples);
+}
+
+DeferredLoss deferred_loss(const LossInputs& in, const Shape& pred_shape, PendingDownload sums) {
+    const int64_t B = pred_shape.at(0);
+    DeferredLoss r;
+    r.per_sample = shape_numel(pred_shape) / B;
+    r.half = in.with_prior_preservation ? B / 2 : B;
+    r.with_prior_preservation = in.with_prior_preservation;
+    r.prior_loss_weight = in.prior_loss_weight;
+    r.sample_sums = std::move(sums);
+    return r;
+}
+
+DeferredLoss flow_matching_loss_deferred(const LossInputs& in, double grad_scale) {
+    const Tensor& pred = in.model_pred;
+    Tensor table = loss_sample_table(in, pred.shape(), grad_scale);
+    if (!pred.device().is_cpu()) table = upload_async(table, pred.device()).value();  // no wait for the device
     // The inputs where the prediction is (they are already there unless staging them ran out of memory).
     auto here = [&pred](const Tensor& t) {
         if (t.device() == pred.device()) return t;
@@ -133,8 +145,11 @@ DeferredLoss flow_matching_loss_deferred(const LossInputs& in, double grad_scale
         copy_into(d, t);
         return d;
     };
-    r.sample_sums = download_async(ops::flow_matching_loss(pred, here(in.noisy), here(in.x0), here(in.noise), samples,
-                                                           in.precondition_outputs, &r.grad_pred));
+    Tensor grad;
+    const Tensor sums =
+        ops::flow_matching_loss(pred, here(in.noisy), here(in.x0), here(in.noise), table, in.precondition_outputs, &grad);
+    DeferredLoss r = deferred_loss(in, pred.shape(), download_async(sums));
+    r.grad_pred = grad;
     return r;
 }
 

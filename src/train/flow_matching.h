@@ -82,6 +82,11 @@ struct DeferredLoss {
 
 // grad_scale multiplies the gradient only (1 / gradient_accumulation_steps, as accelerator.backward divides).
 DeferredLoss flow_matching_loss_deferred(const LossInputs& in, double grad_scale = 1.0);
+// The two halves of that for a step that computes the loss inside a recording (the trainer's CUDA graph), where
+// model_pred is not known yet: the per-sample constants as ops::loss_sample_table (CPU) for a prediction of
+// `pred_shape`, and the DeferredLoss whose per-sample sums arrive through `sums`.
+Tensor loss_sample_table(const LossInputs& in, const Shape& pred_shape, double grad_scale = 1.0);
+DeferredLoss deferred_loss(const LossInputs& in, const Shape& pred_shape, PendingDownload sums);
 LossResult flow_matching_loss(const LossInputs& in, double grad_scale = 1.0);
 
 }  // namespace sd3::train

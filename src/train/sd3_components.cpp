@@ -86,17 +86,19 @@ class Sd3TrainableModel final : public TrainableModel {
         return d.ok() ? *d : host;  // out of memory: the forward uploads it and says so
     }
 
-    Result<Tensor> forward(const Tensor& x_t, const std::vector<float>& timesteps, const Tensor& prompt_embeds,
+    Result<Tensor> forward(const Tensor& x_t, const Tensor& timesteps, const Tensor& prompt_embeds,
                            const Tensor& pooled, uint64_t rng_seed) override {
         saved_ = MMDiTActivations();
         saved_.checkpoint_blocks = checkpoint_blocks_;
         saved_.kept_blocks = kept_blocks_;
         saved_.ctx = {true, rng_seed};
         saved_.device_output = true;
-        // [B], queued for the device without waiting for it (a plain upload would wait for the device's queue)
-        const Tensor t = stage_input(Tensor::from_vector({static_cast<int64_t>(timesteps.size())}, timesteps));
-        sync_params();
-        Result<Tensor> pred = model_.forward(x_t, t, prompt_embeds, pooled, &saved_);
+        // The compute copy of the LoRA follows the master params at every forward, so a recorded forward does too.
+        if (device_params_.defined()) {
+            copy_into(device_params_, lora_.params);
+            params_changed_ = false;
+        }
+        Result<Tensor> pred = model_.forward(x_t, timesteps, prompt_embeds, pooled, &saved_);
         if (!first_update_reported_ && device_params_.defined())
             forward_peak_ = memory_stats(device_params_.device()).peak;
         return pred;
@@ -126,6 +128,15 @@ class Sd3TrainableModel final : public TrainableModel {
                      format_bytes(double(m.in_use)), " in use after it");
         }
         return {};
+    }
+
+    bool replayable() const override {
+        const nn::Placement& p = model_.placement();
+        bool dropout = false;
+        for (const nn::Linear* l : model_.linears())
+            for (const nn::LoraAdapter& a : l->loras) dropout = dropout || a.dropout > 0.0f;
+        return !p.on_cpu() && !loss_scale_.enabled() && !dropout &&
+               model_.resident_blocks() == model_.config().num_layers;
     }
 
     std::string plan_memory(int64_t batch, int64_t h, int64_t w, int64_t context_len) override {

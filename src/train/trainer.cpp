@@ -279,8 +279,11 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
     // it can be built ahead of its turn.
     struct MicroBatch {
         Tensor x0, noise, noisy, pe, pooled;  // [B, 16, h, w] x3, [B, T, D], [B, P]
-        std::vector<float> sigmas, timesteps, weighting;
+        Tensor t;                             // [B] timesteps
+        Tensor loss_table;                    // the loss's per-sample constants (loss_sample_table)
+        LossInputs loss;                      // all but model_pred, for the loss and its report
     };
+    const int accum = o.gradient_accumulation_steps;
     auto build_micro_batch = [&](int64_t epoch, int64_t bi, int64_t micro) {
         const std::vector<int64_t> perm = epoch_permutation(seed, epoch, len);
         // batch: instance samples, then (prior preservation) their class samples
@@ -333,9 +336,25 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
             pe.select(0, b).copy_from(samples[b].prompt->prompt_embeds);
             pooled.select(0, b).copy_from(samples[b].prompt->pooled.view({-1}));
         }
-        return MicroBatch{model->stage_input(x0), model->stage_input(noise),  model->stage_input(noisy),
-                          model->stage_input(pe), model->stage_input(pooled), sigmas,
-                          timesteps,              weighting};
+        MicroBatch mb{model->stage_input(x0),
+                      model->stage_input(noise),
+                      model->stage_input(noisy),
+                      model->stage_input(pe),
+                      model->stage_input(pooled),
+                      model->stage_input(Tensor::from_vector({B}, timesteps)),
+                      Tensor(),
+                      LossInputs{}};
+        mb.loss.noisy = mb.noisy;
+        mb.loss.x0 = mb.x0;
+        mb.loss.noise = mb.noise;
+        mb.loss.sigmas = sigmas;
+        mb.loss.weighting = weighting;
+        mb.loss.precondition_outputs = o.precondition_outputs;
+        mb.loss.with_prior_preservation = o.data.with_prior_preservation;
+        mb.loss.prior_loss_weight = o.prior_loss_weight;
+        // accelerator.backward divides by accum
+        mb.loss_table = model->stage_input(loss_sample_table(mb.loss, bshape, 1.0 / accum));
+        return mb;
     };
     // Where the micro-batch after (epoch, bi) is: the next batch of the epoch or the first of the next epoch.
     auto following = [&](int64_t epoch, int64_t bi) -> std::pair<int64_t, int64_t> {
@@ -343,7 +362,53 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
     };
     std::future<MicroBatch> ahead;  // the next micro-batch, built on another thread while the device works
     int64_t ahead_micro = -1;
-    const int accum = o.gradient_accumulation_steps;
+    // A micro-batch's forward, loss and backward. Where the model allows it (TrainableModel::replayable) they read
+    // fixed buffers, into which each micro-batch's inputs are copied first, so they queue the same work on the same
+    // memory every time: recorded once as a CUDA graph and replayed after (DeviceGraph), one launch instead of
+    // some 2400 kernels queued one by one, and the graph's memory planned once for all of the step's activations.
+    // A micro-batch of another shape (an epoch's smaller last batch) runs as it is. SD3_CUDA_GRAPHS=0 turns the
+    // recording off.
+    const char* graphs_env = std::getenv("SD3_CUDA_GRAPHS");
+    const bool replay = model->replayable() && !(graphs_env != nullptr && std::string(graphs_env) == "0");
+    DeviceGraph step_graph(model->lora_params().device());
+    struct StepBuffers {
+        Tensor noisy, x0, noise, pe, pooled, t, loss_table, sums;
+    } fixed;
+    auto run_micro_batch = [&](const MicroBatch& mb, uint64_t dropout_seed) -> Result<DeferredLoss> {
+        const bool fits = !fixed.noisy.defined() ||
+                          (fixed.noisy.shape() == mb.noisy.shape() && fixed.pe.shape() == mb.pe.shape() &&
+                           fixed.pooled.shape() == mb.pooled.shape());
+        if (!replay || !fits) {
+            SD3_ASSIGN_OR_RETURN(Tensor pred, model->forward(mb.noisy, mb.t, mb.pe, mb.pooled, dropout_seed));
+            LossInputs li = mb.loss;
+            li.model_pred = pred;
+            DeferredLoss loss = flow_matching_loss_deferred(li, 1.0 / accum);
+            SD3_TRY(model->backward(loss.grad_pred));
+            loss.grad_pred = Tensor();
+            return loss;
+        }
+        const Device device = model->lora_params().device();
+        auto place = [&](Tensor& buffer, const Tensor& t) {
+            if (!buffer.defined()) buffer = Tensor::empty(t.shape(), t.dtype(), device);
+            copy_into(buffer, t);
+        };
+        for (auto [buffer, t] : {std::pair{&fixed.noisy, &mb.noisy}, {&fixed.x0, &mb.x0}, {&fixed.noise, &mb.noise},
+                                 {&fixed.pe, &mb.pe}, {&fixed.pooled, &mb.pooled}, {&fixed.t, &mb.t},
+                                 {&fixed.loss_table, &mb.loss_table}})
+            place(*buffer, *t);
+        if (!fixed.sums.defined()) fixed.sums = Tensor::empty({mb.noisy.size(0)}, DType::F64, device);
+        const bool recorded = step_graph.replaying();
+        SD3_TRY(step_graph.run([&]() -> Status {
+            SD3_ASSIGN_OR_RETURN(Tensor pred, model->forward(fixed.noisy, fixed.t, fixed.pe, fixed.pooled, dropout_seed));
+            Tensor grad;
+            copy_into(fixed.sums, ops::flow_matching_loss(pred, fixed.noisy, fixed.x0, fixed.noise, fixed.loss_table,
+                                                          o.precondition_outputs, &grad));
+            return model->backward(grad);
+        }));
+        if (!recorded && step_graph.replaying())
+            log_info("the micro-batch's forward, loss and backward were recorded as a CUDA graph and are replayed");
+        return deferred_loss(mb.loss, mb.noisy.shape(), download_async(fixed.sums));
+    };
     std::vector<DeferredLoss> pending_losses;  // this update's micro-batches
     auto t_update = std::chrono::steady_clock::now();
     StepReport::Phases phases;
@@ -395,8 +460,8 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
         j["lr"] = f.lr;
         j["grad_norm"] = norm;
         j["seconds"] = rep.seconds;
-        j["phase_seconds"] = {{"batch", rep.phases.batch},         {"forward", rep.phases.forward},
-                              {"backward", rep.phases.backward},   {"optimizer", rep.phases.optimizer},
+        j["phase_seconds"] = {{"batch", rep.phases.batch},         {"step", rep.phases.step},
+                              {"optimizer", rep.phases.optimizer},
                               {"report", rep.phases.report}};
         SD3_TRY(write_json_line(jsonl, j));
         if (tensorboard) {
@@ -429,24 +494,11 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
                 ahead_micro = micro + 1;
             }
             phases.batch += lap(t_phase);
-            SD3_ASSIGN_OR_RETURN(Tensor pred, model->forward(mb.noisy, mb.timesteps, mb.pe, mb.pooled,
-                                                             TrainRng::for_purpose(seed, str_cat("dropout.", micro)).uniform_int(0, INT64_MAX)));
-            LossInputs li;
-            li.model_pred = pred;
-            li.noisy = mb.noisy;
-            li.x0 = mb.x0;
-            li.noise = mb.noise;
-            li.sigmas = mb.sigmas;
-            li.weighting = mb.weighting;
-            li.precondition_outputs = o.precondition_outputs;
-            li.with_prior_preservation = o.data.with_prior_preservation;
-            li.prior_loss_weight = o.prior_loss_weight;
-            // accelerator.backward divides by accum
-            pending_losses.push_back(flow_matching_loss_deferred(li, 1.0 / accum));
-            phases.forward += lap(t_phase);
-            SD3_TRY(model->backward(pending_losses.back().grad_pred));
-            pending_losses.back().grad_pred = Tensor();
-            phases.backward += lap(t_phase);
+            SD3_ASSIGN_OR_RETURN(
+                DeferredLoss loss,
+                run_micro_batch(mb, TrainRng::for_purpose(seed, str_cat("dropout.", micro)).uniform_int(0, INT64_MAX)));
+            pending_losses.push_back(std::move(loss));
+            phases.step += lap(t_phase);
             if (waiting) {  // the device has this micro-batch queued: the last update's numbers can be waited for
                 SD3_TRY(report(*waiting).status());
                 waiting.reset();

@@ -28,8 +28,7 @@ struct StepReport {
     // and the host waits for the device only where numbers come back: in `report`.
     struct Phases {
         double batch = 0;      // drawing noise and timesteps, assembling and staging the micro-batch
-        double forward = 0;    // the forward and the loss
-        double backward = 0;   // the backward
+        double step = 0;       // queuing the forward, the loss and the backward (one graph launch once recorded)
         double optimizer = 0;  // clipping, the learning rate and the optimizer step
         double report = 0;     // waiting for an update's loss and gradient norm, then logging and checkpoints
     } phases;

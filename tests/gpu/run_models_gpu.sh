@@ -34,6 +34,12 @@ for run in a b; do
 done
 cmp -s /tmp/tr_a/pytorch_lora_weights.safetensors /tmp/tr_b/pytorch_lora_weights.safetensors \
     && echo "ok   two GPU trainings give the same LoRA bytes" || fail "two GPU trainings differ"
+# The micro-batch step recorded as a CUDA graph and replayed gives the bytes of the same step queued op by op.
+grep -q "recorded as a CUDA graph" "$out/train_a.log" && echo "ok   the training step was replayed as a CUDA graph" \
+    || fail "the training step was not recorded as a CUDA graph (train_a.log)"
+SD3_CUDA_GRAPHS=0 timeout 120 "$bin" "${train[@]}" --output_dir /tmp/tr_eager > "$out/train_eager.log" 2>&1 || fail "train eager"
+cmp -s /tmp/tr_a/pytorch_lora_weights.safetensors /tmp/tr_eager/pytorch_lora_weights.safetensors \
+    && echo "ok   graph replays give the LoRA bytes of the step queued op by op" || fail "graph replays differ from eager"
 SD3_FORCE_FP16=1 timeout 120 "$bin" "${train[@]}" --output_dir /tmp/tr_f16 --metrics-json "$out/train_fp16.json" \
     > "$out/train_fp16.log" 2>&1 && echo "ok   fp16 training" || fail "fp16 training"
 

@@ -248,7 +248,7 @@ TEST(CudaTrainOps, GoldenTrainingStepWithTheUpdateOnTheGpu) {
     copy_into(m.lora_params(), params);
     const Tensor x0 = sd3::testing::golden_tensor(g, "train.x0"), noise = sd3::testing::golden_tensor(g, "train.noise");
     const std::vector<float> sig = sd3::testing::golden_tensor(g, "train.sigmas").to_float_vector();
-    const std::vector<float> ts = sd3::testing::golden_tensor(g, "train.timesteps").to_float_vector();
+    const Tensor ts = m.stage_input(sd3::testing::golden_tensor(g, "train.timesteps"));
     const Tensor xt = train::noisy_input(x0, noise, sig);
     auto pred = m.forward(m.stage_input(xt), ts, sd3::testing::golden_tensor(g, "train.encoder_hidden_states"),
                           sd3::testing::golden_tensor(g, "train.pooled_projections"), 0);

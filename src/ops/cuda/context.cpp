@@ -238,6 +238,9 @@ void Context::release_scratch() {
     if (scratch_ != nullptr) SD3_RT_CHECK(cudaFreeAsync(scratch_, stream_));
     scratch_ = nullptr;
     scratch_bytes_ = 0;
+    // Graph memory not in use now (a finished launch's) goes back: the next launch maps it again.
+    synchronize();
+    if (cudaDeviceGraphMemTrim(index_) != cudaSuccess) cudaGetLastError();
 }
 
 namespace {
@@ -258,7 +261,10 @@ MemoryStats Context::memory_stats() {
     SD3_RT_CHECK(cudaMemPoolGetAttribute(pool_, cudaMemPoolAttrUsedMemCurrent, &v));
     m.in_use = v + graph_memory(index_, cudaGraphMemAttrUsedMemCurrent);
     SD3_RT_CHECK(cudaMemPoolGetAttribute(pool_, cudaMemPoolAttrUsedMemHigh, &v));
-    m.peak = v + graph_memory(index_, cudaGraphMemAttrUsedMemHigh);
+    // The two pools peak at different times: the pool's own peak, or what it held at a graph launch plus the
+    // graphs' peak, whichever is larger.
+    const uint64_t graph_peak = graph_memory(index_, cudaGraphMemAttrUsedMemHigh);
+    m.peak = std::max<uint64_t>(v, graph_peak > 0 ? graph_launch_base_ + graph_peak : 0);
     SD3_RT_CHECK(cudaMemPoolGetAttribute(pool_, cudaMemPoolAttrReservedMemCurrent, &v));
     m.reserved = v + graph_memory(index_, cudaGraphMemAttrReservedMemCurrent);
     SD3_RT_CHECK(cudaSetDevice(index_));
@@ -272,6 +278,7 @@ void Context::reset_peak_memory() {
     SD3_RT_CHECK(cudaMemPoolSetAttribute(pool_, cudaMemPoolAttrUsedMemHigh, &zero));
     if (cudaDeviceSetGraphMemAttribute(index_, cudaGraphMemAttrUsedMemHigh, &zero) != cudaSuccess)
         cudaGetLastError();  // no graph memory statistics on this driver: nothing to reset
+    graph_launch_base_ = 0;
 }
 
 void Context::begin_capture() {
@@ -302,7 +309,12 @@ cudaGraphExec_t Context::end_capture() {
     return exec;
 }
 
-void Context::launch_graph(cudaGraphExec_t graph) { SD3_RT_CHECK(cudaGraphLaunch(graph, stream_)); }
+void Context::launch_graph(cudaGraphExec_t graph) {
+    uint64_t in_use = 0;
+    SD3_RT_CHECK(cudaMemPoolGetAttribute(pool_, cudaMemPoolAttrUsedMemCurrent, &in_use));
+    graph_launch_base_ = std::max(graph_launch_base_, in_use);
+    SD3_RT_CHECK(cudaGraphLaunch(graph, stream_));
+}
 
 void Context::destroy_graph(cudaGraphExec_t graph) {
     if (graph == nullptr) return;

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -34,11 +35,14 @@ class Context {
     Exec exec(size_t scratch_bytes = 0);
     void synchronize();
     // The stream-ordered pool the device's tensors come from, plus the memory CUDA graphs allocate as they run
-    // (their own pool): bytes in use now, the most in use since the last reset_peak_memory() (the two pools' peaks
-    // added: an upper bound), reserved; free/total as the driver reports them.
+    // (their own pool): bytes in use now, the most in use since the last reset_peak_memory() (the pool's own peak,
+    // or the most it held at a graph launch plus the graphs' peak, whichever is larger; tensors allocated while
+    // a graph runs and freed before the next launch are not seen there), reserved; free/total as the driver
+    // reports them.
     MemoryStats memory_stats();
     void reset_peak_memory();
-    // Frees the scratch (stream-ordered); the next exec() that asks for scratch allocates it again.
+    // Frees the scratch (stream-ordered; the next exec() that asks for scratch allocates it again), then waits for
+    // the stream and gives back the memory graphs hold between launches.
     void release_scratch();
 
     // CUDA graphs of the stream's work: begin_capture() starts recording (this thread's work on the stream is
@@ -78,6 +82,7 @@ class Context {
     size_t total_memory_ = 0;
     cudaStream_t stream_ = nullptr;
     cudaMemPool_t pool_ = nullptr;
+    uint64_t graph_launch_base_ = 0;  // the most the pool held at a graph launch since reset_peak_memory()
     cublasLtHandle_t blas_ = nullptr;
     void* blas_workspace_ = nullptr;
     size_t blas_workspace_bytes_ = 0;

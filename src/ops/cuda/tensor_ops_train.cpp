@@ -20,15 +20,15 @@ Context& ctx_of(const Tensor& t) { return Context::get(t.device().index); }
 }  // namespace
 
 Tensor flow_matching_loss(const Tensor& pred_in, const Tensor& noisy_in, const Tensor& x0_in, const Tensor& noise_in,
-                          const std::vector<cpu::LossSample>& samples, bool precondition, Tensor* grad) {
+                          const Tensor& samples, bool precondition, Tensor* grad) {
     const Tensor pred = contiguous(pred_in), noisy = contiguous(noisy_in), x0 = contiguous(x0_in),
                  noise = contiguous(noise_in);
     const int64_t B = pred.size(0), per = B > 0 ? pred.numel() / B : 0;
     *grad = Tensor::empty(pred.shape(), DType::F32, pred.device());
     Tensor sums = Tensor::empty({B}, DType::F64, pred.device());  // [B]
     cuda::flow_matching_loss(ctx_of(pred).exec(), grad->data<float>(), sums.data<double>(), pred.raw(), pred.dtype(),
-                             noisy.data<float>(), x0.data<float>(), noise.data<float>(), B, per, samples.data(),
-                             precondition);
+                             noisy.data<float>(), x0.data<float>(), noise.data<float>(), B, per,
+                             static_cast<const cpu::LossSample*>(samples.raw()), precondition);
     return sums;
 }
 

@@ -13,8 +13,9 @@ struct Adam8bitTensors;
 
 namespace sd3::cuda::tensor_ops {
 
+// `samples`: ops::loss_sample_table's bytes on pred's device.
 Tensor flow_matching_loss(const Tensor& pred, const Tensor& noisy, const Tensor& x0, const Tensor& noise,
-                          const std::vector<cpu::LossSample>& samples, bool precondition, Tensor* grad);
+                          const Tensor& samples, bool precondition, Tensor* grad);
 Tensor clip_by_total_norm_(const Tensor& x, const Tensor& segments, float max_norm);
 void scale_(const Tensor& x, float s);
 void zero_(const Tensor& x);

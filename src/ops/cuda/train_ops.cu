@@ -13,16 +13,12 @@ namespace {
 constexpr int kThreads = 256;
 
 // --- loss: one block per sample ---
-constexpr int kLossSamplesPerLaunch = 64;  // the samples travel as a kernel argument (1 KiB)
-struct LossSamples {
-    cpu::LossSample s[kLossSamplesPerLaunch];
-};
-
 template <typename T>
 __global__ void flow_matching_loss_kernel(float* grad, double* sums, const T* pred, const float* noisy, const float* x0,
-                                          const float* noise, int64_t per, LossSamples samples, bool precondition) {
+                                          const float* noise, int64_t per, const cpu::LossSample* samples,
+                                          bool precondition) {
     __shared__ double partial[32];
-    const cpu::LossSample s = samples.s[blockIdx.x];
+    const cpu::LossSample s = samples[blockIdx.x];
     const int64_t base = blockIdx.x * per;
     double sum = 0;
     for (int64_t i = threadIdx.x; i < per; i += blockDim.x) {
@@ -172,17 +168,11 @@ __global__ void adam8bit_kernel(float* p_all, const float* g_all, cpu::Adam8bitS
 void flow_matching_loss(const Exec& ex, float* grad, double* sums, const void* pred, DType dt, const float* noisy,
                         const float* x0, const float* noise, int64_t batch, int64_t per,
                         const cpu::LossSample* samples, bool precondition) {
-    for (int64_t first = 0; first < batch; first += kLossSamplesPerLaunch) {
-        const int64_t count = batch - first < kLossSamplesPerLaunch ? batch - first : kLossSamplesPerLaunch;
-        LossSamples arg;
-        for (int64_t b = 0; b < count; ++b) arg.s[b] = samples[first + b];
-        const int64_t at = first * per;
-        SD3_DISPATCH_FLOAT(dt, T,
-                           flow_matching_loss_kernel<T><<<static_cast<unsigned>(count), kThreads, 0, ex.stream>>>(
-                               grad + at, sums + first, static_cast<const T*>(pred) + at, noisy + at, x0 + at,
-                               noise + at, per, arg, precondition));
-        SD3_CUDA_LAUNCHED();
-    }
+    if (batch == 0) return;
+    SD3_DISPATCH_FLOAT(dt, T,
+                       flow_matching_loss_kernel<T><<<static_cast<unsigned>(batch), kThreads, 0, ex.stream>>>(
+                           grad, sums, static_cast<const T*>(pred), noisy, x0, noise, per, samples, precondition));
+    SD3_CUDA_LAUNCHED();
 }
 
 void clip_by_total_norm(const Exec& ex, float* stats, float* norms, float* x, int64_t n, const int64_t* segments,

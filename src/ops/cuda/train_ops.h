@@ -12,7 +12,8 @@
 namespace sd3::cuda {
 
 // The flow-matching loss of samples [0, batch), each `per` elements: grad (f32) and sums[b] = Σ w·d² (f64) as
-// cpu::flow_matching_sample computes them, pred in dtype dt, noisy/x0/noise f32. `samples` is a host array.
+// cpu::flow_matching_sample computes them, pred in dtype dt, noisy/x0/noise f32. `samples` is a device array
+// (read by the kernel, so a recorded step takes each micro-batch's constants from memory).
 void flow_matching_loss(const Exec& ex, float* grad, double* sums, const void* pred, DType dt, const float* noisy,
                         const float* x0, const float* noise, int64_t batch, int64_t per,
                         const cpu::LossSample* samples, bool precondition);
