@@ -398,6 +398,9 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
             place(*buffer, *t);
         if (!fixed.sums.defined()) fixed.sums = Tensor::empty({mb.noisy.size(0)}, DType::F64, device);
         const bool recorded = step_graph.replaying();
+        // While the step may be recorded, nothing else may queue work on the device: the thread staging the next
+        // micro-batch finishes first (its uploads would land in the recording).
+        if (!recorded && ahead.valid()) ahead.wait();
         SD3_TRY(step_graph.run([&]() -> Status {
             SD3_ASSIGN_OR_RETURN(Tensor pred, model->forward(fixed.noisy, fixed.t, fixed.pe, fixed.pooled, dropout_seed));
             Tensor grad;
