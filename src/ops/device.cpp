@@ -208,6 +208,19 @@ Result<Tensor> upload_async(const Tensor& t, Device device) {
 #endif
 }
 
+void upload_async_into(const Tensor& dst, const Tensor& host) {
+    SD3_ASSERT(host.device().is_cpu() && host.is_contiguous() && dst.is_contiguous() && dst.dtype() == host.dtype() &&
+                   dst.shape() == host.shape(),
+               "upload_async_into of ", host.describe(), " into ", dst.describe());
+    if (dst.device().is_cpu()) {
+        std::memcpy(dst.raw(), host.raw(), host.nbytes());
+        return;
+    }
+#ifdef SD3_HAVE_CUDA
+    cuda::tensor_ops::upload_async_into(dst, host);
+#endif
+}
+
 PendingDownload download_async(const Tensor& t) {
     SD3_ASSERT(t.defined(), "download_async of an undefined tensor");
     PendingDownload d;

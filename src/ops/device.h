@@ -26,6 +26,10 @@ Result<Tensor> to_device(const Tensor& t, Device device);
 // micro-batch, staged while the device works). `t` itself on the CPU.
 Result<Tensor> upload_async(const Tensor& t, Device device);
 
+// upload_async into an existing tensor: dst (contiguous, on any device) gets the bytes of `host` (a contiguous CPU
+// tensor of the same dtype and shape) in the device's order, without waiting; `host` may change or go right after.
+void upload_async_into(const Tensor& dst, const Tensor& host);
+
 // A device tensor's bytes on their way to the host, queued in the device's order: wait() blocks until this copy
 // is done (not the rest of the device's queue) and returns the CPU tensor. On the CPU, the tensor itself.
 class PendingDownload {

@@ -284,6 +284,11 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
         LossInputs loss;                      // all but model_pred, for the loss and its report
     };
     const int accum = o.gradient_accumulation_steps;
+    // Whether micro-batch steps are recorded and replayed (run_micro_batch below; SD3_CUDA_GRAPHS=0: never). Their
+    // inputs then stay on the host until they go up into the step's fixed buffers, so the device holds one copy.
+    const char* graphs_env = std::getenv("SD3_CUDA_GRAPHS");
+    const bool replay = model->replayable() && !(graphs_env != nullptr && std::string(graphs_env) == "0");
+    auto stage = [&](const Tensor& host) { return replay ? host : model->stage_input(host); };
     auto build_micro_batch = [&](int64_t epoch, int64_t bi, int64_t micro) {
         const std::vector<int64_t> perm = epoch_permutation(seed, epoch, len);
         // batch: instance samples, then (prior preservation) their class samples
@@ -336,14 +341,8 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
             pe.select(0, b).copy_from(samples[b].prompt->prompt_embeds);
             pooled.select(0, b).copy_from(samples[b].prompt->pooled.view({-1}));
         }
-        MicroBatch mb{model->stage_input(x0),
-                      model->stage_input(noise),
-                      model->stage_input(noisy),
-                      model->stage_input(pe),
-                      model->stage_input(pooled),
-                      model->stage_input(Tensor::from_vector({B}, timesteps)),
-                      Tensor(),
-                      LossInputs{}};
+        MicroBatch mb{stage(x0),    stage(noise),  stage(noisy), stage(pe), stage(pooled),
+                      stage(Tensor::from_vector({B}, timesteps)), Tensor(), LossInputs{}};
         mb.loss.noisy = mb.noisy;
         mb.loss.x0 = mb.x0;
         mb.loss.noise = mb.noise;
@@ -353,7 +352,7 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
         mb.loss.with_prior_preservation = o.data.with_prior_preservation;
         mb.loss.prior_loss_weight = o.prior_loss_weight;
         // accelerator.backward divides by accum
-        mb.loss_table = model->stage_input(loss_sample_table(mb.loss, bshape, 1.0 / accum));
+        mb.loss_table = stage(loss_sample_table(mb.loss, bshape, 1.0 / accum));
         return mb;
     };
     // Where the micro-batch after (epoch, bi) is: the next batch of the epoch or the first of the next epoch.
@@ -363,13 +362,11 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
     std::future<MicroBatch> ahead;  // the next micro-batch, built on another thread while the device works
     int64_t ahead_micro = -1;
     // A micro-batch's forward, loss and backward. Where the model allows it (TrainableModel::replayable) they read
-    // fixed buffers, into which each micro-batch's inputs are copied first, so they queue the same work on the same
-    // memory every time: recorded once as a CUDA graph and replayed after (DeviceGraph), one launch instead of
+    // fixed buffers, into which each micro-batch's inputs are uploaded first, so they queue the same work on the
+    // same memory every time: recorded once as a CUDA graph and replayed after (DeviceGraph), one launch instead of
     // some 2400 kernels queued one by one, and the graph's memory planned once for all of the step's activations.
     // A micro-batch of another shape (an epoch's smaller last batch) runs as it is. SD3_CUDA_GRAPHS=0 turns the
     // recording off.
-    const char* graphs_env = std::getenv("SD3_CUDA_GRAPHS");
-    const bool replay = model->replayable() && !(graphs_env != nullptr && std::string(graphs_env) == "0");
     DeviceGraph step_graph(model->lora_params().device());
     struct StepBuffers {
         Tensor noisy, x0, noise, pe, pooled, t, loss_table, sums;
@@ -388,9 +385,9 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
             return loss;
         }
         const Device device = model->lora_params().device();
-        auto place = [&](Tensor& buffer, const Tensor& t) {
-            if (!buffer.defined()) buffer = Tensor::empty(t.shape(), t.dtype(), device);
-            copy_into(buffer, t);
+        auto place = [&](Tensor& buffer, const Tensor& host) {
+            if (!buffer.defined()) buffer = Tensor::empty(host.shape(), host.dtype(), device);
+            upload_async_into(buffer, host);
         };
         for (auto [buffer, t] : {std::pair{&fixed.noisy, &mb.noisy}, {&fixed.x0, &mb.x0}, {&fixed.noise, &mb.noise},
                                  {&fixed.pe, &mb.pe}, {&fixed.pooled, &mb.pooled}, {&fixed.t, &mb.t},

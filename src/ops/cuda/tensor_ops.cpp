@@ -138,6 +138,11 @@ int side_copy(const Tensor& dst, const Tensor& src) {
 
 void wait_side_copy(int index, int ticket) { Context::get(index).wait_side_copy(ticket); }
 
+void upload_async_into(const Tensor& dst, const Tensor& host) {
+    SD3_ASSERT(is_cuda(dst), "upload_async_into ", dst.describe());
+    ctx_of(dst).upload_async(dst.raw(), host.raw(), host.nbytes());
+}
+
 int start_download(const Tensor& t) {
     SD3_ASSERT(is_cuda(t) && t.is_contiguous(), "start_download of ", t.describe());
     return ctx_of(t).start_download(t.raw(), t.nbytes());

@@ -29,6 +29,7 @@ void graph_destroy(int index, void* graph);
 
 Result<Tensor> to_device(const Tensor& t, Device device);
 Result<Tensor> upload_async(const Tensor& t, Device device);  // t on the CPU
+void upload_async_into(const Tensor& dst, const Tensor& host);  // Context::upload_async into dst
 Tensor to_host(const Tensor& t);
 // A contiguous device tensor's bytes queued for the host (Context::start_download), and their arrival in `host`
 // (a contiguous CPU tensor of the same size).
