@@ -48,6 +48,8 @@ class TrainableModel {
     // CUDA graph, DeviceGraph): true for a GPU model without float16 loss scaling (which reads the gradients
     // back), streamed blocks (whose slots keep host-side state) or LoRA dropout (seeded per call).
     virtual bool replayable() const { return false; }
+    // The dtype forward computes prompt_embeds and pooled in: given in it, they need no conversion on the device.
+    virtual DType text_input_dtype() const { return DType::F32; }
     // Plans memory for micro-batches of `batch` latents [16, h, w] with `context_len` text tokens (under a memory
     // budget, how many blocks may skip their recompute) and says what they will hold (weights, LoRA, saved
     // activations) in one line for the start-up report; empty when the model cannot say. Called before training.

@@ -139,6 +139,8 @@ class Sd3TrainableModel final : public TrainableModel {
                model_.resident_blocks() == model_.config().num_layers;
     }
 
+    DType text_input_dtype() const override { return model_.placement().dtype; }
+
     std::string plan_memory(int64_t batch, int64_t h, int64_t w, int64_t context_len) override {
         const nn::Placement& p = model_.placement();
         // The plan counts float32 bytes; activations are held in the compute dtype.

@@ -285,7 +285,8 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
     };
     const int accum = o.gradient_accumulation_steps;
     // Whether micro-batch steps are recorded and replayed (run_micro_batch below; SD3_CUDA_GRAPHS=0: never). Their
-    // inputs then stay on the host until they go up into the step's fixed buffers, so the device holds one copy.
+    // inputs then stay on the host until they go up into the step's fixed buffers, so the device holds one copy,
+    // the text inputs already in the dtype the model computes them in (converted here with the device's rounding).
     const char* graphs_env = std::getenv("SD3_CUDA_GRAPHS");
     const bool replay = model->replayable() && !(graphs_env != nullptr && std::string(graphs_env) == "0");
     auto stage = [&](const Tensor& host) { return replay ? host : model->stage_input(host); };
@@ -340,6 +341,10 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
         for (int64_t b = 0; b < B; ++b) {
             pe.select(0, b).copy_from(samples[b].prompt->prompt_embeds);
             pooled.select(0, b).copy_from(samples[b].prompt->pooled.view({-1}));
+        }
+        if (replay) {
+            pe = pe.to(model->text_input_dtype());
+            pooled = pooled.to(model->text_input_dtype());
         }
         MicroBatch mb{stage(x0),    stage(noise),  stage(noisy), stage(pe), stage(pooled),
                       stage(Tensor::from_vector({B}, timesteps)), Tensor(), LossInputs{}};
