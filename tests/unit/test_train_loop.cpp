@@ -48,7 +48,7 @@ ImageDecoder file_decoder() {
 // pred[b, :, p] = x[b, :, p] + s * B A x[b, :, p] + 0.1 * pooled[b, 0]: a LoRA on a 16-channel identity map.
 class MockModel final : public TrainableModel {
   public:
-    MockModel(int r, uint64_t seed) : r_(r) {
+    MockModel(int r, uint64_t seed, bool replayable = false) : r_(r), replayable_(replayable) {
         slots_ = {{"transformer_blocks.0.attn.to_q.lora_A.weight", 0, {r, 16}},
                   {"transformer_blocks.0.attn.to_q.lora_B.weight", 16 * r, {16, r}}};
         params_.assign(32 * r, 0.0f);
@@ -57,6 +57,7 @@ class MockModel final : public TrainableModel {
         for (int i = 0; i < 16 * r; ++i) params_[i] = static_cast<float>(rng.normal() / r);
     }
     const std::vector<LoraSlot>& slots() const override { return slots_; }
+    bool replayable() const override { return replayable_; }
     int64_t lora_numel() const override { return static_cast<int64_t>(params_.size()); }
     Tensor lora_params() override { return Tensor::borrow(params_.data(), {lora_numel()}, DType::F32, kCPU); }
     Tensor lora_grads() override { return Tensor::borrow(grads_.data(), {lora_numel()}, DType::F32, kCPU); }
@@ -106,12 +107,15 @@ class MockModel final : public TrainableModel {
 
   private:
     int r_;
+    bool replayable_;
     std::vector<LoraSlot> slots_;
     std::vector<float> params_, grads_;
     Tensor x_;
 };
 
-TrainComponents mock_components() {
+// `replayable`: the mock says its steps may be recorded, so the trainer runs them from fixed buffers through a
+// DeviceGraph (on the CPU the body runs each time: the buffers' path, without the recording).
+TrainComponents mock_components(bool replayable = false) {
     TrainComponents c;
     c.model_identity = "mock";
     c.encode_prompts = [](const std::vector<std::string>& ps) -> Result<std::vector<EncodedPrompt>> {
@@ -134,8 +138,9 @@ TrainComponents mock_components() {
             return LatentDist{m, lv};
         });
     };
-    c.load_transformer = [](const LoraSettings& l, uint64_t seed) -> Result<std::unique_ptr<TrainableModel>> {
-        return std::unique_ptr<TrainableModel>(std::make_unique<MockModel>(static_cast<int>(l.rank), seed));
+    c.load_transformer = [replayable](const LoraSettings& l,
+                                      uint64_t seed) -> Result<std::unique_ptr<TrainableModel>> {
+        return std::unique_ptr<TrainableModel>(std::make_unique<MockModel>(static_cast<int>(l.rank), seed, replayable));
     };
     return c;
 }
@@ -169,6 +174,30 @@ TEST(TrainLoop, RunLengthBookkeeping) {
     EXPECT_EQ(r.max_train_steps, 6);
     o.max_train_steps = 7;
     EXPECT_EQ(compute_run_length(o, 20).num_epochs, 4);
+}
+
+// A replayable model's steps read fixed buffers that each micro-batch's inputs are uploaded into, with the loss's
+// constants from a table: the same LoRA bytes and losses as the steps run on the micro-batches themselves, with
+// gradient accumulation and with an epoch's smaller last batch (which runs as it is).
+TEST(TrainLoop, StepsFromFixedBuffersGiveTheSameTraining) {
+    auto train = [](bool replayable, const std::string& name) {
+        const fs::path dir = temp_dir(name);
+        TrainComponents c = mock_components(replayable);
+        TrainOptions o = mock_options(dir);
+        o.train_batch_size = 3;  // 3 and 1 of the folder's images per epoch
+        o.gradient_accumulation_steps = 2;
+        o.max_train_steps = 4;
+        std::vector<double> losses;
+        TrainCallbacks cb;
+        cb.on_step = [&](const StepReport& r) { losses.push_back(r.loss); };
+        EXPECT_TRUE(run_training(o, c, file_decoder(), cb).ok());
+        return std::pair{file_bytes(dir / "pytorch_lora_weights.safetensors"), losses};
+    };
+    const auto [queued, queued_losses] = train(false, "mock_queued");
+    const auto [fixed, fixed_losses] = train(true, "mock_fixed");
+    ASSERT_FALSE(queued.empty());
+    EXPECT_EQ(queued, fixed);
+    EXPECT_EQ(queued_losses, fixed_losses);
 }
 
 TEST(TrainLoop, StepReportsSplitTheUpdateIntoPhases) {
