@@ -3,7 +3,6 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
-#include "core/arena.h"
 #include "io/model_folder.h"
 #include "io/model_info.h"
 #include "io/safetensors.h"

@@ -1,4 +1,4 @@
-// Error-code names, the assert handler and the logger.
+// Error-code names, message formatting, the assert handler and the logger.
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -44,6 +44,18 @@ void log_write(LogLevel level, const std::string& message) {
     static const char* const kPrefix[] = {"debug: ", "", "warning: ", "error: ", ""};
     std::lock_guard<std::mutex> lock(g_log_mutex);
     std::fprintf(stderr, "%s%s\n", kPrefix[static_cast<int>(level)], message.c_str());
+}
+
+std::string format_bytes(double bytes) {
+    const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int u = 0;
+    while (bytes >= 1024 && u < 4) {
+        bytes /= 1024;
+        ++u;
+    }
+    char buf[32];
+    std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.1f %s", bytes, units[u]);
+    return buf;
 }
 
 }  // namespace sd3

@@ -53,6 +53,9 @@ std::string str_cat(const Args&... args) {
     return os.str();
 }
 
+// A byte count for people: "512 B", "1.5 KiB", "3.0 GiB".
+std::string format_bytes(double bytes);
+
 template <typename... Args>
 Status make_error(ErrorCode code, const Args&... args) {
     return Status(code, str_cat(args...));

@@ -6,9 +6,9 @@
 #include <filesystem>
 #include <memory>
 
-#include "core/arena.h"
 #include "core/check.h"
 #include "core/log.h"
+#include "core/status.h"
 #include "infer/pipeline.h"
 #include "infer/prompt_encoding.h"
 #include "io/image.h"

@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "core/status.h"
 #include "core/tensor.h"
 
 using namespace sd3;
@@ -73,4 +74,10 @@ TEST(Tensor, CopyFromStridedIntoStrided) {
     Tensor dst = Tensor::zeros({3, 2}).transpose(0, 1);
     dst.copy_from(src);
     EXPECT_EQ(dst.contiguous().to_float_vector(), src.contiguous().to_float_vector());
+}
+
+TEST(Format, Bytes) {
+    EXPECT_EQ(sd3::format_bytes(512), "512 B");
+    EXPECT_EQ(sd3::format_bytes(1536), "1.5 KiB");
+    EXPECT_EQ(sd3::format_bytes(3.0 * (1 << 30)), "3.0 GiB");
 }
