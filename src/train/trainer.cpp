@@ -287,6 +287,8 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
     // Whether micro-batch steps are recorded and replayed (run_micro_batch below; SD3_CUDA_GRAPHS=0: never). Their
     // inputs then stay on the host until they go up into the step's fixed buffers, so the device holds one copy,
     // the text inputs already in the dtype the model computes them in (converted here with the device's rounding).
+    // The thread building the next micro-batch then queues nothing on the device, which a recording needs: work
+    // another thread queued on the recorded stream would land in the graph and invalidate it.
     const char* graphs_env = std::getenv("SD3_CUDA_GRAPHS");
     const bool replay = model->replayable() && !(graphs_env != nullptr && std::string(graphs_env) == "0");
     auto stage = [&](const Tensor& host) { return replay ? host : model->stage_input(host); };
@@ -400,9 +402,6 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
             place(*buffer, *t);
         if (!fixed.sums.defined()) fixed.sums = Tensor::empty({mb.noisy.size(0)}, DType::F64, device);
         const bool recorded = step_graph.replaying();
-        // While the step may be recorded, nothing else may queue work on the device: the thread staging the next
-        // micro-batch finishes first (its uploads would land in the recording).
-        if (!recorded && ahead.valid()) ahead.wait();
         SD3_TRY(step_graph.run([&]() -> Status {
             SD3_ASSIGN_OR_RETURN(Tensor pred, model->forward(fixed.noisy, fixed.t, fixed.pe, fixed.pooled, dropout_seed));
             Tensor grad;
