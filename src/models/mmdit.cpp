@@ -429,16 +429,8 @@ Status MMDiT::to(const nn::Placement& placement, std::optional<QuantFormat> base
             placer.convert(a.B);
         }
     SD3_TRY(placer.place(placement, "transformer").status());
-    std::shared_ptr<nn::StreamedBlocks> streamed;
-    if (resident < w_.blocks.size()) {
-        streamed = std::make_shared<nn::StreamedBlocks>(placement);
-        for (size_t i = resident; i < w_.blocks.size(); ++i) {
-            nn::WeightPlacer block_placer;
-            place_block(block_placer, w_.blocks[i]);
-            streamed->add(block_placer);
-        }
-        SD3_TRY(streamed->allocate_slots("transformer"));
-    }
+    SD3_ASSIGN_OR_RETURN(std::shared_ptr<nn::StreamedBlocks> streamed,
+                         nn::StreamedBlocks::pack(w_.blocks, resident, placement, place_block, "transformer"));
     placement_ = placement;
     resident_blocks_ = static_cast<int>(resident);
     streamed_ = std::move(streamed);

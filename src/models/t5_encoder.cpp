@@ -233,16 +233,8 @@ Status T5Encoder::to(const nn::Placement& placement, size_t max_resident_bytes) 
     const size_t resident = nn::StreamedBlocks::resident_count(bytes, max_resident_bytes);
     for (size_t i = 0; i < resident; ++i) place_block(placer, weights_.blocks[i]);
     SD3_TRY(placer.place(placement, "T5 encoder").status());
-    std::shared_ptr<nn::StreamedBlocks> streamed;
-    if (resident < weights_.blocks.size()) {
-        streamed = std::make_shared<nn::StreamedBlocks>(placement);
-        for (size_t i = resident; i < weights_.blocks.size(); ++i) {
-            nn::WeightPlacer block_placer;
-            place_block(block_placer, weights_.blocks[i]);
-            streamed->add(block_placer);
-        }
-        SD3_TRY(streamed->allocate_slots("T5 encoder"));
-    }
+    SD3_ASSIGN_OR_RETURN(std::shared_ptr<nn::StreamedBlocks> streamed,
+                         nn::StreamedBlocks::pack(weights_.blocks, resident, placement, place_block, "T5 encoder"));
     placement_ = placement;
     resident_blocks_ = static_cast<int>(resident);
     streamed_ = std::move(streamed);

@@ -26,6 +26,23 @@ class StreamedBlocks {
     StreamedBlocks(const StreamedBlocks&) = delete;
     StreamedBlocks& operator=(const StreamedBlocks&) = delete;
 
+    // The streamed blocks of a model: blocks [first, end) packed through `place` (which adds one block's frozen
+    // tensors to a placer) and the slots allocated; null when there are none.
+    template <typename Block, typename Place>
+    static Result<std::shared_ptr<StreamedBlocks>> pack(std::vector<Block>& blocks, size_t first,
+                                                        const Placement& placement, Place place,
+                                                        const char* model_name) {
+        if (first >= blocks.size()) return std::shared_ptr<StreamedBlocks>();
+        auto streamed = std::make_shared<StreamedBlocks>(placement);
+        for (size_t i = first; i < blocks.size(); ++i) {
+            WeightPlacer placer;
+            place(placer, blocks[i]);
+            streamed->add(placer);
+        }
+        SD3_TRY(streamed->allocate_slots(model_name));
+        return streamed;
+    }
+
     // Packs the next block (numbered in the order added): the placer's tensors (CPU) are written into pinned host
     // memory in place()'s layout and rebound to views of it, so the memory they came from is let go.
     void add(WeightPlacer& placer);

@@ -101,4 +101,18 @@ inline std::shared_ptr<MapSource> random_weights(const MMDiTConfig& c, std::mt19
     return s;
 }
 
+// Inputs for a small_config() model: latents [2, 4, 4, 6] (2x3 patches, non-square), context [2, 3, 6],
+// pooled [2, 5], and two timesteps.
+struct RandomInputs {
+    Tensor x, t, ctx, pooled;
+};
+inline RandomInputs random_inputs(std::mt19937& rng) {
+    RandomInputs in;
+    in.x = random_tensor({2, 4, 4, 6}, rng);
+    in.ctx = random_tensor({2, 3, 6}, rng);
+    in.pooled = random_tensor({2, 5}, rng);
+    in.t = Tensor::from_vector({2}, {310.0f, 870.0f});
+    return in;
+}
+
 }  // namespace sd3::testing

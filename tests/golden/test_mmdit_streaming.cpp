@@ -94,11 +94,7 @@ TEST(MMDiTStreaming, FiveBlocksTakeTurnsInTwoSlots) {
     c.num_layers = 5;
     std::mt19937 rng(21);
     const auto weights = testing::random_weights(c, rng);
-    const Tensor x = testing::random_tensor({2, 4, 4, 6}, rng), ctx = testing::random_tensor({2, 3, 6}, rng);
-    const Tensor pooled = testing::random_tensor({2, 5}, rng);
-    Tensor t = Tensor::empty({2}, DType::F32);
-    t.data<float>()[0] = 310.0f;
-    t.data<float>()[1] = 870.0f;
+    const testing::RandomInputs in = testing::random_inputs(rng);
     auto steps = [&](MMDiT& m, bool checkpoint) {
         LoraTrainable lora = m.make_trainable_lora(LoraTrainConfig{}).value();
         for (int64_t k = 0; k < lora.numel; ++k) lora.params.data<float>()[k] = 0.05f * std::sin(0.37f * k);
@@ -107,7 +103,7 @@ TEST(MMDiTStreaming, FiveBlocksTakeTurnsInTwoSlots) {
         for (int step = 0; step < 2; ++step) {
             MMDiTActivations saved;
             saved.checkpoint_blocks = checkpoint;
-            auto pred = m.forward(x, t, ctx, pooled, &saved);
+            auto pred = m.forward(in.x, in.t, in.ctx, in.pooled, &saved);
             EXPECT_TRUE(pred.ok()) << pred.status().message();
             lora.grads.fill(0.0);
             m.backward(*pred, saved, lora.grads);

@@ -176,11 +176,7 @@ TEST_P(GpuModels, FiveStreamedBlocksGiveTheResidentStepsBitForBit) {
     c.caption_projection_dim = c.inner_dim();
     std::mt19937 rng(21);
     const auto weights = testing::random_weights(c, rng);
-    const Tensor x = testing::random_tensor({2, 4, 4, 6}, rng), ctx = testing::random_tensor({2, 3, 6}, rng);
-    const Tensor pooled = testing::random_tensor({2, 5}, rng);
-    Tensor t = Tensor::empty({2}, DType::F32);
-    t.data<float>()[0] = 310.0f;
-    t.data<float>()[1] = 870.0f;
+    const testing::RandomInputs in = testing::random_inputs(rng);
     auto steps = [&](size_t resident_bytes, bool checkpoint) {
         MMDiT m = MMDiT::create(c, weights).value();
         EXPECT_TRUE(m.to(placement(), std::nullopt, resident_bytes).ok());
@@ -193,7 +189,7 @@ TEST_P(GpuModels, FiveStreamedBlocksGiveTheResidentStepsBitForBit) {
         for (int step = 0; step < 2; ++step) {
             MMDiTActivations saved;
             saved.checkpoint_blocks = checkpoint;
-            auto pred = m.forward(x, t, ctx, pooled, &saved);
+            auto pred = m.forward(in.x, in.t, in.ctx, in.pooled, &saved);
             EXPECT_TRUE(pred.ok()) << pred.status().message();
             Tensor grads = ops::zeros({lora.numel}, kGPU);
             m.backward(*pred, saved, grads);
