@@ -6,7 +6,6 @@
 #include <cstring>
 
 #include "core/check.h"
-#include "ops/device.h"
 #include "ops/dispatch.h"
 
 namespace sd3::ops {
@@ -32,13 +31,6 @@ Tensor loss_sample_table(const std::vector<cpu::LossSample>& samples) {
     Tensor t = Tensor::empty({static_cast<int64_t>(samples.size()), kBytes}, DType::U8);
     if (!samples.empty()) std::memcpy(t.raw(), samples.data(), samples.size() * kBytes);
     return t;
-}
-
-Tensor flow_matching_loss(const Tensor& pred, const Tensor& noisy, const Tensor& x0, const Tensor& noise,
-                          const std::vector<cpu::LossSample>& samples, bool precondition, Tensor* grad) {
-    Tensor table = loss_sample_table(samples);
-    if (!pred.device().is_cpu()) table = upload_async(table, pred.device()).value();  // no wait for the device
-    return flow_matching_loss(pred, noisy, x0, noise, table, precondition, grad);
 }
 
 Tensor flow_matching_loss(const Tensor& pred_in, const Tensor& noisy_in, const Tensor& x0_in, const Tensor& noise_in,

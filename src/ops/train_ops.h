@@ -12,12 +12,10 @@
 namespace sd3::ops {
 
 // The flow-matching loss of a micro-batch (train/flow_matching.h): pred [B, ...] (f32 on the CPU; f32, bf16 or
-// f16 on a GPU), noisy, x0 and noise [B, ...] f32 on the same device, one LossSample per sample. Writes
-// *grad (allocated here, f32 [B, ...]) and returns the per-sample sums Σ w·(out - target)² as f64 [B].
-Tensor flow_matching_loss(const Tensor& pred, const Tensor& noisy, const Tensor& x0, const Tensor& noise,
-                          const std::vector<cpu::LossSample>& samples, bool precondition, Tensor* grad);
-// The same with the samples' constants in a table on pred's device (loss_sample_table's bytes, copied there), so
-// a step recorded once (DeviceGraph) reads each micro-batch's constants from memory rather than from its launch.
+// f16 on a GPU), noisy, x0 and noise [B, ...] f32 on the same device, one LossSample per sample in `samples`
+// (loss_sample_table's bytes, copied to pred's device: a step recorded once, DeviceGraph, reads each
+// micro-batch's constants from memory rather than from its launch). Writes *grad (allocated here, f32 [B, ...])
+// and returns the per-sample sums Σ w·(out - target)² as f64 [B].
 Tensor flow_matching_loss(const Tensor& pred, const Tensor& noisy, const Tensor& x0, const Tensor& noise,
                           const Tensor& samples, bool precondition, Tensor* grad);
 // The samples as a table: U8 [B, sizeof(cpu::LossSample)] on the CPU.
