@@ -280,7 +280,7 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
     struct MicroBatch {
         Tensor x0, noise, noisy, pe, pooled;  // [B, 16, h, w] x3, [B, T, D], [B, P]
         Tensor t;                             // [B] timesteps
-        Tensor loss_table;                    // the loss's per-sample constants (loss_sample_table)
+        Tensor loss_table;                    // for a replayed step: the loss's per-sample constants
         LossInputs loss;                      // all but model_pred, for the loss and its report
     };
     const int accum = o.gradient_accumulation_steps;
@@ -358,8 +358,8 @@ Result<TrainResult> run_training(const TrainOptions& o, TrainComponents& c, cons
         mb.loss.precondition_outputs = o.precondition_outputs;
         mb.loss.with_prior_preservation = o.data.with_prior_preservation;
         mb.loss.prior_loss_weight = o.prior_loss_weight;
-        // accelerator.backward divides by accum
-        mb.loss_table = stage(loss_sample_table(mb.loss, bshape, 1.0 / accum));
+        // accelerator.backward divides by accum. A step run as queued builds the table in flow_matching_loss_deferred.
+        if (replay) mb.loss_table = loss_sample_table(mb.loss, bshape, 1.0 / accum);
         return mb;
     };
     // Where the micro-batch after (epoch, bi) is: the next batch of the epoch or the first of the next epoch.
