@@ -134,16 +134,7 @@ __global__ void gemm_small_k_kernel(int64_t M, int64_t N, float alpha, const T* 
         }
         if (beta != 0.0f) {
 #pragma unroll
-            for (int i = 0; i < kSkinnyRows; ++i) {
-                if constexpr (L == 1) {
-                    c[i][0] = to_f(C[row[i] * ldc + n0]);
-                } else {
-                    Vec<T, L> v;
-                    v.load(C + row[i] * ldc + n0);
-#pragma unroll
-                    for (int l = 0; l < L; ++l) c[i][l] = v.v[l];
-                }
-            }
+            for (int i = 0; i < kSkinnyRows; ++i) load_cols<T, L>(C + row[i] * ldc + n0, c[i]);
         }
 #pragma unroll
         for (int i = 0; i < kSkinnyRows; ++i) {
@@ -157,14 +148,7 @@ __global__ void gemm_small_k_kernel(int64_t M, int64_t N, float alpha, const T* 
                 for (int k = 0; k < R; ++k) acc += a[i][k] * b[k][l];
                 out[l] = beta != 0.0f ? alpha * acc + beta * c[i][l] : alpha * acc;
             }
-            if constexpr (L == 1) {
-                C[m * ldc + n0] = from_f<T>(out[0]);
-            } else {
-                Vec<T, L> v;
-#pragma unroll
-                for (int l = 0; l < L; ++l) v.v[l] = out[l];
-                v.store(C + m * ldc + n0);
-            }
+            store_cols<T, L>(C + m * ldc + n0, out);
         }
     }
 }
@@ -189,29 +173,22 @@ __global__ void gemm_small_n_kernel(int64_t M, int64_t K, float alpha, const T* 
         } else if (trans_b) {
 #pragma unroll
             for (int n = 0; n < R; ++n) {  // a vector of row n
-                Vec<T, L> v;
-                v.load(B + n * ldb + k0);
+                float v[L];
+                load_cols<T, L>(B + n * ldb + k0, v);
 #pragma unroll
-                for (int l = 0; l < L; ++l) b[l][n] = v.v[l];
+                for (int l = 0; l < L; ++l) b[l][n] = v[l];
             }
         } else if constexpr (L > 1) {
 #pragma unroll
             for (int j = 0; j < R; ++j) {  // L·R contiguous elements, j-th vector of L
-                Vec<T, L> v;
-                v.load(B + k0 * R + j * L);
+                float v[L];
+                load_cols<T, L>(B + k0 * R + j * L, v);
 #pragma unroll
-                for (int e = 0; e < L; ++e) b[(j * L + e) / R][(j * L + e) % R] = v.v[e];
+                for (int e = 0; e < L; ++e) b[(j * L + e) / R][(j * L + e) % R] = v[e];
             }
         }
         float a[L];
-        if constexpr (L == 1) {
-            a[0] = to_f(a_row[k0]);
-        } else {
-            Vec<T, L> v;
-            v.load(a_row + k0);
-#pragma unroll
-            for (int l = 0; l < L; ++l) a[l] = v.v[l];
-        }
+        load_cols<T, L>(a_row + k0, a);
 #pragma unroll
         for (int l = 0; l < L; ++l)
 #pragma unroll
