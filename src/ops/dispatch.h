@@ -14,7 +14,13 @@
 // The same for ops that take a Device instead of a tensor (allocation).
 #define SD3_ON_CUDA_DEVICE(device, call) \
     if ((device).type == ::sd3::DeviceType::CUDA) return ::sd3::cuda::tensor_ops::call
+// The same where the tensor_ops predicate `fits` holds too; otherwise the code below runs, on either device (for
+// a CUDA kernel that takes only some layouts, where the generic code composes ops that dispatch themselves).
+#define SD3_ON_CUDA_IF(t, fits, call)                                                                     \
+    if ((t).defined() && (t).device().type == ::sd3::DeviceType::CUDA && ::sd3::cuda::tensor_ops::fits) \
+    return ::sd3::cuda::tensor_ops::call
 #else
 #define SD3_ON_CUDA(t, call)
 #define SD3_ON_CUDA_DEVICE(device, call)
+#define SD3_ON_CUDA_IF(t, fits, call)
 #endif

@@ -224,7 +224,9 @@ Tensor layer_norm_modulate(const Tensor& x, const Tensor& shift, const Tensor& s
     SD3_ASSERT(shift.stride(0) == scale.stride(0), "layer_norm_modulate: shift and scale must share a row stride");
     SD3_ASSERT((xhat == nullptr) == (mean == nullptr) && (mean == nullptr) == (rstd == nullptr),
                "layer_norm_modulate: xhat, mean and rstd are asked for together");
-    SD3_ON_CUDA(x, layer_norm_modulate(x, shift, scale, eps, xhat, mean, rstd));
+    SD3_ON_CUDA_IF(x, layer_norm_modulate_fits(x, shift, scale),
+                   layer_norm_modulate(x, shift, scale, eps, xhat, mean, rstd));
+    // The CPU, or a layout CUDA's one-pass kernel does not take: the two ops (the same stored values).
     Tensor m, r;
     const Tensor n = layer_norm_fwd(x, eps, mean != nullptr ? mean : &m, rstd != nullptr ? rstd : &r);
     if (xhat != nullptr) *xhat = n;

@@ -248,18 +248,19 @@ Tensor modulate(const Tensor& x_in, const Tensor& shift, const Tensor& scale) {
     return y;
 }
 
+bool layer_norm_modulate_fits(const Tensor& x, const Tensor& shift, const Tensor& scale) {
+    // A non-contiguous x is copied into a fresh allocation first, which is aligned: only a contiguous x's address
+    // counts.
+    return cuda::layer_norm_modulate_fits(x.is_contiguous() ? x.raw() : nullptr, shift.raw(), scale.raw(), x.size(2),
+                                          shift.stride(0), x.dtype());
+}
+
 Tensor layer_norm_modulate(const Tensor& x_in, const Tensor& shift, const Tensor& scale, float eps, Tensor* xhat,
                            Tensor* mean, Tensor* rstd) {
     require(x_in, x_in, "layer_norm_modulate x");
     require(shift, x_in, "layer_norm_modulate shift");
     require(scale, x_in, "layer_norm_modulate scale");
     const Tensor x = contiguous(x_in);
-    if (!cuda::layer_norm_modulate_fits(x.raw(), shift.raw(), scale.raw(), x.size(2), shift.stride(0), x.dtype())) {
-        Tensor m, r;
-        const Tensor n = layer_norm_fwd(x, eps, mean != nullptr ? mean : &m, rstd != nullptr ? rstd : &r);  // same bits
-        if (xhat != nullptr) *xhat = n;
-        return modulate(n, shift, scale);
-    }
     Tensor y = empty_like(x);
     if (xhat != nullptr) {
         const int64_t rows = x.size(0) * x.size(1);

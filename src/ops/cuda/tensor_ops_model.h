@@ -37,6 +37,8 @@ Tensor attention_chunked(const Tensor& q, const Tensor& k, const Tensor& v, int6
 
 // ---- MMDiT ops ----
 Tensor modulate(const Tensor& x, const Tensor& shift, const Tensor& scale);
+// Whether the one-pass kernel takes this layout (cuda::layer_norm_modulate_fits); layer_norm_modulate asserts it.
+bool layer_norm_modulate_fits(const Tensor& x, const Tensor& shift, const Tensor& scale);
 Tensor layer_norm_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale, float eps, Tensor* xhat,
                            Tensor* mean, Tensor* rstd);
 Tensor modulate_backward(const Tensor& dy, const Tensor& x, const Tensor& scale, Tensor* dshift, Tensor* dscale);
