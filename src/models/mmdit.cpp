@@ -217,6 +217,13 @@ Result<MMDiT> MMDiT::load(const Component& comp, bool weights_as_stored) {
     return create(cfg, comp.weights, weights_as_stored);
 }
 
+Tensor crop_pos_embed(const Tensor& table, int64_t grid, int64_t hp, int64_t wp) {
+    SD3_ASSERT(table.device().is_cpu() && table.numel() % (grid * grid) == 0 && hp <= grid && wp <= grid,
+               "crop_pos_embed: table ", table.describe(), ", grid ", grid, ", crop ", hp, "x", wp);
+    const int64_t dim = table.numel() / (grid * grid), top = (grid - hp) / 2, left = (grid - wp) / 2;
+    return table.view({grid, grid, dim}).slice(0, top, top + hp).slice(1, left, left + wp).clone().view({1, hp * wp, dim});
+}
+
 Tensor sincos_pos_embed(int64_t grid, int64_t base_size, int64_t dim) {
     SD3_ASSERT(dim % 4 == 0, "sin-cos position table needs a width divisible by 4, got ", dim);
     Tensor out = Tensor::empty({1, grid * grid, dim}, DType::F32);
@@ -416,7 +423,6 @@ Status MMDiT::to(const nn::Placement& placement, std::optional<QuantFormat> base
         placer.convert(l->weight);
         placer.convert(l->bias);
     }
-    placer.convert(w_.pos_embed);
     // Blocks in order while they fit the budget with the streaming slots (float weights in the compute dtype,
     // quantized ones as stored); the rest are packed for streaming.
     std::vector<size_t> bytes;
@@ -432,6 +438,7 @@ Status MMDiT::to(const nn::Placement& placement, std::optional<QuantFormat> base
     SD3_ASSIGN_OR_RETURN(std::shared_ptr<nn::StreamedBlocks> streamed,
                          nn::StreamedBlocks::pack(w_.blocks, resident, placement, place_block, "transformer"));
     placement_ = placement;
+    pos_crops_.clear();
     resident_blocks_ = static_cast<int>(resident);
     streamed_ = std::move(streamed);
     return {};
@@ -441,6 +448,7 @@ size_t MMDiT::placed_bytes(const TensorSource& weights, const nn::Placement& pla
                            std::optional<QuantFormat> base_format) {
     double bytes = 0;
     for (const std::string& name : weights.names()) {
+        if (name == "pos_embed.pos_embed") continue;  // stays on the host (position_rows)
         const Shape shape = weights.meta(name)->shape;
         const bool quantized = base_format && shape.size() == 2 && in_joint_block(name) && name.ends_with(".weight");
         const double per = !quantized                         ? static_cast<double>(dtype_size(placement.dtype))
@@ -452,12 +460,20 @@ size_t MMDiT::placed_bytes(const TensorSource& weights, const nn::Placement& pla
 }
 
 size_t MMDiT::weight_bytes() const {
-    size_t n = w_.pos_embed.nbytes() + (streamed_ ? streamed_->device_bytes() : 0);
+    size_t n = streamed_ ? streamed_->device_bytes() : 0;
+    for (const auto& [grid, rows] : pos_crops_) n += rows.nbytes();
     for (const nn::Linear* l : {&w_.patch_embed, &w_.time_linear_1, &w_.time_linear_2, &w_.text_linear_1,
                                 &w_.text_linear_2, &w_.context_embedder, &w_.norm_out, &w_.proj_out})
         n += l->weight.nbytes() + (l->bias.defined() ? l->bias.nbytes() : 0);
     for (int i = 0; i < resident_blocks_; ++i) n += block_bytes(w_.blocks[i], placement_.dtype, true);
     return n;
+}
+
+const Tensor& MMDiT::position_rows(int64_t hp, int64_t wp) const {
+    Tensor& rows = pos_crops_[{hp, wp}];
+    if (!rows.defined())
+        rows = nn::to_placement(crop_pos_embed(w_.pos_embed, config_.pos_embed_max_size, hp, wp), placement_);
+    return rows;
 }
 
 const JointBlock& MMDiT::block_weights(size_t i, JointBlock& staged, int64_t next) const {

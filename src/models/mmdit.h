@@ -15,8 +15,9 @@
 // of the affected weights.
 #pragma once
 
-#include <memory>
 #include <cstdint>
+#include <map>
+#include <memory>
 #include <optional>
 #include <nlohmann/json_fwd.hpp>
 #include <string>
@@ -73,7 +74,7 @@ struct JointBlock {
 
 struct MMDiTWeights {
     nn::Linear patch_embed;  // pos_embed.proj as a Linear: [D, C*p*p] over (c, py, px) patches
-    Tensor pos_embed;        // [1, grid*grid, D]
+    Tensor pos_embed;        // [1, grid*grid, D], always on the host: a device gets the crops its forwards use
     nn::Linear time_linear_1, time_linear_2;  // time_text_embed.timestep_embedder.linear_{1,2}
     nn::Linear text_linear_1, text_linear_2;  // time_text_embed.text_embedder.linear_{1,2}
     nn::Linear context_embedder;
@@ -141,6 +142,9 @@ struct InputGrads {
 // arange(grid) / (grid / base_size). The checkpoints store this buffer (fp16 in SD3 releases), and the model uses
 // the stored one; this is for checking it and for tests whose reference kept the float32 table.
 Tensor sincos_pos_embed(int64_t grid, int64_t base_size, int64_t dim);
+// diffusers PatchEmbed.cropped_pos_embed: the hp x wp centre of a [1, grid*grid, D] host table (top = (grid - hp) // 2,
+// left = (grid - wp) // 2) as [1, hp*wp, D], contiguous, on the host in the table's dtype.
+Tensor crop_pos_embed(const Tensor& table, int64_t grid, int64_t hp, int64_t wp);
 
 class MMDiT {
   public:
@@ -164,18 +168,22 @@ class MMDiT {
     Status to(const nn::Placement& placement, std::optional<QuantFormat> base_format = std::nullopt,
               size_t max_resident_bytes = SIZE_MAX);
     // What to() would place of a transformer's stored weights, read from their shapes alone (nothing loaded):
-    // every tensor in the compute dtype, the joint blocks' Linear weights in `base_format` (scales left out: <1%).
+    // every tensor but the position table (kept on the host) in the compute dtype, the joint blocks' Linear weights in
+    // `base_format` (scales left out: <1%).
     static size_t placed_bytes(const TensorSource& weights, const nn::Placement& placement,
                                std::optional<QuantFormat> base_format);
     int resident_blocks() const { return resident_blocks_; }
     const nn::Placement& placement() const { return placement_; }
     // Bytes of the weights the placement's device holds (quantized block weights at their storage size; for
-    // streamed blocks, their slots), LoRA adapters excluded.
+    // streamed blocks, their slots; the position rows of the image sizes run so far), LoRA adapters excluded.
     size_t weight_bytes() const;
 
     const MMDiTConfig& config() const { return config_; }
     const MMDiTWeights& weights() const { return w_; }
-    MMDiTWeights& mutable_weights() { return w_; }  // for tests and tools that patch weights
+    MMDiTWeights& mutable_weights() {  // for tests and tools that patch weights (crops of the old table go)
+        pos_crops_.clear();
+        return w_;
+    }
 
     // hidden_states [B, in_channels, H, W] (H, W multiples of patch_size, H/p and W/p <= pos_embed_max_size),
     // timestep [B] (float, 0..1000), encoder_hidden_states [B, M, joint_attention_dim], pooled [B, pooled_dim].
@@ -234,12 +242,18 @@ class MMDiT {
     void block_backward(const JointBlock& blk, Tensor& dx, Tensor& dc, Tensor& dsilu_temb, const JointBlockSaved& s,
                         const nn::RunContext& ctx, Tensor& lora_grads) const;
     Status check_lora_set(const LoraSet& set) const;
+    // The position rows a forward of hp x wp patches adds, on the placement: the table's centre crop, made on the
+    // first forward of that size and kept (a recorded step or sampler call reads it again on replay).
+    const Tensor& position_rows(int64_t hp, int64_t wp) const;
 
     MMDiTConfig config_;
     MMDiTWeights w_;
     nn::Placement placement_;
     int resident_blocks_ = 0;  // blocks [0, resident_blocks_) are in place; the rest stream in (set by load and to())
     std::shared_ptr<nn::StreamedBlocks> streamed_;  // blocks [resident_blocks_, num_layers), when any
+    // Crops of w_.pos_embed by patch grid (hp, wp). The full table (113 MB in bf16 for SD3's 192 x 192 grid) stays on
+    // the host; a training run or an image size needs one crop (3 MB at 512², 13 MB at 1024²).
+    mutable std::map<std::pair<int64_t, int64_t>, Tensor> pos_crops_;
 };
 
 }  // namespace sd3

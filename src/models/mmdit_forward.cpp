@@ -202,7 +202,7 @@ Result<Tensor> MMDiT::run_forward(const Tensor& x_in, const Tensor& timestep_in,
     // Patch embedding + centre-cropped position table (§2.1).
     const Tensor patches = ops::patchify(x, p, ops::PatchLayout::CHANNEL_FIRST);  // [B, N, C*p*p]
     Tensor hx = nn::linear_forward(w_.patch_embed, patches, keep ? &s.patch_embed : nullptr, rc);  // [B, N, D]
-    ops::add_cropped_pos_embed_(hx, w_.pos_embed, hp, wp, c.pos_embed_max_size);
+    ops::add_rows_(hx, position_rows(hp, wp));
 
     // temb = MLP(sinusoid(t)) + MLP(pooled) (§2.2, §2.3).
     const Tensor tsin = ops::timestep_embedding(timestep, 256, true, 0.0f, 10000.0f, pl.dtype);  // [B, 256]

@@ -322,17 +322,6 @@ Tensor timestep_embedding(const Tensor& t_in, int64_t dim, bool flip_sin_to_cos,
     return out;
 }
 
-void add_cropped_pos_embed_(Tensor& tokens, const Tensor& pos, int64_t hp, int64_t wp, int64_t grid) {
-    SD3_ASSERT(tokens.defined() && tokens.is_contiguous() && tokens.dim() == 3 && tokens.size(1) == hp * wp &&
-                   hp <= grid && wp <= grid && pos.numel() == grid * grid * tokens.size(2),
-               "add_cropped_pos_embed: tokens ", tokens.describe(), " pos ", pos.describe(), " grid ", grid);
-    SD3_ON_CUDA(tokens, add_cropped_pos_embed_(tokens, pos, hp, wp, grid));
-    require_f32(tokens, "pos-embed tokens");
-    // diffusers PatchEmbed.cropped_pos_embed: top = (grid - h) // 2, left = (grid - w) // 2.
-    cpu::add_pos_embed(tokens.data<float>(), pos.contiguous().data<float>(), tokens.size(0), hp, wp, grid,
-                       (grid - hp) / 2, (grid - wp) / 2, tokens.size(2));
-}
-
 void add_(Tensor& y, const Tensor& x, float a) {
     SD3_ASSERT(y.defined() && x.defined() && y.is_contiguous() && y.numel() == x.numel(), "add_: ", y.describe(),
                " += ", x.describe());

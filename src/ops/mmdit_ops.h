@@ -72,8 +72,6 @@ Tensor unpatchify(const Tensor& tokens, int64_t channels, int64_t h, int64_t w, 
 // t [B] float32 -> [B, dim] (diffusers Timesteps) in `dtype` (f32 on the CPU; any of f32/bf16/f16 on CUDA).
 Tensor timestep_embedding(const Tensor& t, int64_t dim, bool flip_sin_to_cos, float downscale_freq_shift,
                           float max_period = 10000.0f, DType dtype = DType::F32);
-// In place: tokens [B, hp*wp, D] += the centre crop of pos [1, grid*grid, D] (diffusers PatchEmbed.cropped_pos_embed).
-void add_cropped_pos_embed_(Tensor& tokens, const Tensor& pos, int64_t hp, int64_t wp, int64_t grid);
 // In place: y += a * x (same shape).
 void add_(Tensor& y, const Tensor& x, float a = 1.0f);
 // In place: y [B, ...] += x broadcast over the first dimension (x.numel() * B == y.numel()), e.g. position rows.

@@ -95,6 +95,27 @@ TEST(MMDiTGolden, LoadsFromFolderAndSingleFile) {
     }
 }
 
+// Each image size adds its own crop of the position table (kept on the host; the crops are cached by size): a
+// forward at one size, then another, then the first again gives the first's output, and a patched table is used at
+// once.
+TEST(MMDiTGolden, PositionRowsFollowTheImageSizeAndTheTable) {
+    MMDiT m = load_tiny();
+    SafetensorsFile g = open_golden("tiny-a/mmdit.safetensors");
+    auto run = [&](const std::string& p) {
+        auto out = m.forward(golden_tensor(g, p + "hidden_states"), golden_tensor(g, p + "timestep"),
+                             golden_tensor(g, p + "encoder_hidden_states"), golden_tensor(g, p + "pooled_projections"));
+        EXPECT_TRUE(out.ok()) << out.status().message();
+        return out.ok() ? *out : Tensor();
+    };
+    ASSERT_NE(golden_tensor(g, "0.hidden_states").shape(), golden_tensor(g, "1.hidden_states").shape());
+    const Tensor first = run("0.");
+    run("1.");
+    EXPECT_TRUE(all_close(run("0."), first, 0, 0));
+    m.mutable_weights().pos_embed = sincos_pos_embed(16, 8, 32);
+    EXPECT_FALSE(all_close(run("0."), first, 1e-6, 0));
+    EXPECT_TRUE(all_close(run("0."), golden_tensor(g, "0.output"), 5e-6, 1e-5));  // as ForwardMatchesDiffusers
+}
+
 TEST(MMDiTGolden, RejectsBadInputs) {
     MMDiT m = load_tiny();
     const Tensor t = Tensor::full({1}, 500.0);

@@ -6,6 +6,7 @@
 
 #include "common/fd_check.h"
 #include "common/testing.h"
+#include "models/mmdit.h"
 #include "nn/blocks.h"
 #include "ops/mmdit_ops.h"
 
@@ -93,13 +94,13 @@ TEST(MMDiTOps, TimestepEmbeddingIsCosFirst) {
     }
 }
 
-TEST(MMDiTOps, CroppedPosEmbedTakesTheCentre) {
-    // grid 5, tokens 2x3: top = (5-2)//2 = 1, left = (5-3)//2 = 1 (diffusers cropped_pos_embed).
-    Tensor pos = Tensor::empty({1, 25, 1}, DType::F32);
-    for (int64_t k = 0; k < 25; ++k) pos.data<float>()[k] = static_cast<float>(k);
-    Tensor x = Tensor::zeros({1, 6, 1});
-    ops::add_cropped_pos_embed_(x, pos, 2, 3, 5);
-    EXPECT_EQ(x.to_float_vector(), (std::vector<float>{6, 7, 8, 11, 12, 13}));
+TEST(MMDiTOps, PosEmbedCropTakesTheCentre) {
+    // grid 5, crop 2x3: top = (5-2)//2 = 1, left = (5-3)//2 = 1 (diffusers cropped_pos_embed).
+    Tensor pos = Tensor::empty({1, 25, 2}, DType::F32);
+    for (int64_t k = 0; k < 50; ++k) pos.data<float>()[k] = static_cast<float>(k);
+    const Tensor crop = crop_pos_embed(pos, 5, 2, 3);
+    EXPECT_EQ(crop.shape(), (Shape{1, 6, 2}));
+    EXPECT_EQ(crop.to_float_vector(), (std::vector<float>{12, 13, 14, 15, 16, 17, 22, 23, 24, 25, 26, 27}));
 }
 
 TEST(MMDiTOps, DropoutMaskIsDeterministicAndUnbiased) {

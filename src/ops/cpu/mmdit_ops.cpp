@@ -130,17 +130,6 @@ void timestep_embedding(float* out, const float* t, int64_t batch, int64_t dim, 
     }
 }
 
-void add_pos_embed(float* x, const float* pos, int64_t batch, int64_t hp, int64_t wp, int64_t grid, int64_t top,
-                   int64_t left, int64_t dim) {
-    for (int64_t b = 0; b < batch; ++b)
-        for (int64_t i = 0; i < hp; ++i)
-            for (int64_t j = 0; j < wp; ++j) {
-                float* xr = x + ((b * hp + i) * wp + j) * dim;
-                const float* pr = pos + ((top + i) * grid + left + j) * dim;
-                for (int64_t d = 0; d < dim; ++d) xr[d] += pr[d];
-            }
-}
-
 void axpy(float* y, const float* x, float a, int64_t n) {
 #pragma omp parallel for if (n >= kParallelMin)
     for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];

@@ -42,10 +42,6 @@ void unpatchify(float* img, const float* tokens, int64_t batch, int64_t channels
 void timestep_embedding(float* out, const float* t, int64_t batch, int64_t dim, bool flip_sin_to_cos,
                         float downscale_freq_shift, float max_period);
 
-// x[b, i*wp + j, :] += pos[(top + i) * grid + left + j, :] for a pos table of grid*grid rows of `dim`.
-void add_pos_embed(float* x, const float* pos, int64_t batch, int64_t hp, int64_t wp, int64_t grid, int64_t top,
-                   int64_t left, int64_t dim);
-
 // y[i] += a * x[i].
 void axpy(float* y, const float* x, float a, int64_t n);
 // y[b, :] += x[:] for b in [0, batch) (broadcast over rows).

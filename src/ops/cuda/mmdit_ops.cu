@@ -215,16 +215,6 @@ __global__ void timestep_kernel(T* out, const float* t, int64_t half, bool flip,
 }
 
 template <typename T>
-__global__ void add_pos_embed_kernel(T* x, const T* pos, int64_t hp, int64_t wp, int64_t grid, int64_t top,
-                                     int64_t left, int64_t dim, int64_t n) {
-    SD3_GRID_STRIDE(i, n) {
-        const int64_t d = i % dim, token = (i / dim) % (hp * wp);
-        const int64_t row = (top + token / wp) * grid + left + token % wp;
-        x[i] = from_f<T>(to_f(x[i]) + to_f(pos[row * dim + d]));
-    }
-}
-
-template <typename T>
 __global__ void axpy_kernel(T* y, const T* x, float a, int64_t n) {
     SD3_GRID_STRIDE(i, n) y[i] = from_f<T>(__fadd_rn(to_f(y[i]), __fmul_rn(a, to_f(x[i]))));
 }
@@ -420,15 +410,6 @@ void timestep_embedding(const Exec& ex, void* out, const float* t, int64_t batch
     const float neg_log = static_cast<float>(-std::log(static_cast<double>(max_period)));
     SD3_DISPATCH_FLOAT(out_dt, T, timestep_kernel<T><<<blocks(n), kThreads, 0, ex.stream>>>(
                                       static_cast<T*>(out), t, half, flip_sin_to_cos, neg_log, downscale_freq_shift, n));
-    SD3_CUDA_LAUNCHED();
-}
-
-void add_pos_embed(const Exec& ex, void* x, const void* pos, int64_t batch, int64_t hp, int64_t wp, int64_t grid,
-                   int64_t top, int64_t left, int64_t dim, DType dt) {
-    const int64_t n = batch * hp * wp * dim;
-    if (n == 0) return;
-    SD3_DISPATCH_FLOAT(dt, T, add_pos_embed_kernel<T><<<blocks(n), kThreads, 0, ex.stream>>>(
-                                  static_cast<T*>(x), static_cast<const T*>(pos), hp, wp, grid, top, left, dim, n));
     SD3_CUDA_LAUNCHED();
 }
 

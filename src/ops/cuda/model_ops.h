@@ -52,9 +52,6 @@ void unpatchify(const Exec& ex, void* img, const void* tokens, int64_t batch, in
 // float32 steps, each transcendental evaluated in double and rounded once (so it matches glibc's to the ulp).
 void timestep_embedding(const Exec& ex, void* out, const float* t, int64_t batch, int64_t dim, bool flip_sin_to_cos,
                         float downscale_freq_shift, float max_period, DType out_dt);
-// x[b, i*wp + j, :] += pos[(top + i) * grid + left + j, :].
-void add_pos_embed(const Exec& ex, void* x, const void* pos, int64_t batch, int64_t hp, int64_t wp, int64_t grid,
-                   int64_t top, int64_t left, int64_t dim, DType dt);
 
 // --- element-wise ------------------------------------------------------------------------------------------------
 // y[i] += a * x[i].

@@ -345,15 +345,6 @@ Tensor timestep_embedding(const Tensor& t_in, int64_t dim, bool flip_sin_to_cos,
     return out;
 }
 
-void add_cropped_pos_embed_(Tensor& tokens, const Tensor& pos_in, int64_t hp, int64_t wp, int64_t grid) {
-    require(tokens, tokens, "pos-embed tokens");
-    require(pos_in, tokens, "pos-embed table");
-    const Tensor pos = contiguous(pos_in);
-    // diffusers PatchEmbed.cropped_pos_embed: top = (grid - h) // 2, left = (grid - w) // 2.
-    cuda::add_pos_embed(ctx_of(tokens).exec(), tokens.raw(), pos.raw(), tokens.size(0), hp, wp, grid, (grid - hp) / 2,
-                        (grid - wp) / 2, tokens.size(2), tokens.dtype());
-}
-
 void add_(Tensor& y, const Tensor& x_in, float a) {
     require(y, y, "add_ destination");
     require(x_in, y, "add_ source");

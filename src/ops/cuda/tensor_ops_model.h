@@ -48,7 +48,6 @@ Tensor patchify(const Tensor& img, int64_t p, cpu::PatchLayout layout);
 Tensor unpatchify(const Tensor& tokens, int64_t channels, int64_t h, int64_t w, int64_t p, cpu::PatchLayout layout);
 Tensor timestep_embedding(const Tensor& t, int64_t dim, bool flip_sin_to_cos, float downscale_freq_shift,
                           float max_period, DType dtype);
-void add_cropped_pos_embed_(Tensor& tokens, const Tensor& pos, int64_t hp, int64_t wp, int64_t grid);
 void add_(Tensor& y, const Tensor& x, float a);
 void add_rows_(Tensor& y, const Tensor& x);
 Tensor dropout(const Tensor& x, float p, uint64_t seed);
