@@ -151,11 +151,15 @@ class Sd3TrainableModel final : public TrainableModel {
         const double weights = static_cast<double>(model_.weight_bytes());
         const double lora = lora_device_bytes(lora_.numel, p);
         const int64_t blocks = model_.config().num_layers;
+        // What the saved activations leave out: the backward's transient gradients and workspaces. At SD3-Medium
+        // size the first micro-batch's peak exceeded weights + LoRA + saved activations by 2.6-4x one block's saved
+        // forward (0.55 GiB at 512², batch 4; 0.8 GiB at 1024², batch 1; the log line of backward()).
+        const double one_block = static_cast<double>(model_.plan_activations(batch, h, w, context_len, true).recompute) *
+                                 dtype_size(p.dtype) / sizeof(float);
+        const double transient = 4.0 * one_block + double(256ull << 20);
         // Recompute only what memory forces: under checkpointing, the last blocks whose saved activations fit keep
-        // them. The budget is --max-vram, or without it what the device has free now less 1 GiB + 5% (validation
-        // images, fragmentation). What the plan leaves out must fit too: the backward's transient gradients and
-        // workspaces: at SD3-Medium size the first micro-batch's peak exceeded the plan by 2.6-4x one block's saved
-        // activations (0.55 GiB at 512², batch 4; 0.8 GiB at 1024², batch 1; the log line of backward()).
+        // them, with room for the transients. The budget is --max-vram, or without it what the device has free now
+        // less 1 GiB + 5% (validation images, fragmentation).
         kept_blocks_ = 0;
         if (checkpoint_blocks_ && (budget_ != SIZE_MAX || !p.on_cpu())) {
             double budget = static_cast<double>(budget_);
@@ -164,8 +168,6 @@ class Sd3TrainableModel final : public TrainableModel {
                 budget = weights + lora + static_cast<double>(m.available()) - double(1ull << 30) -
                          0.05 * static_cast<double>(m.total);
             }
-            const double per_block = (activation_bytes(blocks) - activation_bytes(0)) / static_cast<double>(blocks);
-            const double transient = 4.0 * per_block + double(256ull << 20);
             while (kept_blocks_ < blocks && weights + lora + activation_bytes(kept_blocks_ + 1) + transient <= budget)
                 ++kept_blocks_;
         }
@@ -187,7 +189,9 @@ class Sd3TrainableModel final : public TrainableModel {
                                 "); about ", format_bytes(weights + lora + act));
         if (!p.on_cpu()) {
             const MemoryStats m = memory_stats(p.device);
-            s += str_cat("; ", format_bytes(double(m.available())), " free after loading");
+            s += str_cat(", up to about ", format_bytes(weights + lora + act + transient),
+                         " with the backward's transient gradients and workspaces; ",
+                         format_bytes(double(m.available())), " free after loading");
         }
         return s;
     }
