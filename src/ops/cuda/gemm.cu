@@ -114,14 +114,30 @@ constexpr int kSkinnyRows = 4;
 
 template <typename T, int R, int L>
 __global__ void gemm_small_k_kernel(int64_t M, int64_t N, float alpha, const T* A, int64_t lda, const T* B,
-                                    int64_t ldb, bool trans_b, float beta, T* C, int64_t ldc) {
+                                    int64_t ldb, bool trans_b, bool b_vec, float beta, T* C, int64_t ldc) {
     const int64_t n0 = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) * L;
     if (n0 >= N) return;
+    // op(B)'s L columns by 16-byte vectors where `b_vec`: R runs of row n0.. when B is [K, N], else (B [N, R] with
+    // ldb = R) the L·R contiguous elements of rows n0..n0+L. Element by element, a warp's loads of B touched 16
+    // cache lines each (trans_b), which took longer than the pass over C.
     float b[R][L];
+    if (L > 1 && b_vec && !trans_b) {
 #pragma unroll
-    for (int k = 0; k < R; ++k)
+        for (int k = 0; k < R; ++k) load_cols<T, L>(B + k * ldb + n0, b[k]);
+    } else if (L > 1 && b_vec) {
 #pragma unroll
-        for (int l = 0; l < L; ++l) b[k][l] = op_b(B, ldb, trans_b, k, n0 + l);
+        for (int j = 0; j < R; ++j) {
+            float v[L];
+            load_cols<T, L>(B + n0 * R + j * L, v);
+#pragma unroll
+            for (int e = 0; e < L; ++e) b[(j * L + e) % R][(j * L + e) / R] = v[e];
+        }
+    } else {
+#pragma unroll
+        for (int k = 0; k < R; ++k)
+#pragma unroll
+            for (int l = 0; l < L; ++l) b[k][l] = op_b(B, ldb, trans_b, k, n0 + l);
+    }
     for (int64_t m0 = blockIdx.y; m0 < M; m0 += int64_t{kSkinnyRows} * gridDim.y) {
         float a[kSkinnyRows][R], c[kSkinnyRows][L];
         int64_t row[kSkinnyRows];
@@ -221,7 +237,7 @@ __global__ void gemm_small_n_kernel(int64_t M, int64_t K, float alpha, const T* 
 // the memory bandwidth (11 µs and a reduction per product at 4096 x 1536, r = 4). Stage 1: a block of kGramThreads
 // column threads (L columns of X each) by kGramGroups row groups takes a chunk of kGramChunkRows rows, each group
 // every kGramGroups-th row in order; the groups are summed in a fixed order through shared memory and the chunk's
-// [R, W] partial written. Stage 2 adds the chunks in order: the same bits on every run.
+// [R, W] partial written. Stage 2 adds the chunks in a fixed order: the same bits on every run.
 constexpr int kGramThreads = 64, kGramGroups = 4;
 constexpr int64_t kGramChunkRows = 64;
 
@@ -272,17 +288,30 @@ __global__ void __launch_bounds__(kGramThreads* kGramGroups)
             if (w0 + l < W) partial[(blockIdx.y * int64_t{R} + r) * W + w0 + l] = acc[r][l];
 }
 
-// C[r, w] (or C[w, r] when `c_is_wr`) = alpha·Σ_chunks partial[chunk, r, w] + beta·C.
+// C[r, w] (or C[w, r] when `c_is_wr`) = alpha·Σ_chunks partial[chunk, r, w] + beta·C. A block takes 32 outputs;
+// its kGramSumGroups thread rows each add every kGramSumGroups-th chunk in order (one thread per output adding all
+// of them waited on each load in turn), then the rows are added in order.
+constexpr int kGramSumGroups = 8;
+
 template <typename TC>
 __global__ void gram_sum_kernel(TC* C, int64_t ldc, bool c_is_wr, const float* partial, int64_t chunks, int64_t R,
                                 int64_t W, float alpha, float beta) {
-    SD3_GRID_STRIDE(i, R * W) {
-        float acc = 0.0f;
-        for (int64_t k = 0; k < chunks; ++k) acc += partial[k * R * W + i];
-        const int64_t r = i / W, w = i % W;
-        TC* c = C + (c_is_wr ? w * ldc + r : r * ldc + w);
-        *c = from_f<TC>(beta != 0.0f ? alpha * acc + beta * to_f(*c) : alpha * acc);
+    __shared__ float sums[kGramSumGroups][32];
+    const int64_t i = blockIdx.x * int64_t{32} + threadIdx.x, n = R * W;
+    float acc = 0.0f;
+    if (i < n) {
+#pragma unroll 8
+        for (int64_t k = threadIdx.y; k < chunks; k += kGramSumGroups) acc += partial[k * n + i];
     }
+    sums[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y != 0 || i >= n) return;
+    acc = sums[0][threadIdx.x];
+#pragma unroll
+    for (int g = 1; g < kGramSumGroups; ++g) acc += sums[g][threadIdx.x];
+    const int64_t r = i / W, w = i % W;
+    TC* c = C + (c_is_wr ? w * ldc + r : r * ldc + w);
+    *c = from_f<TC>(beta != 0.0f ? alpha * acc + beta * to_f(*c) : alpha * acc);
 }
 
 template <int R>
@@ -314,7 +343,8 @@ bool gemm_gram_rank(const Exec& ex, int64_t M, int64_t N, int64_t K, float alpha
             partial, static_cast<const T*>(X), ldx, static_cast<const T*>(G), ldg, K, W, ceil_div(K, chunks));
     });
     SD3_CUDA_LAUNCHED();
-    SD3_DISPATCH_FLOAT(c, TC, gram_sum_kernel<TC><<<grid_for(R * W, 256), 256, 0, ex.stream>>>(
+    SD3_DISPATCH_FLOAT(c, TC, gram_sum_kernel<TC><<<static_cast<unsigned>(ceil_div(R * W, 32)),
+                                                    dim3(32, kGramSumGroups), 0, ex.stream>>>(
                                   static_cast<TC*>(C), ldc, c_is_wr, partial, chunks, R, W, alpha, beta));
     SD3_CUDA_LAUNCHED();
     return true;
@@ -326,6 +356,7 @@ bool gemm_skinny_rank(const Exec& ex, bool trans_b, int64_t M, int64_t N, int64_
     const int64_t lanes = vec_lanes(dt);
     if (K == R && N >= 8 * R) {
         const bool vec = aligned_runs(lanes, dt, {N, ldc}, {C});
+        const bool b_vec = aligned_runs(lanes, dt, {trans_b ? lanes : ldb}, {B}) && (!trans_b || ldb == R);
         const int64_t per_thread = vec ? lanes : 1;
         const dim3 grid(static_cast<unsigned>(ceil_div(N, per_thread * kSkinnyThreads)),
                         static_cast<unsigned>(std::min<int64_t>(M, 1024)));
@@ -333,7 +364,7 @@ bool gemm_skinny_rank(const Exec& ex, bool trans_b, int64_t M, int64_t N, int64_
             constexpr int kVec = Vec<T>::kLanes;
             const auto kernel = vec ? gemm_small_k_kernel<T, R, kVec> : gemm_small_k_kernel<T, R, 1>;
             kernel<<<grid, kSkinnyThreads, 0, ex.stream>>>(M, N, alpha, static_cast<const T*>(A), lda,
-                                                           static_cast<const T*>(B), ldb, trans_b, beta,
+                                                           static_cast<const T*>(B), ldb, trans_b, b_vec, beta,
                                                            static_cast<T*>(C), ldc);
         });
         SD3_CUDA_LAUNCHED();
