@@ -60,9 +60,6 @@ enum class Epilogue { NONE, GELU, GELU_AUX, DGELU };
 void gemm(const Exec& ex, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const void* A,
           int64_t lda, const void* B, int64_t ldb, float beta, void* C, int64_t ldc, DType ab, DType c,
           const void* bias = nullptr, Epilogue epi = Epilogue::NONE, void* aux = nullptr);
-// Scratch bytes gemm() uses for that problem when the Exec has them (0: none): the partial sums of the rank-4/8
-// products reduced over K (a LoRA adapter's weight gradients). With less scratch, cuBLASLt runs it.
-size_t gemm_workspace(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K);
 
 // y[M,N] = epi(x[M,K]·w[N,K]ᵀ + b[N]) (b may be null): NONE, GELU or GELU_AUX (pre[M,N] gets the
 // pre-activation). The fused GELU sees the float32 pre-activation, where the separate ops would round it to dt
@@ -75,7 +72,7 @@ void linear_bwd_dgelu(const Exec& ex, void* dpre, const void* dy, const void* w,
                       int64_t K, int64_t N, DType dt);
 // dx[M,K] = alpha·dy·w (overwrites, dtype dt); dw[N,K] += alpha·dyᵀ·x and db[N] += Σ_rows dy in dtype `grad_dt`
 // (F32 for master gradients, or dt). Each output is skipped when null; db only with alpha 1.
-size_t linear_bwd_workspace(int64_t M, int64_t K, int64_t N);
+size_t linear_bwd_workspace(int64_t M, int64_t N);
 void linear_bwd(const Exec& ex, void* dx, void* dw, void* db, const void* dy, const void* x, const void* w, int64_t M,
                 int64_t K, int64_t N, DType dt, DType grad_dt, float alpha = 1.0f);
 

@@ -232,124 +232,6 @@ __global__ void gemm_small_n_kernel(int64_t M, int64_t K, float alpha, const T* 
     }
 }
 
-// Reduced dimension K (tokens), output [R, W] or [W, R]: a LoRA adapter's weight gradients dA = dhᵀ·x and
-// dB = dyᵀ·h, from the wide X [K, W] and the skinny G [K, R]. cuBLASLt's split-K kernels for these ran at a third of
-// the memory bandwidth (11 µs and a reduction per product at 4096 x 1536, r = 4). Stage 1: a block of kGramThreads
-// column threads (L columns of X each) by kGramGroups row groups takes a chunk of kGramChunkRows rows, each group
-// every kGramGroups-th row in order; the groups are summed in a fixed order through shared memory and the chunk's
-// [R, W] partial written. Stage 2 adds the chunks in a fixed order: the same bits on every run.
-constexpr int kGramThreads = 64, kGramGroups = 4;
-constexpr int64_t kGramChunkRows = 64;
-
-int64_t gram_chunks(int64_t K) { return std::min<int64_t>(ceil_div(K, kGramChunkRows), 256); }
-
-template <typename T, int R, int L>
-__global__ void __launch_bounds__(kGramThreads* kGramGroups)
-    gram_partials_kernel(float* partial, const T* X, int64_t ldx, const T* G, int64_t ldg, int64_t K, int64_t W,
-                         int64_t rows_per_chunk) {
-    __shared__ float halves[2][R][L][kGramThreads];  // the upper groups' sums, per round
-    const int64_t w0 = (blockIdx.x * (int64_t)kGramThreads + threadIdx.x) * L;
-    const int group = threadIdx.y;
-    const int64_t k_end = min(K, (blockIdx.y + int64_t{1}) * rows_per_chunk);
-    float acc[R][L] = {};
-    if (w0 < W) {
-#pragma unroll 4
-        for (int64_t k = blockIdx.y * rows_per_chunk + group; k < k_end; k += kGramGroups) {
-            float x[L], g[R];
-            load_cols<T, L>(X + k * ldx + w0, x);
-#pragma unroll
-            for (int r = 0; r < R; ++r) g[r] = to_f(G[k * ldg + r]);
-#pragma unroll
-            for (int r = 0; r < R; ++r)
-#pragma unroll
-                for (int l = 0; l < L; ++l) acc[r][l] += g[r] * x[l];
-        }
-    }
-    // Groups 2, 3 hand their sums to 0, 1; then 1 to 0: ((g0 + g2) + (g1 + g3)).
-    for (int half = kGramGroups / 2; half >= 1; half /= 2) {
-        if (group >= half && group < 2 * half)
-#pragma unroll
-            for (int r = 0; r < R; ++r)
-#pragma unroll
-                for (int l = 0; l < L; ++l) halves[group - half][r][l][threadIdx.x] = acc[r][l];
-        __syncthreads();
-        if (group < half)
-#pragma unroll
-            for (int r = 0; r < R; ++r)
-#pragma unroll
-                for (int l = 0; l < L; ++l) acc[r][l] += halves[group][r][l][threadIdx.x];
-        __syncthreads();
-    }
-    if (group != 0 || w0 >= W) return;
-#pragma unroll
-    for (int r = 0; r < R; ++r)
-#pragma unroll
-        for (int l = 0; l < L; ++l)
-            if (w0 + l < W) partial[(blockIdx.y * int64_t{R} + r) * W + w0 + l] = acc[r][l];
-}
-
-// C[r, w] (or C[w, r] when `c_is_wr`) = alpha·Σ_chunks partial[chunk, r, w] + beta·C. A block takes 32 outputs;
-// its kGramSumGroups thread rows each add every kGramSumGroups-th chunk in order (one thread per output adding all
-// of them waited on each load in turn), then the rows are added in order.
-constexpr int kGramSumGroups = 8;
-
-template <typename TC>
-__global__ void gram_sum_kernel(TC* C, int64_t ldc, bool c_is_wr, const float* partial, int64_t chunks, int64_t R,
-                                int64_t W, float alpha, float beta) {
-    __shared__ float sums[kGramSumGroups][32];
-    const int64_t i = blockIdx.x * int64_t{32} + threadIdx.x, n = R * W;
-    float acc = 0.0f;
-    if (i < n) {
-#pragma unroll 8
-        for (int64_t k = threadIdx.y; k < chunks; k += kGramSumGroups) acc += partial[k * n + i];
-    }
-    sums[threadIdx.y][threadIdx.x] = acc;
-    __syncthreads();
-    if (threadIdx.y != 0 || i >= n) return;
-    acc = sums[0][threadIdx.x];
-#pragma unroll
-    for (int g = 1; g < kGramSumGroups; ++g) acc += sums[g][threadIdx.x];
-    const int64_t r = i / W, w = i % W;
-    TC* c = C + (c_is_wr ? w * ldc + r : r * ldc + w);
-    *c = from_f<TC>(beta != 0.0f ? alpha * acc + beta * to_f(*c) : alpha * acc);
-}
-
-template <int R>
-size_t gram_workspace(int64_t M, int64_t N, int64_t K) {
-    const bool shape = (M == R && N >= 8 * R) || (N == R && M >= 8 * R);
-    return shape && K >= 8 * R ? static_cast<size_t>(gram_chunks(K) * R * (M == R ? N : M)) * sizeof(float) : 0;
-}
-
-// C = alpha·Aᵀ·B + beta·C with A [K, M], B [K, N] and M or N the rank R; false when not that shape or the scratch
-// cannot hold the partials.
-template <int R>
-bool gemm_gram_rank(const Exec& ex, int64_t M, int64_t N, int64_t K, float alpha, const void* A, int64_t lda,
-                    const void* B, int64_t ldb, float beta, void* C, int64_t ldc, DType ab, DType c) {
-    const size_t bytes = gram_workspace<R>(M, N, K);
-    if (bytes == 0 || ex.scratch_bytes < bytes) return false;
-    const bool c_is_wr = M != R;  // dB = dyᵀ·h: the wide operand is A
-    const void* X = c_is_wr ? A : B;
-    const void* G = c_is_wr ? B : A;
-    const int64_t ldx = c_is_wr ? lda : ldb, ldg = c_is_wr ? ldb : lda, W = c_is_wr ? M : N;
-    const int64_t chunks = gram_chunks(K), lanes = vec_lanes(ab);
-    const bool vec = aligned_runs(lanes, ab, {W, ldx}, {X});
-    const int64_t per_thread = vec ? lanes : 1;
-    float* partial = static_cast<float*>(ex.scratch);
-    const dim3 grid(static_cast<unsigned>(ceil_div(W, per_thread * kGramThreads)), static_cast<unsigned>(chunks));
-    SD3_DISPATCH_FLOAT(ab, T, {
-        constexpr int kVec = Vec<T>::kLanes;
-        const auto kernel = vec ? gram_partials_kernel<T, R, kVec> : gram_partials_kernel<T, R, 1>;
-        kernel<<<grid, dim3(kGramThreads, kGramGroups), 0, ex.stream>>>(
-            partial, static_cast<const T*>(X), ldx, static_cast<const T*>(G), ldg, K, W, ceil_div(K, chunks));
-    });
-    SD3_CUDA_LAUNCHED();
-    SD3_DISPATCH_FLOAT(c, TC, gram_sum_kernel<TC><<<static_cast<unsigned>(ceil_div(R * W, 32)),
-                                                    dim3(32, kGramSumGroups), 0, ex.stream>>>(
-                                  static_cast<TC*>(C), ldc, c_is_wr, partial, chunks, R, W, alpha, beta));
-    SD3_CUDA_LAUNCHED();
-    return true;
-}
-
 template <int R>
 bool gemm_skinny_rank(const Exec& ex, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const void* A,
                       int64_t lda, const void* B, int64_t ldb, float beta, void* C, int64_t ldc, DType dt) {
@@ -388,17 +270,13 @@ bool gemm_skinny_rank(const Exec& ex, bool trans_b, int64_t M, int64_t N, int64_
     return false;
 }
 
-// The rank-4 and rank-8 kernels, without bias or epilogue: C = alpha·A·op(B) + beta·C in one dtype, and
-// C = alpha·Aᵀ·B + beta·C reduced over K (C in the operands' dtype or f32, partials in the scratch); false when the
-// problem is not one of their shapes.
+// The rank-4 and rank-8 kernels for C = alpha·A·op(B) + beta·C without transposed A, bias or epilogue, in one
+// dtype; false when the problem is not one of their shapes. (The weight gradients dA = dhᵀ·x and dB = dyᵀ·h stay
+// on cuBLASLt's split-K: two-stage kernels of our own took 3.1 ms of a 512² update against its 3.0, run 10.)
 bool gemm_skinny(const Exec& ex, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                  const void* A, int64_t lda, const void* B, int64_t ldb, float beta, void* C, int64_t ldc, DType ab,
                  DType c) {
-    if (trans_a)
-        return !trans_b && (c == ab || c == DType::F32) &&
-               (gemm_gram_rank<4>(ex, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ab, c) ||
-                gemm_gram_rank<8>(ex, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ab, c));
-    if (ab != c) return false;
+    if (trans_a || ab != c) return false;
     return gemm_skinny_rank<4>(ex, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, c) ||
            gemm_skinny_rank<8>(ex, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, c);
 }
@@ -575,13 +453,8 @@ void linear_bwd_dgelu(const Exec& ex, void* dpre, const void* dy, const void* w,
          const_cast<void*>(pre));  // read, never written, by DGELU
 }
 
-size_t gemm_workspace(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K) {
-    return trans_a && !trans_b ? std::max(gram_workspace<4>(M, N, K), gram_workspace<8>(M, N, K)) : 0;
-}
-
-size_t linear_bwd_workspace(int64_t M, int64_t K, int64_t N) {
-    return std::max(static_cast<size_t>(detail::reduce_chunks(M) * N) * sizeof(float),
-                    gemm_workspace(true, false, N, K, M));
+size_t linear_bwd_workspace(int64_t M, int64_t N) {
+    return static_cast<size_t>(detail::reduce_chunks(M) * N) * sizeof(float);
 }
 
 void linear_bwd(const Exec& ex, void* dx, void* dw, void* db, const void* dy, const void* x, const void* w, int64_t M,
@@ -590,8 +463,8 @@ void linear_bwd(const Exec& ex, void* dx, void* dw, void* db, const void* dy, co
     if (dw != nullptr) gemm(ex, true, false, N, K, M, alpha, dy, N, x, K, 1.0f, dw, K, dt, grad_dt);
     if (db != nullptr) {
         SD3_ASSERT(alpha == 1.0f, "linear_bwd: a bias gradient with alpha ", alpha);
-        SD3_ASSERT(ex.scratch_bytes >= linear_bwd_workspace(M, K, N), "linear_bwd: scratch of ", ex.scratch_bytes,
-                   " bytes, needs ", linear_bwd_workspace(M, K, N));
+        SD3_ASSERT(ex.scratch_bytes >= linear_bwd_workspace(M, N), "linear_bwd: scratch of ", ex.scratch_bytes,
+                   " bytes, needs ", linear_bwd_workspace(M, N));
         float* partial = static_cast<float*>(ex.scratch);
         detail::column_partials(ex, partial, dy, dt, M, N);
         detail::sum_partials_into(ex, db, grad_dt, partial, detail::reduce_chunks(M), N);

@@ -88,8 +88,7 @@ Tensor linear_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& w_
         dx = Tensor::empty(s, dy.dtype(), dy.device());
     }
     const DType grad_dt = grad_dtype(dw, db, dy.dtype());
-    const size_t scratch = dw != nullptr || db != nullptr ? linear_bwd_workspace(M, K, N) : 0;
-    cuda::linear_bwd(ctx_of(dy).exec(scratch), need_dx ? dx.raw() : nullptr,
+    cuda::linear_bwd(ctx_of(dy).exec(db != nullptr ? linear_bwd_workspace(M, N) : 0), need_dx ? dx.raw() : nullptr,
                      raw_or_null(dw), raw_or_null(db), dy.raw(), x.defined() ? x.raw() : nullptr, w.raw(), M, K, N,
                      dy.dtype(), grad_dt, alpha);
     return dx;

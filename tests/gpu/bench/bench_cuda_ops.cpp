@@ -75,7 +75,7 @@ int main() {
         for (const int64_t r : {4, 16, 64}) {
             Tensor A = random_on_gpu(r * D, dt, 32), B = random_on_gpu(D * r, dt, 33), h = random_on_gpu(M * r, dt, 34);
             Tensor dA = random_on_gpu(r * D, DType::F32, 35), dB = random_on_gpu(D * r, DType::F32, 36);
-            const cuda::Exec ex = ctx.exec(cuda::gemm_workspace(true, false, D, r, M));  // the weight gradients' partials
+            const cuda::Exec ex = ctx.exec();
             const double wide = static_cast<double>(M * D) * 2;
             struct Case {
                 const char* what;
