@@ -11,6 +11,8 @@
 #include "common/fd_check.h"
 #include "io/tensor_source.h"
 #include "models/mmdit.h"
+#include "ops/device.h"
+#include "ops/mmdit_ops.h"
 
 namespace sd3::testing {
 
@@ -113,6 +115,27 @@ inline RandomInputs random_inputs(std::mt19937& rng) {
     in.pooled = random_tensor({2, 5}, rng);
     in.t = Tensor::from_vector({2}, {310.0f, 870.0f});
     return in;
+}
+
+// Two forward and backward passes in a row of `m`, whose attached LoRA has `lora_numel` parameters, on the same
+// inputs with d loss / d pred = pred: each step's prediction and LoRA gradients (from zeros on `grads_device`),
+// both on the host.
+struct TrainingStep {
+    Tensor pred, grads;
+};
+inline std::vector<TrainingStep> two_training_steps(const MMDiT& m, const RandomInputs& in, bool checkpoint,
+                                                    int64_t lora_numel, Device grads_device) {
+    std::vector<TrainingStep> out;
+    for (int step = 0; step < 2; ++step) {
+        MMDiTActivations saved;
+        saved.checkpoint_blocks = checkpoint;
+        auto pred = m.forward(in.x, in.t, in.ctx, in.pooled, &saved);
+        EXPECT_TRUE(pred.ok()) << pred.status().message();
+        Tensor grads = ops::zeros({lora_numel}, grads_device);
+        m.backward(*pred, saved, grads);
+        out.push_back({*pred, to_host(grads)});
+    }
+    return out;
 }
 
 }  // namespace sd3::testing

@@ -18,11 +18,7 @@ namespace {
 
 using testing::golden_tensor;
 using testing::open_golden;
-
-
-struct Step {
-    Tensor pred, grads;
-};
+using Step = testing::TrainingStep;
 
 // A forward and backward with a rank-4 LoRA of fixed non-zero values (d loss / d pred = pred).
 Step run_step(MMDiT& m, bool checkpoint) {
@@ -99,16 +95,7 @@ TEST(MMDiTStreaming, FiveBlocksTakeTurnsInTwoSlots) {
         LoraTrainable lora = m.make_trainable_lora(LoraTrainConfig{}).value();
         for (int64_t k = 0; k < lora.numel; ++k) lora.params.data<float>()[k] = 0.05f * std::sin(0.37f * k);
         EXPECT_TRUE(m.attach_trainable(lora).ok());
-        std::vector<Step> out;
-        for (int step = 0; step < 2; ++step) {
-            MMDiTActivations saved;
-            saved.checkpoint_blocks = checkpoint;
-            auto pred = m.forward(in.x, in.t, in.ctx, in.pooled, &saved);
-            EXPECT_TRUE(pred.ok()) << pred.status().message();
-            lora.grads.fill(0.0);
-            m.backward(*pred, saved, lora.grads);
-            out.push_back({*pred, lora.grads.clone()});
-        }
+        std::vector<Step> out = testing::two_training_steps(m, in, checkpoint, lora.numel, Device{});
         m.detach_loras();
         return out;
     };

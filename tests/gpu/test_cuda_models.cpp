@@ -185,26 +185,18 @@ TEST_P(GpuModels, FiveStreamedBlocksGiveTheResidentStepsBitForBit) {
         LoraTrainable on_device = lora;
         on_device.params = convert(to_device(lora.params, kGPU).value(), GetParam());
         EXPECT_TRUE(m.attach_trainable(on_device).ok());
-        std::vector<Tensor> out;
-        for (int step = 0; step < 2; ++step) {
-            MMDiTActivations saved;
-            saved.checkpoint_blocks = checkpoint;
-            auto pred = m.forward(in.x, in.t, in.ctx, in.pooled, &saved);
-            EXPECT_TRUE(pred.ok()) << pred.status().message();
-            Tensor grads = ops::zeros({lora.numel}, kGPU);
-            m.backward(*pred, saved, grads);
-            out.push_back(*pred);
-            out.push_back(to_host(grads));
-        }
+        std::vector<testing::TrainingStep> out = testing::two_training_steps(m, in, checkpoint, lora.numel, kGPU);
         EXPECT_EQ(m.resident_blocks(), resident_bytes == 0 ? 0 : 5);
         return out;
     };
     for (bool checkpoint : {false, true}) {
-        const std::vector<Tensor> ref = steps(SIZE_MAX, checkpoint), got = steps(0, checkpoint);
-        for (size_t i = 0; i < ref.size(); ++i)
-            EXPECT_TRUE(testing::all_close(got[i], ref[i], 0, 0))
-                << (i % 2 == 0 ? "prediction" : "gradients") << " of step " << i / 2
-                << (checkpoint ? ", checkpointing" : "");
+        const std::vector<testing::TrainingStep> ref = steps(SIZE_MAX, checkpoint), got = steps(0, checkpoint);
+        for (size_t i = 0; i < ref.size(); ++i) {
+            EXPECT_TRUE(testing::all_close(got[i].pred, ref[i].pred, 0, 0))
+                << "prediction of step " << i << (checkpoint ? ", checkpointing" : "");
+            EXPECT_TRUE(testing::all_close(got[i].grads, ref[i].grads, 0, 0))
+                << "gradients of step " << i << (checkpoint ? ", checkpointing" : "");
+        }
     }
 }
 
