@@ -461,7 +461,7 @@ size_t MMDiT::placed_bytes(const TensorSource& weights, const nn::Placement& pla
 
 size_t MMDiT::weight_bytes() const {
     size_t n = streamed_ ? streamed_->device_bytes() : 0;
-    for (const auto& [grid, rows] : pos_crops_) n += rows.nbytes();
+    for (const auto& [size, rows] : pos_crops_) n += rows.nbytes();
     for (const nn::Linear* l : {&w_.patch_embed, &w_.time_linear_1, &w_.time_linear_2, &w_.text_linear_1,
                                 &w_.text_linear_2, &w_.context_embedder, &w_.norm_out, &w_.proj_out})
         n += l->weight.nbytes() + (l->bias.defined() ? l->bias.nbytes() : 0);
