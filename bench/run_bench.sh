@@ -7,7 +7,8 @@
 # $OUT/results.json and $OUT/table.md after each so a run cut short keeps what it measured.
 # Settings (environment):
 #   BENCH_WORKLOADS   subset, comma-separated, of train512,train1024,bound,generate,whole1024,t5,whole512 (default
-#                     all of these) and profile (never by default: sd3tune's kernels of one update under ncu, profile512.md)
+#                     all of these) and profile (never by default: sd3tune's kernels of one update under ncu, profile512.md;
+#                     profile1024 the same at 1024², batch 1, profile1024.md)
 #                     and profile_generate (never by default: one denoising step and the decode at 1024² under ncu,
 #                     profile_gen_step.md and profile_gen_decode.md) and stream (never by default: training at 1024²
 #                     with about half the transformer's blocks streamed from host memory, --max-vram
@@ -148,6 +149,8 @@ if want train512; then
     run ref_train512 120 "$py" "$rb/train_step.py" "${on[@]}" --out "$json/ref_train512.json" \
         --resolution $r512 --batch 4 --steps $ts --warmup 2
     train sd3_train512_ckpt $r512 4 "$steps" --gradient_checkpointing --cache_dir "$work/cache512"
+    train sd3_train512_ckpt_atomic $r512 4 "$steps" --gradient_checkpointing --cache_dir "$work/cache512" \
+        --attention-backward atomic
     train sd3_train512_recompute $r512 4 "$steps" --gradient_checkpointing --cache_dir "$work/cache512" \
         --max-vram $recompute_max_vram
     train sd3_train512_nockpt $r512 4 "$steps" --cache_dir "$work/cache512"
@@ -156,6 +159,8 @@ if want train1024; then
     run ref_train1024 120 "$py" "$rb/train_step.py" "${on[@]}" --out "$json/ref_train1024.json" \
         --resolution $r1024 --batch 1 --steps $ts --warmup 2
     train sd3_train1024_ckpt $r1024 1 "$steps" --gradient_checkpointing --cache_dir "$work/cache1024"
+    train sd3_train1024_ckpt_atomic $r1024 1 "$steps" --gradient_checkpointing --cache_dir "$work/cache1024" \
+        --attention-backward atomic
     train sd3_train1024_recompute $r1024 1 "$steps" --gradient_checkpointing --cache_dir "$work/cache1024" \
         --max-vram $recompute_max_vram
     train sd3_train1024_nockpt $r1024 1 "$steps" --cache_dir "$work/cache1024"
@@ -219,22 +224,25 @@ if want stream; then
         sd3=$current
     fi
 fi
-if want profile; then
-    # Where sd3tune's training step spends its GPU time: every kernel of update 3 of 4 at 512², batch 4, with
-    # checkpointing, timed one by one by Nsight Compute (the machine has ncu, not nsys; SD3_PROFILE_UPDATE has
-    # sd3tune start and stop the capture around that update); the cache of train512 is reused when that ran.
-    # kernel_summary.py adds them up per kernel; the run's JSON has the update's host-side phases.
+# Where sd3tune's training step spends its GPU time: every kernel of update 3 of 4 with checkpointing, at 512²
+# and batch 4 (profile) or 1024² and batch 1 (profile1024), timed one by one by Nsight Compute (the machine has
+# ncu, not nsys; SD3_PROFILE_UPDATE has sd3tune start and stop the capture around that update); the cache of
+# train512 or train1024 is reused when that ran. kernel_summary.py adds them up per kernel; the run's JSON has the
+# update's host-side phases.
+for spec in profile:512:4 profile1024:1024:1; do
+    IFS=: read -r name size batch <<< "$spec"
+    want "$name" || continue
     ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
     if [ -n "$ncu" ] && [ "${BENCH_DRY_RUN:-0}" != 1 ]; then
         launcher=(env SD3_PROFILE_UPDATE=3 "$ncu" --profile-from-start off --metrics gpu__time_duration.sum --csv
-                  --page raw --clock-control none --log-file "$json/profile512.csv")
-        train sd3_profile512 $r512 4 4 --gradient_checkpointing --cache_dir "$work/cache512"
+                  --page raw --clock-control none --log-file "$json/profile$size.csv")
+        train sd3_profile$size $((size / div)) "$batch" 4 --gradient_checkpointing --cache_dir "$work/cache$size"
         launcher=()
-        "$py" "$repo/bench/kernel_summary.py" "$json/profile512.csv" --units 1 > "$out/profile512.md"
+        "$py" "$repo/bench/kernel_summary.py" "$json/profile$size.csv" --units 1 > "$out/profile$size.md"
     else
-        echo "== profile: skipped (no ncu, or a dry run)"
+        echo "== $name: skipped (no ncu, or a dry run)"
     fi
-fi
+done
 if want profile_generate; then
     # Where generation spends its GPU time: every kernel of denoising step 3 of 4 at 1024² (CFG batch of 2), then
     # of the VAE decode, each under Nsight Compute as in the profile workload.

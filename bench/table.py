@@ -45,6 +45,14 @@ def rows(runs, env):
             out.append((f"{name}, {label}", "peak GPU memory", "GiB",
                         gib(get(runs, ref, f"modes.{mode}.peak_gpu_bytes")),
                         gib(get(runs, sd3, "train_peak_gpu_bytes")), None))
+        # The same with cuDNN's attention backward that sums with atomics, as PyTorch's does: faster, not
+        # bit-reproducible (sd3tune's default is the deterministic one, the row above).
+        label = f"{name}, checkpointing, --attention-backward atomic"
+        sd3 = f"sd3_train{res}_ckpt_atomic"
+        out.append((label, "throughput", "img/s", get(runs, ref, "modes.checkpointing.images_per_second"),
+                    get(runs, sd3, "images_per_second"), ("ratio>=", target)))
+        out.append((label, "peak GPU memory", "GiB", gib(get(runs, ref, "modes.checkpointing.peak_gpu_bytes")),
+                    gib(get(runs, sd3, "train_peak_gpu_bytes")), None))
         # sd3tune's checkpointing recomputes only what memory forces; under a --max-vram that leaves room for no
         # kept block it recomputes them all, as the reference does.
         label = f"{name}, checkpointing, every block recomputed (--max-vram {env.get('recompute_max_vram_gib', 0):g})"

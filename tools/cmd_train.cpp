@@ -57,6 +57,7 @@ struct TrainCli {
     std::string config;
     DeviceCliOptions device;
     std::string t5_dtype = "int8";
+    std::string attention_backward = "deterministic";
 };
 
 std::vector<std::string> split_list(const std::string& s) {
@@ -329,6 +330,12 @@ std::pair<CLI::App*, CommandRunner> setup_train(CLI::App& app) {
         ->capture_default_str();
     add_max_vram_option(g, c->device, "the frozen weights (T5 in the cache phase, then the transformer)",
                         "T5 as much as the transformer will hold, the transformer all of it");
+    g->add_option("--attention-backward", c->attention_backward,
+                  "GPU attention backward: deterministic (the same seed and settings give the same LoRA bytes) or "
+                  "atomic (cuDNN's faster one, which sums with atomic adds: the LoRA's last bits differ from run to "
+                  "run, as with PyTorch's attention). The CPU is always deterministic")
+        ->check(CLI::IsMember({"deterministic", "atomic"}))
+        ->capture_default_str();
     // reference flags without an effect here
     g->add_option("--revision", c->revision, "(ignored)");
     g->add_option("--variant", c->variant, "(ignored)");
@@ -361,8 +368,16 @@ std::pair<CLI::App*, CommandRunner> setup_train(CLI::App& app) {
                 so.text.t5_max_resident_bytes = max_vram_bytes(c->device);
                 if (max_vram_bytes(c->device) > 0 && !placement.on_cpu())  // the CPU streams nothing
                     so.transformer_max_resident_bytes = max_vram_bytes(c->device);
-                std::fprintf(stderr, "device: %s, compute dtype %s\n", device_description(placement.device).c_str(),
-                             std::string(dtype_name(placement.dtype)).c_str());
+                const bool deterministic = c->attention_backward == "deterministic";
+                if (!deterministic && placement.on_cpu())
+                    std::fprintf(stderr, "notice: --attention-backward atomic has no effect on the CPU, whose "
+                                         "attention backward is always deterministic\n");
+                set_deterministic_attention(placement.device, deterministic);
+                std::fprintf(stderr, "device: %s, compute dtype %s%s\n", device_description(placement.device).c_str(),
+                             std::string(dtype_name(placement.dtype)).c_str(),
+                             deterministic || placement.on_cpu()
+                                 ? ""
+                                 : ", attention backward with atomics (not bit-reproducible)");
                 SD3_ASSIGN_OR_RETURN(train::TrainComponents comp, train::make_sd3_components(c->spec, so));
                 train::ImageDecoder decode = [](const std::string& path) -> Result<train::RgbImage> {
                     SD3_ASSIGN_OR_RETURN(Image img, read_image(path));

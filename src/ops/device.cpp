@@ -137,6 +137,14 @@ void release_workspace(Device device) {
 #endif
 }
 
+void set_deterministic_attention(Device device, bool on) {
+#ifdef SD3_HAVE_CUDA
+    if (!device.is_cpu()) cuda::tensor_ops::set_deterministic_attention(device.index, on);
+#else
+    (void)device, (void)on;
+#endif
+}
+
 DeviceGraph::~DeviceGraph() {
 #ifdef SD3_HAVE_CUDA
     if (graph_ != nullptr) cuda::tensor_ops::graph_destroy(device_.index, graph_);

@@ -77,6 +77,10 @@ void reset_peak_memory(Device device);
 // It also waits for the device and gives back what recorded graphs hold between their launches (a recorded
 // training step's activations), so the next phase has that memory too. Nothing on the CPU.
 void release_workspace(Device device);
+// Attention backwards on `device` with the deterministic algorithm (on: the default, bit-identical reruns) or,
+// off, cuDNN's faster one that sums the query gradient with atomic adds in a varying order (docs/cuda.md says
+// how much faster). The CPU's backward is always deterministic: nothing to set there.
+void set_deterministic_attention(Device device, bool on);
 // Starts or stops the CUDA profiler's capture (cudaProfilerStart/Stop), for profilers started with capture off
 // (`ncu --profile-from-start off`, `nsys --capture-range=cudaProfilerApi`); nothing without CUDA.
 void profiler_capture(bool on);

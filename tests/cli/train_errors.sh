@@ -21,4 +21,10 @@ expect_fail 1 "train_text_encoder is not supported" --model "$MODEL" --data "$DA
 expect_fail 1 "no caption" --model "$MODEL" --data "$DATA/train/images" --out "$OUT/x" --resolution 32 --steps 1
 printf 'resolution = 32\nnot_an_option = 3\n' > "$OUT/bad.toml"
 expect_fail 1 "unknown option 'not_an_option'" --config "$OUT/bad.toml" --model "$MODEL"
+expect_fail any "deterministic,atomic" --model "$MODEL" --data "$DATA/train/images" --prompt p --attention-backward fast
+# The atomic attention backward: a notice on the CPU (always deterministic there), named at start-up on a GPU.
+"$BIN" train --model "$MODEL" --data "$DATA/train/images" --prompt p --resolution 32 --steps 1 --quiet \
+    --attention-backward atomic --out "$OUT/atomic" > "$OUT/log" 2>&1 || { echo "--attention-backward atomic failed"; cat "$OUT/log"; exit 1; }
+grep -q -e "notice: --attention-backward atomic has no effect on the CPU" -e "attention backward with atomics" "$OUT/log" \
+    || { echo "--attention-backward atomic: neither the CPU's notice nor the GPU's start-up line"; cat "$OUT/log"; exit 1; }
 echo "ok"

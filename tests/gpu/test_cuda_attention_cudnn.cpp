@@ -1,8 +1,8 @@
 // cuDNN's fused attention (ops/cuda/attention_cudnn.cpp) behind cuda::attention_fwd / attention_bwd, against the
 // CPU spec at SD3-like shapes (24 heads of 64 over joint sequences of 333 and 1178 tokens, batch 2), CLIP's causal
 // 77 tokens, causal with Tq != Tk and a T5-style bias; fused QKV strides; bit-identical reruns of the
-// deterministic backward; chunked execution when the scratch is small; the Exec flag and SD3_ATTENTION=own
-// bringing back the own kernels. Skips without a GPU, below sm_80, or without cuDNN (not built in, or
+// deterministic backward; the backward with atomics; chunked execution when the scratch is small; the Exec flag
+// and SD3_ATTENTION=own bringing back the own kernels. Skips without a GPU, below sm_80, or without cuDNN (not built in, or
 // libcudnn.so.9 not loadable: the skip message says which; with SD3_REQUIRE_CUDNN=1, as run_gpu.sh sets, a
 // missing cuDNN fails instead).
 #include <cstdlib>
@@ -209,6 +209,31 @@ TEST_F(CudnnAttention, MatchesCpuAndRerunsBitIdentical) {
             backward(bx, g, c, s, dt);
             for (int part = 0; part < 3; ++part)
                 EXPECT_TRUE(g.grad_part(part) == first[part]) << "a rerun changed gradient " << part;
+        }
+    }
+}
+
+// The backward that sums dQ with atomics (Exec::deterministic_attention off, train --attention-backward atomic):
+// the same gradients within the same tolerances, from a workspace without the deterministic algorithm's dP.
+TEST_F(CudnnAttention, AtomicBackwardMatchesCpu) {
+    cuda::Context& ctx = cuda::Context::get(0);
+    for (const Case& c : kCases) {
+        const cpu::AttentionShape s{c.batch, c.heads, c.tq, c.tk, kD, 1.0f / std::sqrt(float(kD)), c.causal};
+        const Reference r = reference(c, s);
+        for (DType dt : {DType::BF16, DType::F16}) {
+            SCOPED_TRACE(::testing::Message() << dt_name(dt) << " B " << c.batch << " H " << c.heads << " Tq " << c.tq
+                                              << " Tk " << c.tk << " causal " << c.causal << " bias " << c.bias
+                                              << " fused " << c.fused);
+            OnGpu g(c, r, dt);
+            EXPECT_LT(cuda::attention_bwd_workspace(s, dt, false), cuda::attention_bwd_workspace(s, dt, true));
+            cuda::Exec bx = ctx.exec(cuda::attention_bwd_workspace(s, dt, false));
+            bx.deterministic_attention = false;
+            const int64_t before = calls();
+            backward(bx, g, c, s, dt);
+            if (!c.bias) EXPECT_GT(calls(), before) << "cuDNN declined this shape";
+            EXPECT_TRUE(close(g.grad_part(0), r.dq, dt, kGrad)) << "dq";
+            EXPECT_TRUE(close(g.grad_part(1), r.dk, dt, kGrad)) << "dk";
+            EXPECT_TRUE(close(g.grad_part(2), r.dv, dt, kGrad)) << "dv";
         }
     }
 }

@@ -286,7 +286,7 @@ AttentionRows resolved(AttentionRows rows, const AttentionShape& s) {
 }  // namespace
 
 size_t attention_fwd_workspace(const AttentionShape& s, DType dt) {
-    return detail::cudnn_attention_workspace(false, s, dt);
+    return detail::cudnn_attention_workspace(false, false, s, dt);
 }
 
 void attention_fwd(const Exec& ex, void* out, float* lse, const void* q, const void* k, const void* v,
@@ -309,9 +309,9 @@ void attention_fwd(const Exec& ex, void* out, float* lse, const void* q, const v
     SD3_CUDA_LAUNCHED();
 }
 
-size_t attention_bwd_workspace(const AttentionShape& s, DType dt) {
+size_t attention_bwd_workspace(const AttentionShape& s, DType dt, bool deterministic) {
     const size_t own = static_cast<size_t>(s.batch * s.heads * s.q_len) * sizeof(float);  // delta
-    return std::max(own, detail::cudnn_attention_workspace(true, s, dt));
+    return std::max(own, detail::cudnn_attention_workspace(true, deterministic, s, dt));
 }
 
 void attention_bwd(const Exec& ex, void* dq, void* dk, void* dv, const void* dout, const void* q, const void* k,

@@ -6,7 +6,9 @@
 //  - Layout: q, k, v, out, dout and the gradients are [B, T, row] buffers read in place as cuDNN's
 //    {B, H, T, D} with strides {T*row, D, row, 1} (fused QKV buffers need no copy); lse [B, H, Tq] f32 is cuDNN's
 //    Stats {B, H, Tq, 1}, the natural log-sum-exp of the scaled (+bias) scores, the convention of our kernels.
-//  - The backward uses the deterministic algorithm: reruns are bit-identical (tests/gpu).
+//  - The backward uses the deterministic algorithm (reruns are bit-identical, tests/gpu) unless the Exec turns it
+//    off: the other one sums dQ with atomics instead of writing dP to the workspace and multiplying it out in a
+//    pass of its own, 1.75x faster at 1024² (docs/cuda.md).
 //  - Graphs cost milliseconds (more with runtime-compiled engines) to build: cached per shape, strides, dtype
 //    and scale, failures too. When a graph's workspace exceeds the scratch, it runs over chunks of batch and
 //    heads (the same strides, offset pointers): every (batch, head) pair is independent.
@@ -62,17 +64,18 @@ size_t cudnn_workspace_cap() {
     return cap;
 }
 
-size_t cudnn_attention_workspace(bool backward, const AttentionShape& s, DType dt) {
+size_t cudnn_attention_workspace(bool backward, bool deterministic, const AttentionShape& s, DType dt) {
 #if SD3_HAVE_CUDNN
     if (!cudnn_shape_ok(s, dt)) return 0;
     const int64_t bh = s.batch * s.heads;
-    // Backward, deterministic: a dP buffer in 16 bits over 64-padded rows and columns (the frontend's own bound
-    // in scaled_dot_product_flash_attention.h) plus an f32 dQ accumulator; forward: small per-row statistics.
-    const int64_t est = backward ? bh * (ceil64(s.q_len) * ceil64(s.kv_len) * 2 + s.q_len * s.head_dim * 4)
-                                 : bh * s.q_len * 8;
+    // Backward: an f32 dQ accumulator, and for the deterministic algorithm a dP buffer in 16 bits over 64-padded
+    // rows and columns (the frontend's own bound in scaled_dot_product_flash_attention.h); forward: small per-row
+    // statistics.
+    const int64_t dp = deterministic ? ceil64(s.q_len) * ceil64(s.kv_len) * 2 : 0;
+    const int64_t est = backward ? bh * (dp + s.q_len * s.head_dim * 4) : bh * s.q_len * 8;
     return std::min(static_cast<size_t>(est) + kMiB, cudnn_workspace_cap());
 #else
-    (void)backward, (void)s, (void)dt;
+    (void)backward, (void)deterministic, (void)s, (void)dt;
     return 0;
 #endif
 }
@@ -97,7 +100,8 @@ constexpr int64_t kConvWorkspaceCap = int64_t{256} << 20;
 
 // One graph: direction, dtype, the (chunk) shape, the full head count (strides of lse), row strides, options.
 struct GraphKey {
-    int64_t backward, dt, b, h, heads, tq, tk, d, q_row, k_row, v_row, o_row, causal, bias, stats, scale_bits;
+    int64_t backward, dt, b, h, heads, tq, tk, d, q_row, k_row, v_row, o_row, causal, bias, stats, scale_bits,
+        deterministic;
     auto operator<=>(const GraphKey&) const = default;
 };
 
@@ -278,7 +282,7 @@ void build_graph(CudnnState& st, const GraphKey& key, float scale, bool composit
             auto opts = fe::graph::SDPA_backward_attributes()
                             .set_name("sdpa_backward")
                             .set_attn_scale(scale)
-                            .set_deterministic_algorithm(true);
+                            .set_deterministic_algorithm(key.deterministic != 0);
             if (key.causal) opts.set_causal_mask(true);
             if (key.bias) opts.set_bias(bias_tensor());
             auto [dq, dk, dv] = g->sdpa_backward(q, k, v, o, dout, stats, opts);
@@ -344,7 +348,7 @@ bool run(const Exec& ex, bool backward, const Operands& p, const AttentionShape&
     if (!st.ready()) return false;
     GraphKey key{backward, static_cast<int64_t>(dt), s.batch, s.heads, s.heads, s.q_len, s.kv_len, s.head_dim,
                  rows.q_row, rows.k_row, rows.v_row, rows.o_row, s.causal, p.bias != nullptr,
-                 backward || p.lse != nullptr, 0};
+                 backward || p.lse != nullptr, 0, backward && ex.deterministic_attention};
     std::memcpy(&key.scale_bits, &s.scale, sizeof(float));
     const GraphEntry* entry = nullptr;
     double per_pair = -1;  // workspace per (batch, head) pair of the whole graph: skips chunks that cannot fit

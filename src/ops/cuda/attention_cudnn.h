@@ -41,8 +41,9 @@ struct CudnnAttentionStats {
 CudnnAttentionStats cudnn_attention_stats(const Exec& ex);
 
 // Scratch worth reserving for cuDNN's workspace at this shape (0 where cuDNN cannot apply): an estimate of
-// the backward's deterministic dP workspace or the forward's statistics, capped (cudnn_workspace_cap()).
-size_t cudnn_attention_workspace(bool backward, const AttentionShape& s, DType dt);
+// the backward's workspace (with the deterministic algorithm's dP) or the forward's statistics, capped
+// (cudnn_workspace_cap()).
+size_t cudnn_attention_workspace(bool backward, bool deterministic, const AttentionShape& s, DType dt);
 // 512 MiB, or SD3_CUDNN_WORKSPACE_MB.
 size_t cudnn_workspace_cap();
 

@@ -229,6 +229,7 @@ Exec Context::exec(size_t scratch_bytes) {
     ex.scratch_bytes = scratch_bytes_;
     ex.sm = sm_;
     ex.dnn = dnn_;
+    ex.deterministic_attention = deterministic_attention_;
     return ex;
 }
 

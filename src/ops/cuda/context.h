@@ -44,6 +44,10 @@ class Context {
     // Frees the scratch (stream-ordered; the next exec() that asks for scratch allocates it again), then waits for
     // the stream and gives back the memory graphs hold between launches.
     void release_scratch();
+    // Whether attention backwards on this device use cuDNN's deterministic algorithm (the default) or its faster
+    // one that sums dQ with atomics (Exec::deterministic_attention); every later exec() carries the choice.
+    void set_deterministic_attention(bool on) { deterministic_attention_ = on; }
+    bool deterministic_attention() const { return deterministic_attention_; }
 
     // CUDA graphs of the stream's work: begin_capture() starts recording (this thread's work on the stream is
     // recorded, not run); end_capture() returns the instantiated graph, or null when the recording failed (a call
@@ -89,6 +93,7 @@ class Context {
     void* scratch_ = nullptr;
     size_t scratch_bytes_ = 0;
     detail::CudnnState* dnn_ = nullptr;  // null: no cuDNN attention on this device
+    bool deterministic_attention_ = true;
 
     // Pinned staging buffers of upload_async / start_download, each free again once its event has completed.
     struct Staging {

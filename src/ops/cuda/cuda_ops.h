@@ -44,6 +44,9 @@ struct Exec {
     // that are multiples of 8 up to 128, 16-byte aligned operands); off, or SD3_ATTENTION=own in the
     // environment, or no cuDNN (`dnn` null, or libcudnn.so.9 missing at run time): the own kernels.
     bool cudnn_attention = true;
+    // cuDNN's attention backward: the deterministic algorithm (bit-identical reruns; it writes dP to the workspace
+    // and forms dQ in a pass of its own) or, off, the one that sums dQ with atomics (rounding order varies).
+    bool deterministic_attention = true;
     detail::CudnnState* dnn = nullptr;  // the device's (Context's)
 };
 
@@ -137,10 +140,11 @@ void copy_strided(const Exec& ex, void* dst, DType dst_dt, const int64_t* dst_st
 
 // --- attention (flash: online softmax, the [Tq, Tk] matrix never exists) ------------------------------------
 // Head dims 8, 16, 32 and 64. In bf16/f16 on sm_80+ both directions run through cuDNN's fused SDPA where it is
-// present (Exec::cudnn_attention; its backward with the deterministic algorithm); otherwise the own kernels:
-// the forward at head dim 64 in bf16/f16 on sm_80+ on tensor cores (P is rounded to the storage dtype before
-// P·V, as FlashAttention does), the rest on CUDA cores in f32. lse is the natural log-sum-exp of each query's
-// scaled (+bias) scores, cuDNN's "Stats" convention too, so either backward takes either forward's lse.
+// present (Exec::cudnn_attention; its backward deterministic unless Exec::deterministic_attention is off);
+// otherwise the own kernels, always deterministic: the forward at head dim 64 in bf16/f16 on sm_80+ on tensor
+// cores (P is rounded to the storage dtype before P·V, as FlashAttention does), the rest on CUDA cores in f32.
+// lse is the natural log-sum-exp of each query's scaled (+bias) scores, cuDNN's "Stats" convention too, so either
+// backward takes either forward's lse.
 // Row strides (elements between consecutive tokens) let q, k, v live interleaved
 // in one fused QKV buffer; gradients use the strides of their inputs (dq: q_row, dk: k_row, dv: v_row,
 // dout: o_row). Zero means dense (heads * head_dim). bias [H, Tq, Tk] has dtype dt; lse [B, H, Tq] float32.
@@ -152,9 +156,10 @@ void attention_fwd(const Exec& ex, void* out, float* lse, const void* q, const v
                    const void* bias, const AttentionShape& s, DType dt, AttentionRows rows = {});
 // Scratch bytes attention_fwd / attention_bwd want in `Exec::scratch`: the own kernels' (the backward's one float
 // per query row) or, where cuDNN may run (16-bit dt), an estimate of its workspace capped at 512 MiB
-// (SD3_CUDNN_WORKSPACE_MB overrides). With less, cuDNN runs over chunks of batch and heads, or the own kernels do.
+// (SD3_CUDNN_WORKSPACE_MB overrides; the backward's `deterministic` as the Exec's that will run it). With less,
+// cuDNN runs over chunks of batch and heads, or the own kernels do.
 size_t attention_fwd_workspace(const AttentionShape& s, DType dt = DType::BF16);
-size_t attention_bwd_workspace(const AttentionShape& s, DType dt = DType::BF16);
+size_t attention_bwd_workspace(const AttentionShape& s, DType dt = DType::BF16, bool deterministic = true);
 void attention_bwd(const Exec& ex, void* dq, void* dk, void* dv, const void* dout, const void* q, const void* k,
                    const void* v, const void* out, const float* lse, const void* bias, const AttentionShape& s,
                    DType dt, AttentionRows rows = {});

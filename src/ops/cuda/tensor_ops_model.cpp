@@ -230,8 +230,9 @@ void attention_backward(const Tensor& dout_in, const Tensor& q_in, const Tensor&
     *dq = empty_like(q);
     *dk = empty_like(k);
     *dv = empty_like(v);
-    const size_t ws = attention_bwd_workspace(s, q.dtype());
-    Exec ex = ctx_of(q).exec(ws);
+    Context& ctx = ctx_of(q);
+    const size_t ws = attention_bwd_workspace(s, q.dtype(), ctx.deterministic_attention());
+    Exec ex = ctx.exec(ws);
     ex.scratch_bytes = ws;  // as in attention_fwd
     cuda::attention_bwd(ex, dq->raw(), dk->raw(), dv->raw(), dout.raw(), q.raw(), k.raw(), v.raw(), out.raw(),
                         lse.data<float>(), nullptr, s, q.dtype());

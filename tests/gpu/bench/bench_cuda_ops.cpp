@@ -97,11 +97,12 @@ int main() {
             }
         }
     }
-    // Attention: training at 512² (B 4, T 1178) and generation at 1024² (B 2 for CFG, T 4250); 24 heads of 64.
-    // The own kernels (tensor-core and CUDA-core forward, CUDA-core backward) against cuDNN's fused SDPA.
+    // Attention: training at 512² (B 4, T 1178) and 1024² (B 1, T 4250), generation at 1024² (B 2 for CFG);
+    // 24 heads of 64. The own kernels (tensor-core and CUDA-core forward, CUDA-core backward) against cuDNN's fused
+    // SDPA, its backward deterministic and with atomics.
     std::printf("attention backends: %s\n", cuda::cudnn_attention_info(ctx.exec()));
     for (DType dt : {DType::BF16}) {  // the own kernels compute in f32 whatever the storage: one dtype tells
-        for (auto [B, T] : {std::pair<int64_t, int64_t>{4, 1178}, {2, 4250}}) {
+        for (auto [B, T] : {std::pair<int64_t, int64_t>{4, 1178}, {1, 4250}, {2, 4250}}) {
             const int64_t H = 24, D = 64, n = B * T * H * D;
             const cuda::AttentionShape s{B, H, T, T, D, 0.125f, false};
             Tensor q = random_on_gpu(n, dt, 5), k = random_on_gpu(n, dt, 6), v = random_on_gpu(n, dt, 7);
@@ -136,12 +137,19 @@ int main() {
             const auto st_f = cuda::detail::cudnn_attention_stats(ex);
             const double cb = time_it([&] { bwd(ex); }, 2, 3);
             const auto st_b = cuda::detail::cudnn_attention_stats(ex);
+            cuda::Exec ex_atomic = ex;
+            ex_atomic.deterministic_attention = false;
+            const double cb_atomic = time_it([&] { bwd(ex_atomic); }, 2, 3);
+            const auto st_atomic = cuda::detail::cudnn_attention_stats(ex);
             std::printf("attention %-4s B=%ld T=%ld H=24 D=64, cuDNN: fwd %7.2f ms (%5.1f TFLOP/s, workspace %.1f MiB); "
                         "bwd deterministic %7.2f ms (%5.1f, workspace %.1f MiB per %ldx%ld chunk, scratch %.0f MiB); "
+                        "bwd with atomics %7.2f ms (%5.1f, workspace %.1f MiB per %ldx%ld chunk); "
                         "fwd+bwd %.2f ms vs own %.2f ms (%.1fx)%s\n",
                         name(dt), (long)B, (long)T, cf * 1e3, flops / cf / 1e12, st_f.workspace / 1048576.0, cb * 1e3,
                         2.5 * flops / cb / 1e12, st_b.workspace / 1048576.0, (long)st_b.chunk_batch,
-                        (long)st_b.chunk_heads, ex.scratch_bytes / 1048576.0, (cf + cb) * 1e3, (tf + tb) * 1e3,
+                        (long)st_b.chunk_heads, ex.scratch_bytes / 1048576.0, cb_atomic * 1e3,
+                        2.5 * flops / cb_atomic / 1e12, st_atomic.workspace / 1048576.0, (long)st_atomic.chunk_batch,
+                        (long)st_atomic.chunk_heads, (cf + cb) * 1e3, (tf + tb) * 1e3,
                         (tf + tb) / (cf + cb), st_b.calls > calls ? "" : " [cuDNN declined: own kernels timed]");
         }
     }
