@@ -45,15 +45,20 @@ SD3_FORCE_FP16=1 timeout 120 "$bin" "${train[@]}" --output_dir /tmp/tr_f16 --met
     > "$out/train_fp16.log" 2>&1 && echo "ok   fp16 training" || fail "fp16 training"
 # cuDNN's attention backward with atomics: not bit-reproducible, but the LoRA stays within rounding of the
 # deterministic one's (6 updates of Adam at lr 1e-3 in bf16; the bound is far above the differences in the last
-# bits of dQ that the summation order makes, far below what a wrong gradient makes).
-timeout 120 "$bin" "${train[@]}" --attention-backward atomic --output_dir /tmp/tr_atomic > "$out/train_atomic.log" 2>&1 \
-    || fail "train with --attention-backward atomic"
-grep -q "attention backward with atomics" "$out/train_atomic.log" || fail "train_atomic.log does not name the atomic backward"
+# bits of dQ that the summation order makes, far below what a wrong gradient makes). At 256², 333 tokens: several
+# key blocks add into each query's gradient, so the order of the atomic adds matters.
+for mode in deterministic atomic; do
+    timeout 120 "$bin" train --model "$model" --data $data/train/images --prompt "a photo of sks dog" --resolution 256 \
+        --train_batch_size 2 --max_train_steps 6 --learning_rate 1e-3 --seed 3 --checkpointing_steps 100 --quiet \
+        --attention-backward $mode --output_dir /tmp/tr256_$mode > "$out/train256_$mode.log" 2>&1 \
+        || fail "train at 256² with --attention-backward $mode"
+done
+grep -q "attention backward with atomics" "$out/train256_atomic.log" || fail "train256_atomic.log does not name the atomic backward"
 python3 - <<'PY' || fail "the LoRA of the atomic attention backward"
 import numpy as np, sys
 from safetensors.numpy import load_file
-a = load_file("/tmp/tr_a/pytorch_lora_weights.safetensors")
-b = load_file("/tmp/tr_atomic/pytorch_lora_weights.safetensors")
+a = load_file("/tmp/tr256_deterministic/pytorch_lora_weights.safetensors")
+b = load_file("/tmp/tr256_atomic/pytorch_lora_weights.safetensors")
 num = sum(np.linalg.norm(a[k].astype(np.float64) - b[k].astype(np.float64)) ** 2 for k in a) ** 0.5
 den = sum(np.linalg.norm(a[k].astype(np.float64)) ** 2 for k in a) ** 0.5
 rel = num / den
