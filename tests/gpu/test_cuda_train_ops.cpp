@@ -50,8 +50,9 @@ TEST_P(CudaTrainLoss, MatchesTheCpu) {
     SD3_REQUIRE_GPU();
     const DType dt = GetParam();
     for (const bool precondition : {false, true}) {
-        for (const int64_t B : {int64_t{3}, int64_t{70}}) {
-            const Shape shape = B == 3 ? Shape{B, 16, 9, 7} : Shape{B, 3, 5, 7};
+        // A sample of 1008 elements (one block), of 105, and of 16 x 64 x 65 (9 blocks of 8192, the last partial).
+        for (const int64_t B : {int64_t{3}, int64_t{70}, int64_t{2}}) {
+            const Shape shape = B == 3 ? Shape{B, 16, 9, 7} : B == 70 ? Shape{B, 3, 5, 7} : Shape{B, 16, 64, 65};
             const Tensor pred = rounded(cpu_randn(shape, 1), dt);  // what the GPU holds in dt
             const Tensor noisy = cpu_randn(shape, 2), x0 = cpu_randn(shape, 3), noise = cpu_randn(shape, 4);
             std::vector<cpu::LossSample> samples;

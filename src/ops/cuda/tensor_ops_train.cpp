@@ -26,9 +26,10 @@ Tensor flow_matching_loss(const Tensor& pred_in, const Tensor& noisy_in, const T
     const int64_t B = pred.size(0), per = B > 0 ? pred.numel() / B : 0;
     *grad = Tensor::empty(pred.shape(), DType::F32, pred.device());
     Tensor sums = Tensor::empty({B}, DType::F64, pred.device());  // [B]
-    cuda::flow_matching_loss(ctx_of(pred).exec(), grad->data<float>(), sums.data<double>(), pred.raw(), pred.dtype(),
-                             noisy.data<float>(), x0.data<float>(), noise.data<float>(), B, per,
-                             static_cast<const cpu::LossSample*>(samples.raw()), precondition);
+    const Tensor partials = Tensor::empty({B, cuda::flow_matching_loss_chunks(per)}, DType::F64, pred.device());
+    cuda::flow_matching_loss(ctx_of(pred).exec(), grad->data<float>(), sums.data<double>(), partials.data<double>(),
+                             pred.raw(), pred.dtype(), noisy.data<float>(), x0.data<float>(), noise.data<float>(), B,
+                             per, static_cast<const cpu::LossSample*>(samples.raw()), precondition);
     return sums;
 }
 

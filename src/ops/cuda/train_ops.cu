@@ -11,17 +11,20 @@ namespace sd3::cuda {
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int64_t kLossChunk = 8192;  // elements of a sample per block of the loss
 
-// --- loss: one block per sample ---
+// --- loss: blocks of kLossChunk elements of a sample (blockIdx.x: chunk, blockIdx.y: sample), each writing its
+// partial sum; then one thread per sample adds its chunks' sums in order (a 1024² latent of 262144 elements in one
+// block took 0.48 ms) ---
 template <typename T>
-__global__ void flow_matching_loss_kernel(float* grad, double* sums, const T* pred, const float* noisy, const float* x0,
-                                          const float* noise, int64_t per, const cpu::LossSample* samples,
-                                          bool precondition) {
+__global__ void flow_matching_loss_kernel(float* grad, double* partials, const T* pred, const float* noisy,
+                                          const float* x0, const float* noise, int64_t per,
+                                          const cpu::LossSample* samples, bool precondition) {
     __shared__ double partial[32];
-    const cpu::LossSample s = samples[blockIdx.x];
-    const int64_t base = blockIdx.x * per;
+    const cpu::LossSample s = samples[blockIdx.y];
+    const int64_t base = blockIdx.y * per, begin = blockIdx.x * kLossChunk, end = min(per, begin + kLossChunk);
     double sum = 0;
-    for (int64_t i = threadIdx.x; i < per; i += blockDim.x) {
+    for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
         const float p = to_f(pred[base + i]);
         float out, target;
         if (precondition) {
@@ -37,7 +40,15 @@ __global__ void flow_matching_loss_kernel(float* grad, double* sums, const T* pr
         grad[base + i] = static_cast<float>(precondition ? __dmul_rn(gd, -static_cast<double>(s.sigma)) : gd);
     }
     sum = block_sum(sum, partial);
-    if (threadIdx.x == 0) sums[blockIdx.x] = sum;
+    if (threadIdx.x == 0) partials[blockIdx.y * gridDim.x + blockIdx.x] = sum;
+}
+
+__global__ void loss_partials_sum_kernel(double* sums, const double* partials, int64_t batch, int64_t chunks) {
+    const int64_t b = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+    if (b >= batch) return;
+    double sum = 0;
+    for (int64_t c = 0; c < chunks; ++c) sum = __dadd_rn(sum, partials[b * chunks + c]);
+    sums[b] = sum;
 }
 
 // --- norms: one block per segment ---
@@ -165,13 +176,19 @@ __global__ void adam8bit_kernel(float* p_all, const float* g_all, cpu::Adam8bitS
 
 }  // namespace
 
-void flow_matching_loss(const Exec& ex, float* grad, double* sums, const void* pred, DType dt, const float* noisy,
-                        const float* x0, const float* noise, int64_t batch, int64_t per,
+int64_t flow_matching_loss_chunks(int64_t per) { return std::max<int64_t>(1, ceil_div(per, kLossChunk)); }
+
+void flow_matching_loss(const Exec& ex, float* grad, double* sums, double* partials, const void* pred, DType dt,
+                        const float* noisy, const float* x0, const float* noise, int64_t batch, int64_t per,
                         const cpu::LossSample* samples, bool precondition) {
     if (batch == 0) return;
+    const int64_t chunks = flow_matching_loss_chunks(per);
+    const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(batch));
     SD3_DISPATCH_FLOAT(dt, T,
-                       flow_matching_loss_kernel<T><<<static_cast<unsigned>(batch), kThreads, 0, ex.stream>>>(
-                           grad, sums, static_cast<const T*>(pred), noisy, x0, noise, per, samples, precondition));
+                       flow_matching_loss_kernel<T><<<grid, kThreads, 0, ex.stream>>>(
+                           grad, partials, static_cast<const T*>(pred), noisy, x0, noise, per, samples, precondition));
+    SD3_CUDA_LAUNCHED();
+    loss_partials_sum_kernel<<<grid_for(batch, kThreads), kThreads, 0, ex.stream>>>(sums, partials, batch, chunks);
     SD3_CUDA_LAUNCHED();
 }
 

@@ -12,10 +12,12 @@
 namespace sd3::cuda {
 
 // The flow-matching loss of samples [0, batch), each `per` elements: grad (f32) and sums[b] = Σ w·d² (f64) as
-// cpu::flow_matching_sample computes them, pred in dtype dt, noisy/x0/noise f32. `samples` is a device array
-// (read by the kernel, so a recorded step takes each micro-batch's constants from memory).
-void flow_matching_loss(const Exec& ex, float* grad, double* sums, const void* pred, DType dt, const float* noisy,
-                        const float* x0, const float* noise, int64_t batch, int64_t per,
+// cpu::flow_matching_sample computes them (the sums in a fixed order of their own), pred in dtype dt,
+// noisy/x0/noise f32. `samples` is a device array (read by the kernel, so a recorded step takes each
+// micro-batch's constants from memory). `partials` holds batch * flow_matching_loss_chunks(per) doubles.
+int64_t flow_matching_loss_chunks(int64_t per);
+void flow_matching_loss(const Exec& ex, float* grad, double* sums, double* partials, const void* pred, DType dt,
+                        const float* noisy, const float* x0, const float* noise, int64_t batch, int64_t per,
                         const cpu::LossSample* samples, bool precondition);
 
 // ops::clip_by_total_norm_ on x[n]: norms[k] = float(sqrt(Σ x²)) over the segment (offset, numel) =
