@@ -64,7 +64,6 @@ void synchronize(int index) { Context::get(index).synchronize(); }
 MemoryStats memory_stats(int index) { return Context::get(index).memory_stats(); }
 void reset_peak_memory(int index) { Context::get(index).reset_peak_memory(); }
 void release_workspace(int index) { Context::get(index).release_scratch(); }
-
 void set_deterministic_attention(int index, bool on) { Context::get(index).set_deterministic_attention(on); }
 void capture_begin(int index) { Context::get(index).begin_capture(); }
 void* capture_end(int index) { return Context::get(index).end_capture(); }
