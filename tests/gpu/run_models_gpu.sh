@@ -27,9 +27,10 @@ for t in tests/cli/*.sh; do
     if timeout 120 bash "$t" "$bin" "$data" > "$out/cli_$name.log" 2>&1; then echo "ok   $name"; else fail "cli $name (log cli_$name.log)"; fi
 done
 
-step "2. tiny training: two GPU runs byte-identical; fp16 forced"
-train=(train --model "$model" --data $data/train/images --prompt "a photo of sks dog" --resolution 64
-       --train_batch_size 2 --max_train_steps 6 --learning_rate 1e-3 --seed 3 --checkpointing_steps 100 --quiet)
+step "2. tiny training: two GPU runs byte-identical; fp16 forced; the atomic attention backward"
+tiny_run=(train --model "$model" --data $data/train/images --prompt "a photo of sks dog"
+          --train_batch_size 2 --max_train_steps 6 --learning_rate 1e-3 --seed 3 --checkpointing_steps 100 --quiet)
+train=("${tiny_run[@]}" --resolution 64)
 for run in a b; do
     timeout 120 "$bin" "${train[@]}" --output_dir /tmp/tr_$run > "$out/train_$run.log" 2>&1 || fail "train $run"
 done
@@ -48,10 +49,8 @@ SD3_FORCE_FP16=1 timeout 120 "$bin" "${train[@]}" --output_dir /tmp/tr_f16 --met
 # bits of dQ that the summation order makes, far below what a wrong gradient makes). At 256², 333 tokens: several
 # key blocks add into each query's gradient, so the order of the atomic adds matters.
 for mode in deterministic atomic; do
-    timeout 120 "$bin" train --model "$model" --data $data/train/images --prompt "a photo of sks dog" --resolution 256 \
-        --train_batch_size 2 --max_train_steps 6 --learning_rate 1e-3 --seed 3 --checkpointing_steps 100 --quiet \
-        --attention-backward $mode --output_dir /tmp/tr256_$mode > "$out/train256_$mode.log" 2>&1 \
-        || fail "train at 256² with --attention-backward $mode"
+    timeout 120 "$bin" "${tiny_run[@]}" --resolution 256 --attention-backward $mode --output_dir /tmp/tr256_$mode \
+        > "$out/train256_$mode.log" 2>&1 || fail "train at 256² with --attention-backward $mode"
 done
 grep -q "attention backward with atomics" "$out/train256_atomic.log" || fail "train256_atomic.log does not name the atomic backward"
 python3 - <<'PY' || fail "the LoRA of the atomic attention backward"

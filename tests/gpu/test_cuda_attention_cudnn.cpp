@@ -5,6 +5,7 @@
 // and SD3_ATTENTION=own bringing back the own kernels. Skips without a GPU, below sm_80, or without cuDNN (not built in, or
 // libcudnn.so.9 not loadable: the skip message says which; with SD3_REQUIRE_CUDNN=1, as run_gpu.sh sets, a
 // missing cuDNN fails instead).
+#include <array>
 #include <cstdlib>
 #include <cstring>
 
@@ -170,8 +171,22 @@ void backward(const cuda::Exec& ex, OnGpu& g, const Case& c, const cpu::Attentio
                         c.bias ? g.bias.raw() : nullptr, s, dt, g.rows);
 }
 
-TEST_F(CudnnAttention, MatchesCpuAndRerunsBitIdentical) {
-    cuda::Context& ctx = cuda::Context::get(0);
+// The gradients `g` holds, each against the CPU's within `tolerance` (a multiple of dt's); returned as read back.
+std::array<std::vector<float>, 3> expect_grads_close(const OnGpu& g, const Reference& r, DType dt, double tolerance) {
+    const std::vector<float>* want[3] = {&r.dq, &r.dk, &r.dv};
+    const char* names[3] = {"dq", "dk", "dv"};
+    std::array<std::vector<float>, 3> got;
+    for (int part = 0; part < 3; ++part) {
+        got[part] = g.grad_part(part);
+        EXPECT_TRUE(close(got[part], *want[part], dt, tolerance)) << names[part];
+    }
+    return got;
+}
+
+// check(c, s, r, dt, g) for every case of kCases in bf16 and in f16, with its shape, its CPU reference and its
+// operands on the GPU, under a trace that names them.
+template <typename Check>
+void for_each_case(Check check) {
     for (const Case& c : kCases) {
         const cpu::AttentionShape s{c.batch, c.heads, c.tq, c.tk, kD, 1.0f / std::sqrt(float(kD)), c.causal};
         const Reference r = reference(c, s);
@@ -180,62 +195,55 @@ TEST_F(CudnnAttention, MatchesCpuAndRerunsBitIdentical) {
                                               << " Tk " << c.tk << " causal " << c.causal << " bias " << c.bias
                                               << " fused " << c.fused);
             OnGpu g(c, r, dt);
-            const int64_t before = calls();
-            forward(ctx.exec(cuda::attention_fwd_workspace(s, dt)), g, c, s, dt);
-            const bool served_fwd = calls() > before;
-            EXPECT_TRUE(close(download(g.out), r.out, dt, kOut)) << "out";
-            EXPECT_TRUE(close(download(g.lse), r.lse, DType::F32, kLse)) << "lse";
-
-            const cuda::Exec bx = ctx.exec(cuda::attention_bwd_workspace(s, dt));
-            const int64_t before_bwd = calls();
-            backward(bx, g, c, s, dt);
-            const bool served_bwd = calls() > before_bwd;
-            const auto st = cuda::detail::cudnn_attention_stats(bx);
-            RecordProperty(std::string("case_") + dt_name(dt) + "_T" + std::to_string(c.tq) + (c.causal ? "c" : "") +
-                               (c.bias ? "b" : "") + (c.fused ? "f" : ""),
-                           std::string("fwd ") + (served_fwd ? "cudnn" : "own") + ", bwd " +
-                               (served_bwd ? "cudnn" : "own") + ", bwd workspace " + std::to_string(st.workspace) +
-                               " chunk " + std::to_string(st.chunk_batch) + "x" + std::to_string(st.chunk_heads) +
-                               (st.declined.empty() ? "" : "; last declined graph: " + st.declined));
-            if (!c.bias) EXPECT_TRUE(served_fwd && served_bwd) << "cuDNN declined this shape";
-            std::vector<float> first[3];
-            for (int part = 0; part < 3; ++part) first[part] = g.grad_part(part);
-            EXPECT_TRUE(close(first[0], r.dq, dt, kGrad)) << "dq";
-            EXPECT_TRUE(close(first[1], r.dk, dt, kGrad)) << "dk";
-            EXPECT_TRUE(close(first[2], r.dv, dt, kGrad)) << "dv";
-
-            // The deterministic algorithm: a rerun into fresh (NaN) buffers gives the same bits.
-            g.reset_grads(r, dt);
-            backward(bx, g, c, s, dt);
-            for (int part = 0; part < 3; ++part)
-                EXPECT_TRUE(g.grad_part(part) == first[part]) << "a rerun changed gradient " << part;
+            check(c, s, r, dt, g);
         }
     }
+}
+
+TEST_F(CudnnAttention, MatchesCpuAndRerunsBitIdentical) {
+    cuda::Context& ctx = cuda::Context::get(0);
+    for_each_case([&](const Case& c, const cpu::AttentionShape& s, const Reference& r, DType dt, OnGpu& g) {
+        const int64_t before = calls();
+        forward(ctx.exec(cuda::attention_fwd_workspace(s, dt)), g, c, s, dt);
+        const bool served_fwd = calls() > before;
+        EXPECT_TRUE(close(download(g.out), r.out, dt, kOut)) << "out";
+        EXPECT_TRUE(close(download(g.lse), r.lse, DType::F32, kLse)) << "lse";
+
+        const cuda::Exec bx = ctx.exec(cuda::attention_bwd_workspace(s, dt));
+        const int64_t before_bwd = calls();
+        backward(bx, g, c, s, dt);
+        const bool served_bwd = calls() > before_bwd;
+        const auto st = cuda::detail::cudnn_attention_stats(bx);
+        RecordProperty(std::string("case_") + dt_name(dt) + "_T" + std::to_string(c.tq) + (c.causal ? "c" : "") +
+                           (c.bias ? "b" : "") + (c.fused ? "f" : ""),
+                       std::string("fwd ") + (served_fwd ? "cudnn" : "own") + ", bwd " +
+                           (served_bwd ? "cudnn" : "own") + ", bwd workspace " + std::to_string(st.workspace) +
+                           " chunk " + std::to_string(st.chunk_batch) + "x" + std::to_string(st.chunk_heads) +
+                           (st.declined.empty() ? "" : "; last declined graph: " + st.declined));
+        if (!c.bias) EXPECT_TRUE(served_fwd && served_bwd) << "cuDNN declined this shape";
+        const std::array<std::vector<float>, 3> first = expect_grads_close(g, r, dt, kGrad);
+
+        // The deterministic algorithm: a rerun into fresh (NaN) buffers gives the same bits.
+        g.reset_grads(r, dt);
+        backward(bx, g, c, s, dt);
+        for (int part = 0; part < 3; ++part)
+            EXPECT_TRUE(g.grad_part(part) == first[part]) << "a rerun changed gradient " << part;
+    });
 }
 
 // The backward that sums dQ with atomics (Exec::deterministic_attention off, train --attention-backward atomic):
 // the same gradients within the same tolerances, from a workspace without the deterministic algorithm's dP.
 TEST_F(CudnnAttention, AtomicBackwardMatchesCpu) {
     cuda::Context& ctx = cuda::Context::get(0);
-    for (const Case& c : kCases) {
-        const cpu::AttentionShape s{c.batch, c.heads, c.tq, c.tk, kD, 1.0f / std::sqrt(float(kD)), c.causal};
-        const Reference r = reference(c, s);
-        for (DType dt : {DType::BF16, DType::F16}) {
-            SCOPED_TRACE(::testing::Message() << dt_name(dt) << " B " << c.batch << " H " << c.heads << " Tq " << c.tq
-                                              << " Tk " << c.tk << " causal " << c.causal << " bias " << c.bias
-                                              << " fused " << c.fused);
-            OnGpu g(c, r, dt);
-            EXPECT_LT(cuda::attention_bwd_workspace(s, dt, false), cuda::attention_bwd_workspace(s, dt, true));
-            cuda::Exec bx = ctx.exec(cuda::attention_bwd_workspace(s, dt, false));
-            bx.deterministic_attention = false;
-            const int64_t before = calls();
-            backward(bx, g, c, s, dt);
-            if (!c.bias) EXPECT_GT(calls(), before) << "cuDNN declined this shape";
-            EXPECT_TRUE(close(g.grad_part(0), r.dq, dt, kGrad)) << "dq";
-            EXPECT_TRUE(close(g.grad_part(1), r.dk, dt, kGrad)) << "dk";
-            EXPECT_TRUE(close(g.grad_part(2), r.dv, dt, kGrad)) << "dv";
-        }
-    }
+    for_each_case([&](const Case& c, const cpu::AttentionShape& s, const Reference& r, DType dt, OnGpu& g) {
+        EXPECT_LT(cuda::attention_bwd_workspace(s, dt, false), cuda::attention_bwd_workspace(s, dt, true));
+        cuda::Exec bx = ctx.exec(cuda::attention_bwd_workspace(s, dt, false));
+        bx.deterministic_attention = false;
+        const int64_t before = calls();
+        backward(bx, g, c, s, dt);
+        if (!c.bias) EXPECT_GT(calls(), before) << "cuDNN declined this shape";
+        expect_grads_close(g, r, dt, kGrad);
+    });
 }
 
 // Less scratch than the whole problem's workspace: cuDNN runs over chunks of batch and heads (offset pointers,
@@ -264,9 +272,7 @@ TEST_F(CudnnAttention, ChunksWhenScratchIsSmall) {
     EXPECT_EQ(chunked.calls, whole.calls + 1);
     EXPECT_LE(chunked.workspace, static_cast<int64_t>(bx.scratch_bytes));
     EXPECT_TRUE(chunked.chunk_batch == 1 && chunked.chunk_heads < c.heads);
-    EXPECT_TRUE(close(g.grad_part(0), r.dq, dt, kGrad)) << "dq";
-    EXPECT_TRUE(close(g.grad_part(1), r.dk, dt, kGrad)) << "dk";
-    EXPECT_TRUE(close(g.grad_part(2), r.dv, dt, kGrad)) << "dv";
+    expect_grads_close(g, r, dt, kGrad);
 
     // Exactly what the own backward needs (B*H*Tq floats), less than one head's cuDNN workspace: the own kernels.
     bx.scratch_bytes = static_cast<size_t>(c.batch * c.heads * c.tq) * sizeof(float);
@@ -302,9 +308,7 @@ TEST_F(CudnnAttention, FlagAndEnvironmentSelectTheOwnKernels) {
         unsetenv("SD3_ATTENTION");
         EXPECT_EQ(after, before) << "cuDNN ran although switched off";
         EXPECT_TRUE(close(download(g.out), r.out, dt, 2.0)) << "out";  // tensor cores round P too
-        EXPECT_TRUE(close(g.grad_part(0), r.dq, dt, 2.0)) << "dq";
-        EXPECT_TRUE(close(g.grad_part(1), r.dk, dt, 2.0)) << "dk";
-        EXPECT_TRUE(close(g.grad_part(2), r.dv, dt, 2.0)) << "dv";
+        expect_grads_close(g, r, dt, 2.0);
     }
     // And cuDNN again once the switch is gone.
     OnGpu g(c, r, dt);
