@@ -21,6 +21,19 @@ uint64_t dropout_seed(const Linear& layer, size_t adapter, const RunContext& ctx
 Tensor grad_view(Tensor& grads, int64_t offset, const Shape& shape) {
     return grads.slice(0, offset, offset + shape_numel(shape)).view(shape);
 }
+
+// Adapter i's h = A·dropout(x) [..., r], kept in `saved` (with the masked input) for the backward.
+Tensor lora_down(const Linear& layer, size_t i, const Tensor& x, LinearSaved* saved, const RunContext& ctx) {
+    const LoraAdapter& a = layer.loras[i];
+    Tensor xd;  // [..., in]
+    if (ctx.training && a.dropout > 0.0f) xd = ops::dropout(x, a.dropout, dropout_seed(layer, i, ctx));
+    const Tensor h = ops::linear(xd.defined() ? xd : x, a.A);
+    if (saved != nullptr) {
+        saved->xd[i] = xd;
+        saved->h[i] = h;
+    }
+    return h;
+}
 }  // namespace
 
 Tensor dense_weight(const Linear& layer, const Tensor& like) {
@@ -29,8 +42,6 @@ Tensor dense_weight(const Linear& layer, const Tensor& like) {
 }
 
 Tensor linear_forward(const Linear& layer, const Tensor& x, LinearSaved* saved, const RunContext& ctx) {
-    Tensor y = layer.qweight.defined() ? ops::linear_quantized(x, layer.qweight.view(), layer.bias)
-                                       : ops::linear(x, layer.weight, layer.bias);  // [..., out]
     if (saved != nullptr) {
         // A frozen layer's backward needs only W (dx = dy·W): its input is kept only for the adapters' dA.
         saved->x = layer.loras.empty() ? Tensor() : x;
@@ -38,17 +49,31 @@ Tensor linear_forward(const Linear& layer, const Tensor& x, LinearSaved* saved, 
         saved->xd.assign(layer.loras.size(), Tensor());
         saved->h.assign(layer.loras.size(), Tensor());
     }
+    if (layer.loras.empty()) {
+        return layer.qweight.defined() ? ops::linear_quantized(x, layer.qweight.view(), layer.bias)
+                                       : ops::linear(x, layer.weight, layer.bias);  // [..., out]
+    }
+    if (layer.qweight.defined()) {  // its own GEMM, which dequantizes: the adapters add to its output
+        Tensor y = ops::linear_quantized(x, layer.qweight.view(), layer.bias);
+        for (size_t i = 0; i < layer.loras.size(); ++i) {
+            const LoraAdapter& a = layer.loras[i];
+            ops::linear_acc_(y, lora_down(layer, i, x, saved, ctx), a.B, a.scale);  // y += s·h·Bᵀ
+        }
+        return y;
+    }
+    // The adapters write their sum first and the frozen GEMM adds x·Wᵀ + b into it: on CUDA the sum is the GEMM's
+    // C operand, read behind its math, where adding the adapters afterwards passed over the output once more.
+    Tensor y;
     for (size_t i = 0; i < layer.loras.size(); ++i) {
         const LoraAdapter& a = layer.loras[i];
-        Tensor xd;  // [..., in]
-        if (ctx.training && a.dropout > 0.0f) xd = ops::dropout(x, a.dropout, dropout_seed(layer, i, ctx));
-        const Tensor h = ops::linear(xd.defined() ? xd : x, a.A);  // [..., r]
-        ops::linear_acc_(y, h, a.B, a.scale);                      // y += s·h·Bᵀ
-        if (saved != nullptr) {
-            saved->xd[i] = xd;
-            saved->h[i] = h;
+        const Tensor h = lora_down(layer, i, x, saved, ctx);  // [..., r]
+        if (y.defined()) {
+            ops::linear_acc_(y, h, a.B, a.scale);  // y += s·h·Bᵀ
+        } else {
+            y = ops::linear_scaled(h, a.B, a.scale);  // y = s·h·Bᵀ
         }
     }
+    ops::linear_acc_(y, x, layer.weight, 1.0f, false, layer.bias);
     return y;
 }
 
@@ -57,17 +82,9 @@ Tensor linear_backward(const Linear& layer, const Tensor& dy, const LinearSaved&
     SD3_ASSERT(saved.valid && saved.h.size() == layer.loras.size(), "linear_backward of ", layer.name,
                " without its saved forward");
     SD3_ASSERT(dx_sum == nullptr || need_dx, "linear_backward of ", layer.name, ": dx_sum without need_dx");
-    // dx = dy·W (the base weight is frozen: no dW, db).
-    Tensor dx;
-    if (need_dx) {
-        const Tensor w = dense_weight(layer, dy);
-        if (dx_sum != nullptr) {
-            dx = *dx_sum;
-            ops::linear_acc_(dx, dy, w, 1.0f, true);  // dx += dy·W
-        } else {
-            dx = ops::linear_backward(dy, Tensor(), w, nullptr, nullptr, true);
-        }
-    }
+    // dx = dy·W + Σ the adapters' input gradients (the base weight is frozen: no dW, db). The adapters' terms come
+    // first, the frozen GEMM last, adding into them (as in the forward); with `dx_sum` all of them add to it.
+    Tensor dx = dx_sum != nullptr ? *dx_sum : Tensor();
     for (size_t i = 0; i < layer.loras.size(); ++i) {
         const LoraAdapter& a = layer.loras[i];
         if (!a.trainable() && !need_dx) continue;
@@ -83,10 +100,25 @@ Tensor linear_backward(const Linear& layer, const Tensor& dy, const LinearSaved&
         if (a.trainable()) ops::linear_backward(dh, xin, a.A, &dA, nullptr, false);
         if (!need_dx) continue;
         if (saved.xd[i].defined()) {
-            const Tensor dxd = ops::linear_backward(dh, Tensor(), a.A, nullptr, nullptr, true);
-            ops::add_(dx, ops::dropout_backward(dxd, a.dropout, dropout_seed(layer, i, ctx)));
-        } else {
+            const Tensor dxd = ops::dropout_backward(ops::linear_backward(dh, Tensor(), a.A, nullptr, nullptr, true),
+                                                     a.dropout, dropout_seed(layer, i, ctx));
+            if (dx.defined()) {
+                ops::add_(dx, dxd);
+            } else {
+                dx = dxd;
+            }
+        } else if (dx.defined()) {
             ops::linear_acc_(dx, dh, a.A, 1.0f, true);  // dx += dh·A
+        } else {
+            dx = ops::linear_backward(dh, Tensor(), a.A, nullptr, nullptr, true);  // dx = dh·A
+        }
+    }
+    if (need_dx) {
+        const Tensor w = dense_weight(layer, dy);
+        if (dx.defined()) {
+            ops::linear_acc_(dx, dy, w, 1.0f, true);  // dx += dy·W
+        } else {
+            dx = ops::linear_backward(dy, Tensor(), w, nullptr, nullptr, true);
         }
     }
     return dx;

@@ -294,7 +294,7 @@ TEST_P(CudaModelOps, LinearBackward) {
 
 TEST_P(CudaModelOps, LinearAccumulate) {
     // y += alpha·x·wᵀ and y += alpha·x·w (a LoRA up-projection and input gradient): one GEMM with beta 1, the
-    // sum rounded once to the dtype.
+    // sum rounded once to the dtype; y = alpha·x·wᵀ fresh.
     const int64_t K = 45, N = 111;
     const Tensor x = cpu_randn({3, 19, K}, 65), w_nk = cpu_randn({N, K}, 66, 0.1f), w_kn = cpu_randn({K, N}, 67, 0.1f);
     const Tensor y0 = cpu_randn({3, 19, N}, 68);
@@ -305,6 +305,19 @@ TEST_P(CudaModelOps, LinearAccumulate) {
         ops::linear_acc_(y, rounded(x, dt()), rounded(w, dt()), 0.5f, kn);
         ops::linear_acc_(gy, on_gpu(x, dt()), on_gpu(w, dt()), 0.5f, kn);
         EXPECT_TRUE(same_as_cpu(gy, y, dt()));
+    }
+    // With the bias in the epilogue (the frozen product added into a LoRA's output), and that output itself.
+    const Tensor b = cpu_randn({N}, 69);
+    Tensor y = rounded(y0, dt()), gy = on_gpu(y0, dt());
+    ops::linear_acc_(y, rounded(x, dt()), rounded(w_nk, dt()), 1.0f, false, rounded(b, dt()));
+    ops::linear_acc_(gy, on_gpu(x, dt()), on_gpu(w_nk, dt()), 1.0f, false, on_gpu(b, dt()));
+    EXPECT_TRUE(same_as_cpu(gy, y, dt())) << "with bias";
+    // A rank-4 up-projection (the skinny kernel, writing without reading) and a wider inner dimension (cuBLASLt).
+    for (int64_t r : {int64_t{4}, K}) {
+        SCOPED_TRACE(::testing::Message() << "inner dimension " << r);
+        const Tensor h = cpu_randn({3, 19, r}, 70), up = cpu_randn({N, r}, 71, 0.1f);
+        EXPECT_TRUE(same_as_cpu(ops::linear_scaled(on_gpu(h, dt()), on_gpu(up, dt()), 0.75f),
+                                ops::linear_scaled(rounded(h, dt()), rounded(up, dt()), 0.75f), dt()));
     }
 }
 

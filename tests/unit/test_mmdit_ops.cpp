@@ -140,6 +140,15 @@ TEST(MMDiTOps, LinearAccumulatesAndScales) {
     ops::add_(ref, ops::linear(x, w_kn.transpose(0, 1).contiguous()), -2.0f);
     EXPECT_TRUE(all_close(y, ref, 1e-6, 1e-6));
 
+    // With a bias, and the fresh scaled product the LoRA forward starts from.
+    const Tensor b = random_tensor({4}, rng);
+    y = y0.clone();
+    ops::linear_acc_(y, x, w_nk, 0.5f, false, b);
+    ref = ops::add(y0, ops::linear(x, w_nk, b));
+    ops::add_(ref, ops::linear(x, w_nk), -0.5f);
+    EXPECT_TRUE(all_close(y, ref, 1e-6, 1e-6));
+    EXPECT_TRUE(all_close(ops::linear_scaled(x, w_nk, -1.5f), ops::scale(ops::linear(x, w_nk), -1.5f), 1e-6, 1e-6));
+
     const Tensor dy = random_tensor({2, 3, 4}, rng);
     Tensor dw = Tensor::zeros({4, 5}), dw_ref = Tensor::zeros({4, 5});
     const Tensor dx = ops::linear_backward(dy, x, w_nk, &dw, nullptr, true, 0.25f);
@@ -186,6 +195,11 @@ TEST(MMDiTNn, LinearWithTwoLorasAndDropout) {
     // Training with dropout differs from inference; the dropped input is saved.
     EXPECT_TRUE(saved.xd[0].defined());
     EXPECT_FALSE(saved.xd[1].defined());
+    // The adapters' terms written first and the frozen product added into them: the same sum as term by term.
+    Tensor terms = ops::linear(x, l.weight, l.bias);
+    ops::add_(terms, ops::linear(ops::linear(saved.xd[0], a1.A), a1.B), a1.scale);
+    ops::add_(terms, ops::linear(ops::linear(x, a2.A), a2.B), a2.scale);
+    EXPECT_TRUE(all_close(y, terms, 1e-5, 1e-5));
     const Tensor dx = nn::linear_backward(l, r, saved, ctx, grads);
     auto loss = [&] { return dot(nn::linear_forward(l, x, nullptr, ctx), r); };
     EXPECT_TRUE(directional_check(x, dx, loss, rng, kH, kAtol, kRtol));
@@ -194,6 +208,40 @@ TEST(MMDiTNn, LinearWithTwoLorasAndDropout) {
     const Tensor g1 = grads.clone();
     nn::linear_backward(l, r, saved, ctx, grads);
     EXPECT_TRUE(all_close(grads, ops::scale(g1, 2.0f), 1e-6, 1e-6));
+}
+
+TEST(MMDiTNn, LinearWithOneLoraAddsIntoItsInputGradientSum) {
+    // One adapter without dropout (the reference's recipe): dx starts from dh·A and the frozen GEMM adds dy·W; with
+    // dx_sum every term adds to what is there (q, k and v summing into one gradient).
+    std::mt19937 rng(9);
+    const int64_t in = 7, out = 6, rank = 2;
+    nn::Linear l = random_linear("x.to_k", out, in, rng);
+    Tensor params = random_tensor({rank * in + out * rank}, rng, 0.5f);
+    Tensor grads = Tensor::zeros({rank * in + out * rank});
+    nn::LoraAdapter a;
+    a.A = params.slice(0, 0, rank * in).view({rank, in});
+    a.B = params.slice(0, rank * in, rank * in + out * rank).view({out, rank});
+    a.scale = 0.5f;
+    a.grad_offset_a = 0;
+    a.grad_offset_b = rank * in;
+    l.loras = {a};
+    Tensor x = random_tensor({3, 2, in}, rng);
+    const Tensor r = random_tensor({3, 2, out}, rng);
+    const nn::RunContext ctx{true, 99};
+    nn::LinearSaved saved;
+    const Tensor y = nn::linear_forward(l, x, &saved, ctx);
+    Tensor terms = ops::linear(x, l.weight, l.bias);
+    ops::add_(terms, ops::linear(ops::linear(x, a.A), a.B), a.scale);
+    EXPECT_TRUE(all_close(y, terms, 1e-5, 1e-5));
+    const Tensor dx = nn::linear_backward(l, r, saved, ctx, grads);
+    auto loss = [&] { return dot(nn::linear_forward(l, x, nullptr, ctx), r); };
+    EXPECT_TRUE(directional_check(x, dx, loss, rng, kH, kAtol, kRtol));
+    EXPECT_TRUE(directional_check(params, grads, loss, rng, kH, kAtol, kRtol));
+    const Tensor before = random_tensor({3, 2, in}, rng);
+    Tensor sum = before.clone();
+    const Tensor returned = nn::linear_backward(l, r, saved, ctx, grads, true, &sum);
+    EXPECT_EQ(returned.data<float>(), sum.data<float>());
+    EXPECT_TRUE(all_close(sum, ops::add(before, dx), 1e-5, 1e-5));
 }
 
 TEST(MMDiTNn, FeedForwardBackward) {
