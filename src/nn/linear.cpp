@@ -61,8 +61,8 @@ Tensor linear_forward(const Linear& layer, const Tensor& x, LinearSaved* saved, 
         }
         return y;
     }
-    // The adapters write their sum first and the frozen GEMM adds x·Wᵀ + b into it: on CUDA the sum is the GEMM's
-    // C operand, read behind its math, where adding the adapters afterwards passed over the output once more.
+    // The adapters write their sum with the bias first and the frozen GEMM adds x·Wᵀ into it: on CUDA the sum is
+    // the GEMM's C operand, read behind its math, where adding the adapters afterwards passed over the output again.
     Tensor y;
     for (size_t i = 0; i < layer.loras.size(); ++i) {
         const LoraAdapter& a = layer.loras[i];
@@ -70,10 +70,10 @@ Tensor linear_forward(const Linear& layer, const Tensor& x, LinearSaved* saved, 
         if (y.defined()) {
             ops::linear_acc_(y, h, a.B, a.scale);  // y += s·h·Bᵀ
         } else {
-            y = ops::linear_scaled(h, a.B, a.scale);  // y = s·h·Bᵀ
+            y = ops::linear_scaled(h, a.B, a.scale, layer.bias);  // y = s·h·Bᵀ + b
         }
     }
-    ops::linear_acc_(y, x, layer.weight, 1.0f, false, layer.bias);
+    ops::linear_acc_(y, x, layer.weight, 1.0f);
     return y;
 }
 

@@ -2,6 +2,8 @@
 // tensors go to ops/cuda/tensor_ops_model (f32, bf16, f16) and the rest to the CPU loops (f32).
 #include "ops/mmdit_ops.h"
 
+#include <cstring>
+
 #include "core/check.h"
 #include "ops/dispatch.h"
 
@@ -86,38 +88,35 @@ Tensor linear_backward_gelu_tanh(const Tensor& dy, const Tensor& w, const Tensor
     return activation_backward(linear_backward(dy, Tensor(), w, nullptr, nullptr), pre, Activation::GELU_TANH);
 }
 
-void linear_acc_(Tensor& y, const Tensor& x, const Tensor& w, float alpha, bool w_is_kn, const Tensor& b) {
+void linear_acc_(Tensor& y, const Tensor& x, const Tensor& w, float alpha, bool w_is_kn) {
     SD3_ASSERT(y.defined() && x.defined() && w.defined() && w.dim() == 2, "linear_acc_: y, x and a 2-D w are required");
     const int64_t N = w_is_kn ? w.size(1) : w.size(0), K = w_is_kn ? w.size(0) : w.size(1);
     SD3_ASSERT(y.is_contiguous() && x.size(-1) == K && y.size(-1) == N && x.numel() / K == y.numel() / N,
                "linear_acc_: y ", y.describe(), " x ", x.describe(), " w ", w.describe(), w_is_kn ? " [K, N]" : " [N, K]");
-    if (b.defined()) SD3_ASSERT(b.numel() == N, "linear_acc_: bias ", b.describe(), " for ", N, " outputs");
-    SD3_ON_CUDA(y, linear_acc_(y, x, w, alpha, w_is_kn, b));
+    SD3_ON_CUDA(y, linear_acc_(y, x, w, alpha, w_is_kn));
     require_f32(y, "linear_acc_ y");
     const Tensor xc = x.contiguous(), wc = w.contiguous();
-    const int64_t M = y.numel() / N;
-    float* py = y.data<float>();
-    if (b.defined()) {
-        const Tensor bc = b.contiguous();
-        const float* pb = bc.data<float>();
-        for (int64_t i = 0; i < M; ++i)
-            for (int64_t j = 0; j < N; ++j) py[i * N + j] += pb[j];
-    }
-    cpu::gemm(false, !w_is_kn, M, N, K, alpha, xc.data<float>(), K, wc.data<float>(), w_is_kn ? N : K, 1.0f, py, N);
+    cpu::gemm(false, !w_is_kn, y.numel() / N, N, K, alpha, xc.data<float>(), K, wc.data<float>(), w_is_kn ? N : K, 1.0f,
+              y.data<float>(), N);
 }
 
-Tensor linear_scaled(const Tensor& x, const Tensor& w, float alpha) {
+Tensor linear_scaled(const Tensor& x, const Tensor& w, float alpha, const Tensor& b) {
     SD3_ASSERT(x.defined() && w.defined() && w.dim() == 2 && x.size(-1) == w.size(1), "linear_scaled: x ",
                x.defined() ? x.describe() : "(none)", " w ", w.defined() ? w.describe() : "(none)");
-    SD3_ON_CUDA(x, linear_scaled(x, w, alpha));
+    if (b.defined()) SD3_ASSERT(b.numel() == w.size(0), "linear_scaled: bias ", b.describe(), " for ", w.size(0), " outputs");
+    SD3_ON_CUDA(x, linear_scaled(x, w, alpha, b));
     require_f32(x, "linear_scaled x");
     const Tensor xc = x.contiguous(), wc = w.contiguous();
-    const int64_t N = w.size(0), K = w.size(1);
+    const int64_t N = w.size(0), K = w.size(1), M = x.numel() / K;
     Shape shape = x.shape();
     shape.back() = N;
     Tensor y = Tensor::empty(shape, DType::F32, x.device());
-    cpu::gemm(false, true, x.numel() / K, N, K, alpha, xc.data<float>(), K, wc.data<float>(), K, 0.0f, y.data<float>(),
-              N);
+    float* py = y.data<float>();
+    if (b.defined()) {
+        const Tensor bc = b.contiguous();
+        for (int64_t i = 0; i < M; ++i) std::memcpy(py + i * N, bc.data<float>(), static_cast<size_t>(N) * sizeof(float));
+    }
+    cpu::gemm(false, true, M, N, K, alpha, xc.data<float>(), K, wc.data<float>(), K, b.defined() ? 1.0f : 0.0f, py, N);
     return y;
 }
 

@@ -306,18 +306,24 @@ TEST_P(CudaModelOps, LinearAccumulate) {
         ops::linear_acc_(gy, on_gpu(x, dt()), on_gpu(w, dt()), 0.5f, kn);
         EXPECT_TRUE(same_as_cpu(gy, y, dt()));
     }
-    // With the bias in the epilogue (the frozen product added into a LoRA's output), and that output itself.
-    const Tensor b = cpu_randn({N}, 69);
-    Tensor y = rounded(y0, dt()), gy = on_gpu(y0, dt());
-    ops::linear_acc_(y, rounded(x, dt()), rounded(w_nk, dt()), 1.0f, false, rounded(b, dt()));
-    ops::linear_acc_(gy, on_gpu(x, dt()), on_gpu(w_nk, dt()), 1.0f, false, on_gpu(b, dt()));
-    EXPECT_TRUE(same_as_cpu(gy, y, dt())) << "with bias";
-    // A rank-4 up-projection (the skinny kernel, writing without reading) and a wider inner dimension (cuBLASLt).
-    for (int64_t r : {int64_t{4}, K}) {
-        SCOPED_TRACE(::testing::Message() << "inner dimension " << r);
-        const Tensor h = cpu_randn({3, 19, r}, 70), up = cpu_randn({N, r}, 71, 0.1f);
-        EXPECT_TRUE(same_as_cpu(ops::linear_scaled(on_gpu(h, dt()), on_gpu(up, dt()), 0.75f),
-                                ops::linear_scaled(rounded(h, dt()), rounded(up, dt()), 0.75f), dt()));
+    // y = alpha·h·upᵀ (+ b), the LoRA output the frozen product then adds into: rank 4 (the skinny kernel, which
+    // writes without reading and adds the bias in float32 before its one rounding; 112 columns make 16-byte
+    // vectors, 111 not) and a wider inner dimension (cuBLASLt, whose bias epilogue rounds twice).
+    const Tensor h4 = cpu_randn({3, 19, 4}, 70), hk = cpu_randn({3, 19, K}, 71);
+    for (int64_t n : {N, N + 1}) {
+        const Tensor b = cpu_randn({n}, 72);
+        for (const Tensor* h : {&h4, &hk}) {
+            const Tensor up = cpu_randn({n, h->size(-1)}, 73, 0.1f);
+            for (bool with_bias : {false, true}) {
+                SCOPED_TRACE(::testing::Message() << "inner dimension " << h->size(-1) << ", " << n << " outputs"
+                                                  << (with_bias ? ", bias" : ""));
+                const Tensor bc = with_bias ? rounded(b, dt()) : Tensor(), bg = with_bias ? on_gpu(b, dt()) : Tensor();
+                const double extra = with_bias && h == &hk ? bias_epilogue_factor(dt()) : 1.0;
+                EXPECT_TRUE(same_as_cpu(ops::linear_scaled(on_gpu(*h, dt()), on_gpu(up, dt()), 0.75f, bg),
+                                        ops::linear_scaled(rounded(*h, dt()), rounded(up, dt()), 0.75f, bc), dt(),
+                                        extra));
+            }
+        }
     }
 }
 

@@ -106,17 +106,20 @@ __device__ __forceinline__ float op_b(const T* B, int64_t ldb, bool trans_b, int
     return to_f(trans_b ? B[n * ldb + k] : B[k * ldb + n]);
 }
 
-// Inner dimension R: C[M,N] = alpha·A[M,R]·op(B) + beta·C, e.g. y += s·h·Bᵀ. Each thread keeps op(B) for its L
-// columns (a 16-byte vector of C, or 1) in registers and walks rows blockIdx.y, blockIdx.y + gridDim.y, ...,
+// Inner dimension R: C[M,N] = alpha·A[M,R]·op(B) + beta·C (+ bias[N]), e.g. y = s·h·Bᵀ + b. Each thread keeps op(B)
+// and the bias for its L columns (a 16-byte vector of C, or 1) in registers and walks rows blockIdx.y, blockIdx.y + gridDim.y, ...,
 // kSkinnyRows of them at a time, their loads in branch-free runs before the first store (rows past M re-read row
 // M - 1 and are not stored): loads under a per-row branch went out one row at a time.
 constexpr int kSkinnyRows = 4;
 
 template <typename T, int R, int L>
 __global__ void gemm_small_k_kernel(int64_t M, int64_t N, float alpha, const T* A, int64_t lda, const T* B,
-                                    int64_t ldb, bool trans_b, bool b_vec, float beta, T* C, int64_t ldc) {
+                                    int64_t ldb, bool trans_b, bool b_vec, float beta, T* C, int64_t ldc,
+                                    const T* bias) {
     const int64_t n0 = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) * L;
     if (n0 >= N) return;
+    float bias_l[L] = {};
+    if (bias != nullptr) load_cols<T, L>(bias + n0, bias_l);
     // op(B)'s L columns by 16-byte vectors where `b_vec`: R runs of row n0.. when B is [K, N], else (B [N, R] with
     // ldb = R) the L·R contiguous elements of rows n0..n0+L. Element by element, a warp's loads of B touched 16
     // cache lines each (trans_b), which took longer than the pass over C.
@@ -162,7 +165,7 @@ __global__ void gemm_small_k_kernel(int64_t M, int64_t N, float alpha, const T* 
                 float acc = 0.0f;
 #pragma unroll
                 for (int k = 0; k < R; ++k) acc += a[i][k] * b[k][l];
-                out[l] = beta != 0.0f ? alpha * acc + beta * c[i][l] : alpha * acc;
+                out[l] = (beta != 0.0f ? alpha * acc + beta * c[i][l] : alpha * acc) + bias_l[l];
             }
             store_cols<T, L>(C + m * ldc + n0, out);
         }
@@ -234,10 +237,11 @@ __global__ void gemm_small_n_kernel(int64_t M, int64_t K, float alpha, const T* 
 
 template <int R>
 bool gemm_skinny_rank(const Exec& ex, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const void* A,
-                      int64_t lda, const void* B, int64_t ldb, float beta, void* C, int64_t ldc, DType dt) {
+                      int64_t lda, const void* B, int64_t ldb, float beta, void* C, int64_t ldc, DType dt,
+                      const void* bias) {
     const int64_t lanes = vec_lanes(dt);
     if (K == R && N >= 8 * R) {
-        const bool vec = aligned_runs(lanes, dt, {N, ldc}, {C});
+        const bool vec = aligned_runs(lanes, dt, {N, ldc}, {C, bias});
         const bool b_vec = aligned_runs(lanes, dt, {trans_b ? lanes : ldb}, {B}) && (!trans_b || ldb == R);
         const int64_t per_thread = vec ? lanes : 1;
         const dim3 grid(static_cast<unsigned>(ceil_div(N, per_thread * kSkinnyThreads)),
@@ -247,12 +251,12 @@ bool gemm_skinny_rank(const Exec& ex, bool trans_b, int64_t M, int64_t N, int64_
             const auto kernel = vec ? gemm_small_k_kernel<T, R, kVec> : gemm_small_k_kernel<T, R, 1>;
             kernel<<<grid, kSkinnyThreads, 0, ex.stream>>>(M, N, alpha, static_cast<const T*>(A), lda,
                                                            static_cast<const T*>(B), ldb, trans_b, b_vec, beta,
-                                                           static_cast<T*>(C), ldc);
+                                                           static_cast<T*>(C), ldc, static_cast<const T*>(bias));
         });
         SD3_CUDA_LAUNCHED();
         return true;
     }
-    if (N == R && K >= 8 * R) {
+    if (N == R && K >= 8 * R && bias == nullptr) {
         const bool vec = aligned_runs(lanes, dt, {K, lda}, {A, B}) &&
                          (trans_b ? ldb % lanes == 0 : ldb == R);
         constexpr int kWarpsPerBlock = 8;
@@ -270,15 +274,15 @@ bool gemm_skinny_rank(const Exec& ex, bool trans_b, int64_t M, int64_t N, int64_
     return false;
 }
 
-// The rank-4 and rank-8 kernels for C = alpha·A·op(B) + beta·C without transposed A, bias or epilogue, in one
-// dtype; false when the problem is not one of their shapes. (The weight gradients dA = dhᵀ·x and dB = dyᵀ·h stay
+// The rank-4 and rank-8 kernels for C = alpha·A·op(B) + beta·C without transposed A or epilogue, in one dtype (a
+// bias only with inner dimension R); false when the problem is not one of their shapes. (The weight gradients dA = dhᵀ·x and dB = dyᵀ·h stay
 // on cuBLASLt's split-K: two-stage kernels of our own took 3.1 ms of a 512² update against its 3.0, run 10.)
 bool gemm_skinny(const Exec& ex, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                  const void* A, int64_t lda, const void* B, int64_t ldb, float beta, void* C, int64_t ldc, DType ab,
-                 DType c) {
+                 DType c, const void* bias) {
     if (trans_a || ab != c) return false;
-    return gemm_skinny_rank<4>(ex, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, c) ||
-           gemm_skinny_rank<8>(ex, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, c);
+    return gemm_skinny_rank<4>(ex, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, c, bias) ||
+           gemm_skinny_rank<8>(ex, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, c, bias);
 }
 
 // What a cuBLASLt call depends on besides its pointers: the descriptors and the heuristic's algorithm are made once
@@ -434,8 +438,7 @@ void gemm(const Exec& ex, bool trans_a, bool trans_b, int64_t M, int64_t N, int6
     const bool with_aux = epi == Epilogue::GELU_AUX || epi == Epilogue::DGELU;
     SD3_ASSERT(with_aux == (aux != nullptr), "gemm: the GELU_AUX and DGELU epilogues, and only they, take aux");
     SD3_ASSERT(epi != Epilogue::DGELU || bias == nullptr, "gemm: DGELU takes no bias");
-    if (bias == nullptr && epi == Epilogue::NONE &&
-        gemm_skinny(ex, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ab, c))
+    if (epi == Epilogue::NONE && gemm_skinny(ex, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ab, c, bias))
         return;
     if (gemm_lt(ex, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ab, c, bias, epi, aux)) return;
     gemm_fallback(ex, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ab, c, bias, epi, aux);

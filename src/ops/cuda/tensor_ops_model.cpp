@@ -105,27 +105,27 @@ Tensor linear_backward_gelu_tanh(const Tensor& dy_in, const Tensor& w_in, const 
     return dpre;
 }
 
-void linear_acc_(Tensor& y, const Tensor& x_in, const Tensor& w_in, float alpha, bool w_is_kn, const Tensor& b_in) {
+void linear_acc_(Tensor& y, const Tensor& x_in, const Tensor& w_in, float alpha, bool w_is_kn) {
     require(y, y, "linear_acc_ y");
     require(x_in, y, "linear_acc_ x");
     require(w_in, y, "linear_acc_ w");
-    if (b_in.defined()) require(b_in, y, "linear_acc_ bias");
-    const Tensor x = contiguous(x_in), w = contiguous(w_in), b = b_in.defined() ? contiguous(b_in) : Tensor();
+    const Tensor x = contiguous(x_in), w = contiguous(w_in);
     const int64_t N = y.size(-1), K = x.size(-1);
     cuda::gemm(ctx_of(y).exec(), false, !w_is_kn, y.numel() / N, N, K, alpha, x.raw(), K, w.raw(), w_is_kn ? N : K,
-               1.0f, y.raw(), N, y.dtype(), y.dtype(), b.defined() ? b.raw() : nullptr);
+               1.0f, y.raw(), N, y.dtype(), y.dtype());
 }
 
-Tensor linear_scaled(const Tensor& x_in, const Tensor& w_in, float alpha) {
+Tensor linear_scaled(const Tensor& x_in, const Tensor& w_in, float alpha, const Tensor& b_in) {
     require(x_in, x_in, "linear_scaled x");
     require(w_in, x_in, "linear_scaled w");
-    const Tensor x = contiguous(x_in), w = contiguous(w_in);
+    if (b_in.defined()) require(b_in, x_in, "linear_scaled bias");
+    const Tensor x = contiguous(x_in), w = contiguous(w_in), b = b_in.defined() ? contiguous(b_in) : Tensor();
     const int64_t N = w.size(0), K = w.size(1);
     Shape shape = x.shape();
     shape.back() = N;
     Tensor y = Tensor::empty(shape, x.dtype(), x.device());
     cuda::gemm(ctx_of(x).exec(), false, true, x.numel() / K, N, K, alpha, x.raw(), K, w.raw(), K, 0.0f, y.raw(), N,
-               x.dtype(), x.dtype());
+               x.dtype(), x.dtype(), b.defined() ? b.raw() : nullptr);
     return y;
 }
 
