@@ -181,9 +181,9 @@ __global__ void gemm_small_k_kernel(int64_t M, int64_t N, float alpha, const T* 
 // elements apart (several adapters' h = x·Aᵀ, each [M, PW]); PW = R: one part.
 constexpr int kSmallNRows = 4;
 
-template <typename T, int R, int PW, int L, bool kTransB>
+template <typename T, int R, int PW, int L>
 __global__ void gemm_small_n_kernel(int64_t M, int64_t K, float alpha, const T* A, int64_t lda, const T* B,
-                                    int64_t ldb, float beta, T* C, int64_t ldc, int64_t part_stride) {
+                                    int64_t ldb, bool trans_b, float beta, T* C, int64_t ldc, int64_t part_stride) {
     const int64_t m0 = (blockIdx.x * (int64_t)(blockDim.x / 32) + (threadIdx.x >> 5)) * kSmallNRows;
     const int lane = threadIdx.x & 31;
     if (m0 >= M) return;
@@ -191,43 +191,38 @@ __global__ void gemm_small_n_kernel(int64_t M, int64_t K, float alpha, const T* 
     const T* a_rows[kSmallNRows];
 #pragma unroll
     for (int i = 0; i < kSmallNRows; ++i) a_rows[i] = A + (m0 + i < M ? m0 + i : M - 1) * lda;  // past M: re-read
-#pragma unroll(R > 8 ? 1 : 2)  // a 1536-wide row is 6 runs of 8; at R = 12 two runs held too many registers
+#pragma unroll 2  // a 1536-wide row is 6 runs of 8
     for (int64_t k0 = lane * L; k0 < K; k0 += 32 * L) {
-        float a[kSmallNRows][L];
+        float b[L][R];
+        if constexpr (L == 1) {
 #pragma unroll
-        for (int i = 0; i < kSmallNRows; ++i) load_cols<T, L>(a_rows[i] + k0, a[i]);
-        if constexpr (L > 1 && kTransB) {
-            // A vector of B's row n at a time, used at once: all L·R values would not stay in registers at R = 12.
+            for (int n = 0; n < R; ++n) b[0][n] = op_b(B, ldb, trans_b, k0, n);
+        } else if (trans_b) {
 #pragma unroll
-            for (int n = 0; n < R; ++n) {
+            for (int n = 0; n < R; ++n) {  // a vector of row n
                 float v[L];
                 load_cols<T, L>(B + n * ldb + k0, v);
 #pragma unroll
-                for (int i = 0; i < kSmallNRows; ++i)
-#pragma unroll
-                    for (int l = 0; l < L; ++l) acc[i][n] += a[i][l] * v[l];
+                for (int l = 0; l < L; ++l) b[l][n] = v[l];
             }
-        } else {
-            float b[L][R];
-            if constexpr (L == 1) {
+        } else if constexpr (L > 1) {
 #pragma unroll
-                for (int n = 0; n < R; ++n) b[0][n] = op_b(B, ldb, kTransB, k0, n);
-            } else {
+            for (int j = 0; j < R; ++j) {  // L·R contiguous elements, j-th vector of L
+                float v[L];
+                load_cols<T, L>(B + k0 * R + j * L, v);
 #pragma unroll
-                for (int j = 0; j < R; ++j) {  // L·R contiguous elements, j-th vector of L
-                    float v[L];
-                    load_cols<T, L>(B + k0 * R + j * L, v);
-#pragma unroll
-                    for (int e = 0; e < L; ++e) b[(j * L + e) / R][(j * L + e) % R] = v[e];
-                }
+                for (int e = 0; e < L; ++e) b[(j * L + e) / R][(j * L + e) % R] = v[e];
             }
-#pragma unroll
-            for (int i = 0; i < kSmallNRows; ++i)
-#pragma unroll
-                for (int l = 0; l < L; ++l)
-#pragma unroll
-                    for (int n = 0; n < R; ++n) acc[i][n] += a[i][l] * b[l][n];
         }
+        float a[kSmallNRows][L];
+#pragma unroll
+        for (int i = 0; i < kSmallNRows; ++i) load_cols<T, L>(a_rows[i] + k0, a[i]);
+#pragma unroll
+        for (int i = 0; i < kSmallNRows; ++i)
+#pragma unroll
+            for (int l = 0; l < L; ++l)
+#pragma unroll
+                for (int n = 0; n < R; ++n) acc[i][n] += a[i][l] * b[l][n];
     }
 #pragma unroll
     for (int i = 0; i < kSmallNRows; ++i) {
@@ -268,16 +263,13 @@ bool gemm_skinny_rank(const Exec& ex, bool trans_b, int64_t M, int64_t N, int64_
     if (N == R && K >= 8 * R && bias == nullptr) {
         const bool vec = aligned_runs(lanes, dt, {K, lda}, {A, B}) &&
                          (trans_b ? ldb % lanes == 0 : ldb == R);
-        constexpr int kWarpsPerBlock = R > 8 ? 4 : 8;  // at R = 12 a thread holds ~140 registers: smaller blocks fit more
+        constexpr int kWarpsPerBlock = 8;
         const auto grid = static_cast<unsigned>(ceil_div(M, kWarpsPerBlock * kSmallNRows));
         SD3_DISPATCH_FLOAT(dt, T, {
             constexpr int kVec = Vec<T>::kLanes;
-            const auto kernel = trans_b ? (vec ? gemm_small_n_kernel<T, R, PW, kVec, true>
-                                               : gemm_small_n_kernel<T, R, PW, 1, true>)
-                                        : (vec ? gemm_small_n_kernel<T, R, PW, kVec, false>
-                                               : gemm_small_n_kernel<T, R, PW, 1, false>);
+            const auto kernel = vec ? gemm_small_n_kernel<T, R, PW, kVec> : gemm_small_n_kernel<T, R, PW, 1>;
             kernel<<<grid, 32 * kWarpsPerBlock, 0, ex.stream>>>(M, K, alpha, static_cast<const T*>(A), lda,
-                                                               static_cast<const T*>(B), ldb, beta,
+                                                               static_cast<const T*>(B), ldb, trans_b, beta,
                                                                static_cast<T*>(C), ldc, part_stride);
         });
         SD3_CUDA_LAUNCHED();
