@@ -72,14 +72,20 @@ Tensor head_rms_backward(const JointAttention& a, const Tensor& dy, const Tensor
         .view(raw.shape());
 }
 
-// A projection through the block's qk-norm where it has one (norm_w defined), and the backward of that.
-Tensor qk_normed(const JointAttention& a, const Tensor& y, const Tensor& norm_w, Tensor* raw, Tensor* rstd) {
-    return norm_w.defined() ? head_rms(a, y, norm_w, raw, rstd) : y;
+// Projection + optional qk-norm.
+Tensor project(const JointAttention& a, const Linear& lin, const Tensor& x, const Tensor& norm_w, LinearSaved* ls,
+               Tensor* raw, Tensor* rstd, const RunContext& ctx) {
+    Tensor y = linear_forward(lin, x, ls, ctx);
+    if (!norm_w.defined()) return y;
+    return head_rms(a, y, norm_w, raw, rstd);
 }
 
-Tensor qk_normed_backward(const JointAttention& a, const Tensor& dy, const Tensor& norm_w, const Tensor& raw,
-                          const Tensor& rstd) {
-    return norm_w.defined() ? head_rms_backward(a, dy, raw, norm_w, rstd) : dy;
+// Backward of project(): returns d(input).
+Tensor project_backward(const JointAttention& a, const Linear& lin, const Tensor& dy, const Tensor& norm_w,
+                        const LinearSaved& ls, const Tensor& raw, const Tensor& rstd, const RunContext& ctx,
+                        Tensor& lora_grads, Tensor* dx_sum = nullptr) {
+    const Tensor d = norm_w.defined() ? head_rms_backward(a, dy, raw, norm_w, rstd) : dy;
+    return linear_backward(lin, d, ls, ctx, lora_grads, true, dx_sum);
 }
 
 }  // namespace
@@ -93,29 +99,19 @@ void joint_attention_forward(const JointAttention& a, const Tensor& nx, const Te
     const int64_t N = nx.size(1);
     s.n_image = N;
 
-    // q, k and v read one input: their LoRA adapters' down-projections run as one product where they can.
-    const std::vector<Tensor> qkv = linear_forward_shared({&a.to_q, &a.to_k, &a.to_v}, nx, {&s.q, &s.k, &s.v}, ctx);
-    const Tensor q = qk_normed(a, qkv[0], a.norm_q, &s.q_raw, &s.q_rstd);  // [B, N, D]
-    const Tensor k = qk_normed(a, qkv[1], a.norm_k, &s.k_raw, &s.k_rstd);  // [B, N, D]
-    const Tensor& v = qkv[2];                                               // [B, N, D]
+    const Tensor q = project(a, a.to_q, nx, a.norm_q, &s.q, &s.q_raw, &s.q_rstd, ctx);  // [B, N, D]
+    const Tensor k = project(a, a.to_k, nx, a.norm_k, &s.k, &s.k_raw, &s.k_rstd, ctx);  // [B, N, D]
+    const Tensor v = linear_forward(a.to_v, nx, &s.v, ctx);                              // [B, N, D]
     if (ctx_stream) {
-        // The context queries' outputs are discarded in a pre-only block (§2.6), so they are not computed.
-        std::vector<const Linear*> layers = {&a.add_k_proj, &a.add_v_proj};
-        std::vector<LinearSaved*> saved_c = {&s.kc, &s.vc};
-        if (!a.context_pre_only) {
-            layers.push_back(&a.add_q_proj);
-            saved_c.push_back(&s.qc);
-        }
-        const std::vector<Tensor> kvq = linear_forward_shared(layers, nc, saved_c, ctx);
-        const Tensor kc = qk_normed(a, kvq[0], a.norm_added_k, &s.kc_raw, &s.kc_rstd);  // [B, M, D]
-        const Tensor& vc = kvq[1];                                                       // [B, M, D]
+        const Tensor kc = project(a, a.add_k_proj, nc, a.norm_added_k, &s.kc, &s.kc_raw, &s.kc_rstd, ctx);  // [B, M, D]
+        const Tensor vc = linear_forward(a.add_v_proj, nc, &s.vc, ctx);                                     // [B, M, D]
         // Diffusers order: image tokens first, then context (attention_processor.py JointAttnProcessor2_0).
         s.K = ops::cat({k, kc}, 1);  // [B, N+M, D]
         s.V = ops::cat({v, vc}, 1);  // [B, N+M, D]
         if (a.context_pre_only) {
-            s.Q = q;
+            s.Q = q;  // the context queries' outputs are discarded (§2.6), so they are not computed
         } else {
-            const Tensor qc = qk_normed(a, kvq[2], a.norm_added_q, &s.qc_raw, &s.qc_rstd);
+            const Tensor qc = project(a, a.add_q_proj, nc, a.norm_added_q, &s.qc, &s.qc_raw, &s.qc_rstd, ctx);
             s.Q = ops::cat({q, qc}, 1);  // [B, N+M, D]
         }
     } else {
@@ -153,27 +149,24 @@ void joint_attention_backward(const JointAttention& a, const Tensor& dax, const 
     const Tensor dq = ctx_queries ? ops::slice_contiguous(dQ, 1, 0, N) : dQ;
     const Tensor dk = ctx_stream ? ops::slice_contiguous(dK, 1, 0, N) : dK;
     const Tensor dv = ctx_stream ? ops::slice_contiguous(dV, 1, 0, N) : dV;
-    // The three projections read the same input: their input gradients sum into one tensor.
-    *dnx = linear_backward_shared({&a.to_q, &a.to_k, &a.to_v},
-                                  {qk_normed_backward(a, dq, a.norm_q, s.q_raw, s.q_rstd),
-                                   qk_normed_backward(a, dk, a.norm_k, s.k_raw, s.k_rstd), dv},
-                                  {&s.q, &s.k, &s.v}, ctx, lora_grads);
+    // The three projections read the same input: their input gradients accumulate into one tensor.
+    Tensor gx = project_backward(a, a.to_q, dq, a.norm_q, s.q, s.q_raw, s.q_rstd, ctx, lora_grads);
+    project_backward(a, a.to_k, dk, a.norm_k, s.k, s.k_raw, s.k_rstd, ctx, lora_grads, &gx);
+    linear_backward(a.to_v, dv, s.v, ctx, lora_grads, true, &gx);
+    *dnx = gx;
     if (!ctx_stream) {
         if (dnc != nullptr) *dnc = Tensor();
         return;
     }
-    std::vector<const Linear*> layers = {&a.add_k_proj, &a.add_v_proj};
-    std::vector<Tensor> grads = {
-        qk_normed_backward(a, ops::slice_contiguous(dK, 1, N, Tk), a.norm_added_k, s.kc_raw, s.kc_rstd),
-        ops::slice_contiguous(dV, 1, N, Tk)};
-    std::vector<const LinearSaved*> saved_c = {&s.kc, &s.vc};
+    const Tensor dkc = ops::slice_contiguous(dK, 1, N, Tk);
+    const Tensor dvc = ops::slice_contiguous(dV, 1, N, Tk);
+    Tensor gc = project_backward(a, a.add_k_proj, dkc, a.norm_added_k, s.kc, s.kc_raw, s.kc_rstd, ctx, lora_grads);
+    linear_backward(a.add_v_proj, dvc, s.vc, ctx, lora_grads, true, &gc);
     if (ctx_queries) {
-        layers.push_back(&a.add_q_proj);
-        grads.push_back(
-            qk_normed_backward(a, ops::slice_contiguous(dQ, 1, N, dQ.size(1)), a.norm_added_q, s.qc_raw, s.qc_rstd));
-        saved_c.push_back(&s.qc);
+        const Tensor dqc = ops::slice_contiguous(dQ, 1, N, dQ.size(1));
+        project_backward(a, a.add_q_proj, dqc, a.norm_added_q, s.qc, s.qc_raw, s.qc_rstd, ctx, lora_grads, &gc);
     }
-    *dnc = linear_backward_shared(layers, grads, saved_c, ctx, lora_grads);
+    *dnc = gc;
 }
 
 }  // namespace sd3::nn

@@ -67,20 +67,11 @@ Tensor dense_weight(const Linear& layer, const Tensor& like);
 
 // y [..., out] = x·Wᵀ + b + Σ_adapters scale·B(A(dropout(x))). `saved` may be null (inference).
 Tensor linear_forward(const Linear& layer, const Tensor& x, LinearSaved* saved, const RunContext& ctx);
-// Linears that read the same input x (an attention's q, k and v): y[i] = linear_forward(*layers[i], x, saved[i]).
-// Where each has one adapter, all of one rank, without dropout in training, their down-projections run as one
-// product that reads x once (ops::linear_parts).
-std::vector<Tensor> linear_forward_shared(const std::vector<const Linear*>& layers, const Tensor& x,
-                                          const std::vector<LinearSaved*>& saved, const RunContext& ctx);
 // Returns dx [..., in] (undefined when !need_dx). Trainable adapters accumulate dA, dB into `lora_grads` (the flat
 // gradient buffer, f32 [total]); the base weight and bias get no gradient (frozen). With `dx_sum` (contiguous, the
 // shape of x) dx is added into it by accumulating GEMMs instead, and *dx_sum is returned: layers that read the
 // same input (q, k, v) sum their input gradients without a temporary and an add_ pass each.
 Tensor linear_backward(const Linear& layer, const Tensor& dy, const LinearSaved& saved, const RunContext& ctx,
                        Tensor& lora_grads, bool need_dx = true, Tensor* dx_sum = nullptr);
-// The backward of linear_forward_shared: dx = Σ_i the input gradient of layer i from dys[i]; the adapters' terms
-// as one product (ops::linear_parts_sum) where the forward shared their down-projections.
-Tensor linear_backward_shared(const std::vector<const Linear*>& layers, const std::vector<Tensor>& dys,
-                              const std::vector<const LinearSaved*>& saved, const RunContext& ctx, Tensor& lora_grads);
 
 }  // namespace sd3::nn

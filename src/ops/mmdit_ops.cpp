@@ -79,42 +79,6 @@ Tensor linear_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& w_
     return dx;
 }
 
-Tensor linear_parts(const Tensor& x, const Tensor& w, int64_t parts) {
-    SD3_ASSERT(x.defined() && w.defined() && w.dim() == 2 && parts > 0 && w.size(0) % parts == 0 &&
-                   x.size(-1) == w.size(1),
-               "linear_parts: x ", x.defined() ? x.describe() : "(none)", " w ", w.defined() ? w.describe() : "(none)",
-               " in ", parts, " parts");
-    SD3_ON_CUDA(x, linear_parts(x, w, parts));
-    require_f32(x, "linear_parts x");
-    const Tensor xc = x.contiguous(), wc = w.contiguous();
-    const int64_t K = w.size(1), r = w.size(0) / parts, M = x.numel() / K;
-    Shape shape = x.shape();
-    shape.back() = r;
-    shape.insert(shape.begin(), parts);
-    Tensor h = Tensor::empty(shape, DType::F32, x.device());
-    for (int64_t p = 0; p < parts; ++p)
-        cpu::gemm(false, true, M, r, K, 1.0f, xc.data<float>(), K, wc.data<float>() + p * r * K, K, 0.0f,
-                  h.data<float>() + p * M * r, r);
-    return h;
-}
-
-Tensor linear_parts_sum(const Tensor& h, const Tensor& w) {
-    SD3_ASSERT(h.defined() && w.defined() && w.dim() == 2 && h.dim() >= 2 && w.size(0) == h.size(0) * h.size(-1),
-               "linear_parts_sum: h ", h.defined() ? h.describe() : "(none)", " w ",
-               w.defined() ? w.describe() : "(none)");
-    SD3_ON_CUDA(h, linear_parts_sum(h, w));
-    require_f32(h, "linear_parts_sum h");
-    const Tensor hc = h.contiguous(), wc = w.contiguous();
-    const int64_t parts = h.size(0), r = h.size(-1), N = w.size(1), M = h.numel() / (parts * r);
-    Shape shape(h.shape().begin() + 1, h.shape().end());
-    shape.back() = N;
-    Tensor y = Tensor::empty(shape, DType::F32, h.device());
-    for (int64_t p = 0; p < parts; ++p)
-        cpu::gemm(false, false, M, N, r, 1.0f, hc.data<float>() + p * M * r, r, wc.data<float>() + p * r * N, N,
-                  p == 0 ? 0.0f : 1.0f, y.data<float>(), N);
-    return y;
-}
-
 Tensor linear_backward_gelu_tanh(const Tensor& dy, const Tensor& w, const Tensor& pre) {
     SD3_ASSERT(dy.defined() && w.defined() && pre.defined() && w.dim() == 2 && dy.size(-1) == w.size(0) &&
                    pre.size(-1) == w.size(1) && dy.numel() / w.size(0) == pre.numel() / w.size(1),

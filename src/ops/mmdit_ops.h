@@ -29,12 +29,6 @@ void linear_acc_(Tensor& y, const Tensor& x, const Tensor& w, float alpha, bool 
 // up-projection with the frozen layer's bias, written first so that the frozen product adds into it (linear_acc_)
 // instead of the adapter passing over that product. On CUDA the bias joins in float32 before the one rounding.
 Tensor linear_scaled(const Tensor& x, const Tensor& w, float alpha, const Tensor& b = {});
-// LoRA adapters of one rank r on `parts` Linears that read the same input (an attention's q, k and v), their A
-// matrices stacked as w [parts·r, K]: h [parts, ..., r] with h[p] = x·w[p·r..(p+1)·r]ᵀ, in one pass over x.
-Tensor linear_parts(const Tensor& x, const Tensor& w, int64_t parts);
-// Their input gradients summed: y [..., N] = Σ_p h[p]·w[p·r..(p+1)·r] for h [parts, ..., r] and w [parts·r, N], in
-// one pass over y.
-Tensor linear_parts_sum(const Tensor& h, const Tensor& w);
 // d pre [..., K] = activation_backward(linear_backward(dy, {}, w, ...), pre, GELU_TANH): the input gradient of a
 // linear layer w [N, K] whose input was GELU-tanh(pre), through that GELU. CUDA applies GELU' in the GEMM's
 // epilogue (one pass less over the 4D-wide activations); the CPU computes the separate ops.

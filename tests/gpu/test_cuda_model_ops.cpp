@@ -327,25 +327,6 @@ TEST_P(CudaModelOps, LinearAccumulate) {
     }
 }
 
-TEST_P(CudaModelOps, LinearParts) {
-    // Adapters on one input: h [P, M, r] = x·Aᵀ in parts and Σ_p h[p]·A_p. Rank 4 in 3 and 2 parts runs the skinny
-    // kernels with parts (K = 1544 and N = 112 make 16-byte vectors; 45 and 111 not), rank 8 one GEMM a part.
-    for (int64_t K : {int64_t{45}, int64_t{1544}}) {
-        for (const auto& [parts, r] : {std::pair<int64_t, int64_t>{3, 4}, {2, 4}, {3, 8}}) {
-            SCOPED_TRACE(::testing::Message() << parts << " parts of rank " << r << ", K " << K);
-            const Tensor x = cpu_randn({3, 19, K}, 80), a = cpu_randn({parts * r, K}, 81, 0.1f);
-            EXPECT_TRUE(same_as_cpu(ops::linear_parts(on_gpu(x, dt()), on_gpu(a, dt()), parts),
-                                    ops::linear_parts(rounded(x, dt()), rounded(a, dt()), parts), dt()));
-            for (int64_t N : {int64_t{111}, int64_t{112}}) {
-                SCOPED_TRACE(::testing::Message() << "sum into " << N << " columns");
-                const Tensor h = cpu_randn({parts, 3, 19, r}, 82), up = cpu_randn({parts * r, N}, 83, 0.1f);
-                EXPECT_TRUE(same_as_cpu(ops::linear_parts_sum(on_gpu(h, dt()), on_gpu(up, dt())),
-                                        ops::linear_parts_sum(rounded(h, dt()), rounded(up, dt())), dt()));
-            }
-        }
-    }
-}
-
 TEST_P(CudaModelOps, NormAndActivationBackward) {
     const Tensor x = cpu_randn({2, 19, 111}, 70, 2.0f, 0.5f), dy = cpu_randn({2, 19, 111}, 71);
     const Tensor w = cpu_randn({111}, 72, 0.3f, 1.0f);

@@ -155,21 +155,6 @@ TEST(MMDiTOps, LinearAccumulatesAndScales) {
     EXPECT_TRUE(all_close(dw, dw_ref, 1e-6, 1e-6));
 }
 
-TEST(MMDiTOps, LinearPartsAreThePerPartProducts) {
-    // Three adapters of rank 2 on one input: h[p] = x·A_pᵀ, and Σ_p h[p]·A_p for their input gradients.
-    std::mt19937 rng(10);
-    const Tensor x = random_tensor({2, 3, 5}, rng), a = random_tensor({6, 5}, rng), up = random_tensor({6, 7}, rng);
-    const Tensor h = ops::linear_parts(x, a, 3);
-    ASSERT_EQ(h.shape(), (Shape{3, 2, 3, 2}));
-    Tensor sum = Tensor::zeros({2, 3, 7});
-    for (int64_t p = 0; p < 3; ++p) {
-        const Tensor ap = a.slice(0, 2 * p, 2 * p + 2).contiguous();
-        EXPECT_TRUE(all_close(h.select(0, p), ops::linear(x, ap), 1e-6, 1e-6)) << "part " << p;
-        ops::linear_acc_(sum, h.select(0, p), up.slice(0, 2 * p, 2 * p + 2).contiguous(), 1.0f, true);
-    }
-    EXPECT_TRUE(all_close(ops::linear_parts_sum(h, up), sum, 1e-6, 1e-6));
-}
-
 // ---- nn blocks ----
 
 nn::Linear random_linear(const std::string& name, int64_t out, int64_t in, std::mt19937& rng) {
@@ -255,50 +240,6 @@ TEST(MMDiTNn, LinearWithOneLoraAddsIntoItsInputGradientSum) {
     const Tensor returned = nn::linear_backward(l, r, saved, ctx, grads, true, &sum);
     EXPECT_EQ(returned.data<float>(), sum.data<float>());
     EXPECT_TRUE(all_close(sum, ops::add(before, dx), 1e-5, 1e-5));
-}
-
-TEST(MMDiTNn, SharedInputLinearsMatchLayerByLayer) {
-    // q, k, v with one trainable rank-2 adapter each: the shared down-projection and input-gradient sum give what
-    // the layers give one by one; with dropout on one adapter the layers run one by one (the same code path).
-    std::mt19937 rng(11);
-    const int64_t in = 6, out = 5, rank = 2, per = rank * in + out * rank;
-    std::vector<nn::Linear> layers;
-    for (const char* name : {"to_q", "to_k", "to_v"}) layers.push_back(random_linear(name, out, in, rng));
-    Tensor params = random_tensor({3 * per}, rng, 0.5f);
-    for (int64_t i = 0; i < 3; ++i) {
-        nn::LoraAdapter a;
-        a.A = params.slice(0, i * per, i * per + rank * in).view({rank, in});
-        a.B = params.slice(0, i * per + rank * in, (i + 1) * per).view({out, rank});
-        a.scale = 0.5f + 0.25f * static_cast<float>(i);
-        a.grad_offset_a = i * per;
-        a.grad_offset_b = i * per + rank * in;
-        layers[i].loras = {a};
-    }
-    const std::vector<const nn::Linear*> ptrs = {&layers[0], &layers[1], &layers[2]};
-    const Tensor x = random_tensor({2, 4, in}, rng);
-    std::vector<Tensor> dys;
-    for (int i = 0; i < 3; ++i) dys.push_back(random_tensor({2, 4, out}, rng));
-    for (float dropout : {0.0f, 0.2f}) {
-        SCOPED_TRACE(::testing::Message() << "dropout on to_k " << dropout);
-        layers[1].loras[0].dropout = dropout;
-        const nn::RunContext ctx{true, 77};
-        std::vector<nn::LinearSaved> saved(3), saved_each(3);
-        const std::vector<Tensor> y = nn::linear_forward_shared(ptrs, x, {&saved[0], &saved[1], &saved[2]}, ctx);
-        Tensor grads = Tensor::zeros({3 * per}), grads_each = Tensor::zeros({3 * per});
-        const Tensor dx =
-            nn::linear_backward_shared(ptrs, dys, {&saved[0], &saved[1], &saved[2]}, ctx, grads);
-        Tensor dx_each;
-        for (int i = 0; i < 3; ++i) {
-            EXPECT_TRUE(all_close(y[i], nn::linear_forward(layers[i], x, &saved_each[i], ctx), 1e-5, 1e-5));
-            if (i == 0) {
-                dx_each = nn::linear_backward(layers[i], dys[i], saved_each[i], ctx, grads_each);
-            } else {
-                nn::linear_backward(layers[i], dys[i], saved_each[i], ctx, grads_each, true, &dx_each);
-            }
-        }
-        EXPECT_TRUE(all_close(dx, dx_each, 1e-5, 1e-5));
-        EXPECT_TRUE(all_close(grads, grads_each, 1e-5, 1e-5));
-    }
 }
 
 TEST(MMDiTNn, FeedForwardBackward) {

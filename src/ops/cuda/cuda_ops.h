@@ -69,14 +69,6 @@ void gemm(const Exec& ex, bool trans_a, bool trans_b, int64_t M, int64_t N, int6
 // first.
 void linear_fwd(const Exec& ex, void* y, const void* x, const void* w, const void* b, int64_t M, int64_t K, int64_t N,
                 DType dt, Epilogue epi = Epilogue::NONE, void* pre = nullptr);
-// The LoRA products of `parts` adapters of rank r that share an operand (an attention's q, k and v adapters read
-// one input, and their input gradients sum into one): h [parts, M, r] = x[M,K]·a[parts·r, K]ᵀ, part p from a's
-// rows p·r.. (one pass over x), and y[M,N] = Σ_p h[p]·a[p·r.., N] for a [parts·r, N] (one pass over y). Rank 4 in
-// two or three parts runs on the skinny kernels, the rest one GEMM a part.
-void gemm_parts_down(const Exec& ex, void* h, const void* x, const void* a, int64_t M, int64_t K, int64_t parts,
-                     int64_t r, DType dt);
-void gemm_parts_up(const Exec& ex, void* y, const void* h, const void* a, int64_t M, int64_t N, int64_t parts,
-                   int64_t r, DType dt);
 // dpre[M,K] = (dy[M,N]·w[N,K]) * GELU'(pre[M,K]): the input gradient of a linear layer whose input was GELU(pre),
 // carried through that GELU in the GEMM's epilogue.
 void linear_bwd_dgelu(const Exec& ex, void* dpre, const void* dy, const void* w, const void* pre, int64_t M,

@@ -109,13 +109,12 @@ __device__ __forceinline__ float op_b(const T* B, int64_t ldb, bool trans_b, int
 // Inner dimension R: C[M,N] = alpha·A[M,R]·op(B) + beta·C (+ bias[N]), e.g. y = s·h·Bᵀ + b. Each thread keeps op(B)
 // and the bias for its L columns (a 16-byte vector of C, or 1) in registers and walks rows blockIdx.y, blockIdx.y + gridDim.y, ...,
 // kSkinnyRows of them at a time, their loads in branch-free runs before the first store (rows past M re-read row
-// M - 1 and are not stored): loads under a per-row branch went out one row at a time. A may come in parts of PW
-// columns, `part_stride` elements apart (several adapters' dh, each [M, PW]); PW = R: one part.
+// M - 1 and are not stored): loads under a per-row branch went out one row at a time.
 constexpr int kSkinnyRows = 4;
 
-template <typename T, int R, int PW, int L>
-__global__ void gemm_small_k_kernel(int64_t M, int64_t N, float alpha, const T* A, int64_t lda, int64_t part_stride,
-                                    const T* B, int64_t ldb, bool trans_b, bool b_vec, float beta, T* C, int64_t ldc,
+template <typename T, int R, int L>
+__global__ void gemm_small_k_kernel(int64_t M, int64_t N, float alpha, const T* A, int64_t lda, const T* B,
+                                    int64_t ldb, bool trans_b, bool b_vec, float beta, T* C, int64_t ldc,
                                     const T* bias) {
     const int64_t n0 = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) * L;
     if (n0 >= N) return;
@@ -150,7 +149,7 @@ __global__ void gemm_small_k_kernel(int64_t M, int64_t N, float alpha, const T* 
             const int64_t m = m0 + i * int64_t{gridDim.y};
             row[i] = m < M ? m : M - 1;
 #pragma unroll
-            for (int k = 0; k < R; ++k) a[i][k] = to_f(A[(k / PW) * part_stride + row[i] * lda + k % PW]);
+            for (int k = 0; k < R; ++k) a[i][k] = to_f(A[row[i] * lda + k]);
         }
         if (beta != 0.0f) {
 #pragma unroll
@@ -177,13 +176,12 @@ __global__ void gemm_small_k_kernel(int64_t M, int64_t N, float alpha, const T* 
 // run of op(B) it loads serves them all: one load per row, where a warp per row loaded R runs of B beside each run
 // of A), its lanes over K in runs of L elements, then a warp sum per output. L > 1 needs 16-byte vectors of A and of
 // op(B): rows of B when trans_b, else B's rows R elements apart (a run of L rows is then L·R contiguous elements).
-// Each output sums in the same order as with a warp per row. C may go out in parts of PW columns, `part_stride`
-// elements apart (several adapters' h = x·Aᵀ, each [M, PW]); PW = R: one part.
+// Each output sums in the same order as with a warp per row.
 constexpr int kSmallNRows = 4;
 
-template <typename T, int R, int PW, int L>
+template <typename T, int R, int L>
 __global__ void gemm_small_n_kernel(int64_t M, int64_t K, float alpha, const T* A, int64_t lda, const T* B,
-                                    int64_t ldb, bool trans_b, float beta, T* C, int64_t ldc, int64_t part_stride) {
+                                    int64_t ldb, bool trans_b, float beta, T* C, int64_t ldc) {
     const int64_t m0 = (blockIdx.x * (int64_t)(blockDim.x / 32) + (threadIdx.x >> 5)) * kSmallNRows;
     const int lane = threadIdx.x & 31;
     if (m0 >= M) return;
@@ -230,19 +228,17 @@ __global__ void gemm_small_n_kernel(int64_t M, int64_t K, float alpha, const T* 
         for (int n = 0; n < R; ++n) {
             const float v = warp_sum(acc[i][n]);
             if (lane == n && m0 + i < M) {
-                T* c = C + (n / PW) * part_stride + (m0 + i) * ldc + n % PW;
+                T* c = C + (m0 + i) * ldc + n;
                 *c = from_f<T>(beta != 0.0f ? alpha * v + beta * to_f(*c) : alpha * v);
             }
         }
     }
 }
 
-// The skinny kernels with inner dimension or output width R, the R columns of that operand in parts of PW
-// (`part_stride` elements apart; PW = R: one part).
-template <int R, int PW = R>
+template <int R>
 bool gemm_skinny_rank(const Exec& ex, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const void* A,
                       int64_t lda, const void* B, int64_t ldb, float beta, void* C, int64_t ldc, DType dt,
-                      const void* bias, int64_t part_stride = 0) {
+                      const void* bias) {
     const int64_t lanes = vec_lanes(dt);
     if (K == R && N >= 8 * R) {
         const bool vec = aligned_runs(lanes, dt, {N, ldc}, {C, bias});
@@ -252,8 +248,8 @@ bool gemm_skinny_rank(const Exec& ex, bool trans_b, int64_t M, int64_t N, int64_
                         static_cast<unsigned>(std::min<int64_t>(M, 1024)));
         SD3_DISPATCH_FLOAT(dt, T, {
             constexpr int kVec = Vec<T>::kLanes;
-            const auto kernel = vec ? gemm_small_k_kernel<T, R, PW, kVec> : gemm_small_k_kernel<T, R, PW, 1>;
-            kernel<<<grid, kSkinnyThreads, 0, ex.stream>>>(M, N, alpha, static_cast<const T*>(A), lda, part_stride,
+            const auto kernel = vec ? gemm_small_k_kernel<T, R, kVec> : gemm_small_k_kernel<T, R, 1>;
+            kernel<<<grid, kSkinnyThreads, 0, ex.stream>>>(M, N, alpha, static_cast<const T*>(A), lda,
                                                            static_cast<const T*>(B), ldb, trans_b, b_vec, beta,
                                                            static_cast<T*>(C), ldc, static_cast<const T*>(bias));
         });
@@ -267,10 +263,10 @@ bool gemm_skinny_rank(const Exec& ex, bool trans_b, int64_t M, int64_t N, int64_
         const auto grid = static_cast<unsigned>(ceil_div(M, kWarpsPerBlock * kSmallNRows));
         SD3_DISPATCH_FLOAT(dt, T, {
             constexpr int kVec = Vec<T>::kLanes;
-            const auto kernel = vec ? gemm_small_n_kernel<T, R, PW, kVec> : gemm_small_n_kernel<T, R, PW, 1>;
+            const auto kernel = vec ? gemm_small_n_kernel<T, R, kVec> : gemm_small_n_kernel<T, R, 1>;
             kernel<<<grid, 32 * kWarpsPerBlock, 0, ex.stream>>>(M, K, alpha, static_cast<const T*>(A), lda,
                                                                static_cast<const T*>(B), ldb, trans_b, beta,
-                                                               static_cast<T*>(C), ldc, part_stride);
+                                                               static_cast<T*>(C), ldc);
         });
         SD3_CUDA_LAUNCHED();
         return true;
@@ -452,38 +448,6 @@ void linear_fwd(const Exec& ex, void* y, const void* x, const void* w, const voi
                 DType dt, Epilogue epi, void* pre) {
     SD3_ASSERT(epi != Epilogue::DGELU, "linear_fwd: DGELU is a backward epilogue (linear_bwd_dgelu)");
     gemm(ex, false, true, M, N, K, 1.0f, x, K, w, K, 0.0f, y, N, dt, dt, b, epi, pre);
-}
-
-void gemm_parts_down(const Exec& ex, void* h, const void* x, const void* a, int64_t M, int64_t K, int64_t parts,
-                     int64_t r, DType dt) {
-    if (M == 0) return;
-    const int64_t part_stride = M * r;
-    if (r == 4 && parts == 3 &&
-        gemm_skinny_rank<12, 4>(ex, true, M, 12, K, 1.0f, x, K, a, K, 0.0f, h, r, dt, nullptr, part_stride))
-        return;
-    if (r == 4 && parts == 2 &&
-        gemm_skinny_rank<8, 4>(ex, true, M, 8, K, 1.0f, x, K, a, K, 0.0f, h, r, dt, nullptr, part_stride))
-        return;
-    const size_t es = dtype_size(dt);
-    for (int64_t p = 0; p < parts; ++p)
-        gemm(ex, false, true, M, r, K, 1.0f, x, K, static_cast<const char*>(a) + p * r * K * es, K, 0.0f,
-             static_cast<char*>(h) + p * part_stride * es, r, dt, dt);
-}
-
-void gemm_parts_up(const Exec& ex, void* y, const void* h, const void* a, int64_t M, int64_t N, int64_t parts,
-                   int64_t r, DType dt) {
-    if (M == 0 || N == 0) return;
-    const int64_t part_stride = M * r;
-    if (r == 4 && parts == 3 &&
-        gemm_skinny_rank<12, 4>(ex, false, M, N, 12, 1.0f, h, r, a, N, 0.0f, y, N, dt, nullptr, part_stride))
-        return;
-    if (r == 4 && parts == 2 &&
-        gemm_skinny_rank<8, 4>(ex, false, M, N, 8, 1.0f, h, r, a, N, 0.0f, y, N, dt, nullptr, part_stride))
-        return;
-    const size_t es = dtype_size(dt);
-    for (int64_t p = 0; p < parts; ++p)
-        gemm(ex, false, false, M, N, r, 1.0f, static_cast<const char*>(h) + p * part_stride * es, r,
-             static_cast<const char*>(a) + p * r * N * es, N, p == 0 ? 0.0f : 1.0f, y, N, dt, dt);
 }
 
 void linear_bwd_dgelu(const Exec& ex, void* dpre, const void* dy, const void* w, const void* pre, int64_t M,

@@ -129,31 +129,6 @@ Tensor linear_scaled(const Tensor& x_in, const Tensor& w_in, float alpha, const 
     return y;
 }
 
-Tensor linear_parts(const Tensor& x_in, const Tensor& w_in, int64_t parts) {
-    require(x_in, x_in, "linear_parts x");
-    require(w_in, x_in, "linear_parts w");
-    const Tensor x = contiguous(x_in), w = contiguous(w_in);
-    const int64_t K = w.size(1), r = w.size(0) / parts, M = x.numel() / K;
-    Shape shape = x.shape();
-    shape.back() = r;
-    shape.insert(shape.begin(), parts);
-    Tensor h = Tensor::empty(shape, x.dtype(), x.device());
-    cuda::gemm_parts_down(ctx_of(x).exec(), h.raw(), x.raw(), w.raw(), M, K, parts, r, x.dtype());
-    return h;
-}
-
-Tensor linear_parts_sum(const Tensor& h_in, const Tensor& w_in) {
-    require(h_in, h_in, "linear_parts_sum h");
-    require(w_in, h_in, "linear_parts_sum w");
-    const Tensor h = contiguous(h_in), w = contiguous(w_in);
-    const int64_t parts = h.size(0), r = h.size(-1), N = w.size(1), M = h.numel() / (parts * r);
-    Shape shape(h.shape().begin() + 1, h.shape().end());
-    shape.back() = N;
-    Tensor y = Tensor::empty(shape, h.dtype(), h.device());
-    cuda::gemm_parts_up(ctx_of(h).exec(), y.raw(), h.raw(), w.raw(), M, N, parts, r, h.dtype());
-    return y;
-}
-
 Tensor layer_norm_fwd(const Tensor& x_in, float eps, Tensor* mean, Tensor* rstd) {
     require(x_in, x_in, "layer_norm input");
     const Tensor x = contiguous(x_in);

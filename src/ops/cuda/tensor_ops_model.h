@@ -22,8 +22,6 @@ Tensor linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tenso
                        float alpha);
 void linear_acc_(Tensor& y, const Tensor& x, const Tensor& w, float alpha, bool w_is_kn);
 Tensor linear_scaled(const Tensor& x, const Tensor& w, float alpha, const Tensor& b);
-Tensor linear_parts(const Tensor& x, const Tensor& w, int64_t parts);
-Tensor linear_parts_sum(const Tensor& h, const Tensor& w);
 Tensor linear_backward_gelu_tanh(const Tensor& dy, const Tensor& w, const Tensor& pre);
 Tensor layer_norm_fwd(const Tensor& x, float eps, Tensor* mean, Tensor* rstd);
 Tensor layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& mean, const Tensor& rstd, const Tensor& add);

@@ -96,17 +96,6 @@ int main() {
                             t * 1e6, c.bytes / t / 1e9);
             }
         }
-        // q, k and v's rank-4 adapters on one input, as the attention block issues them: one pass over x for the
-        // three down-projections, one over dx for their input gradients (compare 3x "h = x·Aᵀ" and "dx += dh·A").
-        Tensor A3 = random_on_gpu(12 * D, dt, 37), h3 = random_on_gpu(3 * M * 4, dt, 38);
-        const cuda::Exec ex = ctx.exec();
-        const double wide = static_cast<double>(M * D) * 2;
-        const double down = time_it([&] { cuda::gemm_parts_down(ex, h3.raw(), x.raw(), A3.raw(), M, D, 3, 4, dt); }, 20, 5);
-        const double up = time_it([&] { cuda::gemm_parts_up(ex, y.raw(), h3.raw(), A3.raw(), M, D, 3, 4, dt); }, 20, 5);
-        std::printf("lora r=4 x3  %-14s M=%ld D=%ld: %7.1f us  %6.0f GB/s\n", "h[p] = x·A_pᵀ", (long)M, (long)D,
-                    down * 1e6, wide / down / 1e9);
-        std::printf("lora r=4 x3  %-14s M=%ld D=%ld: %7.1f us  %6.0f GB/s\n", "dx = Σ dh·A", (long)M, (long)D,
-                    up * 1e6, wide / up / 1e9);
     }
     // Attention: training at 512² (B 4, T 1178) and 1024² (B 1, T 4250), generation at 1024² (B 2 for CFG);
     // 24 heads of 64. The own kernels (tensor-core and CUDA-core forward, CUDA-core backward) against cuDNN's fused
