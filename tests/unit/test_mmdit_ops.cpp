@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 
 #include "common/fd_check.h"
 #include "common/testing.h"
@@ -166,6 +167,33 @@ nn::Linear random_linear(const std::string& name, int64_t out, int64_t in, std::
     return l;
 }
 
+// A trainable adapter whose A [rank, in] and B [out, rank] are the flat `params` (its gradients at the same offsets
+// of a buffer of that size).
+nn::LoraAdapter trainable_adapter(const Tensor& params, int64_t rank, int64_t in, int64_t out, float scale) {
+    nn::LoraAdapter a;
+    a.A = params.slice(0, 0, rank * in).view({rank, in});
+    a.B = params.slice(0, rank * in, rank * in + out * rank).view({out, rank});
+    a.scale = scale;
+    a.grad_offset_a = 0;
+    a.grad_offset_b = rank * in;
+    return a;
+}
+
+// Runs l forward and backward on x and the output gradient r: y against the sum of its terms (from what the
+// forward saved: the adapters' terms are written first and the frozen product added into them), dx and the
+// gradients of `params` (accumulated into `grads`) against directional derivatives of the forward. Returns dx.
+Tensor check_lora_linear(const nn::Linear& l, Tensor& params, Tensor& grads, Tensor& x, const Tensor& r,
+                         const nn::RunContext& ctx, nn::LinearSaved& saved, std::mt19937& rng,
+                         const std::function<Tensor()>& terms) {
+    const Tensor y = nn::linear_forward(l, x, &saved, ctx);
+    EXPECT_TRUE(all_close(y, terms(), 1e-5, 1e-5));
+    const Tensor dx = nn::linear_backward(l, r, saved, ctx, grads);
+    auto loss = [&] { return dot(nn::linear_forward(l, x, nullptr, ctx), r); };
+    EXPECT_TRUE(directional_check(x, dx, loss, rng, kH, kAtol, kRtol));
+    EXPECT_TRUE(directional_check(params, grads, loss, rng, kH, kAtol, kRtol));
+    return dx;
+}
+
 TEST(MMDiTNn, LinearWithTwoLorasAndDropout) {
     std::mt19937 rng(5);
     const int64_t in = 6, out = 5, r1 = 2, r2 = 3;
@@ -173,13 +201,8 @@ TEST(MMDiTNn, LinearWithTwoLorasAndDropout) {
     // flat parameter / gradient buffers: adapter 0 trainable (A1, B1), adapter 1 frozen.
     Tensor params = random_tensor({r1 * in + out * r1}, rng, 0.5f);
     Tensor grads = Tensor::zeros({r1 * in + out * r1});
-    nn::LoraAdapter a1;
-    a1.A = params.slice(0, 0, r1 * in).view({r1, in});
-    a1.B = params.slice(0, r1 * in, r1 * in + out * r1).view({out, r1});
-    a1.scale = 0.7f;
+    nn::LoraAdapter a1 = trainable_adapter(params, r1, in, out, 0.7f);
     a1.dropout = 0.3f;
-    a1.grad_offset_a = 0;
-    a1.grad_offset_b = r1 * in;
     nn::LoraAdapter a2;
     a2.A = random_tensor({r2, in}, rng, 0.5f);
     a2.B = random_tensor({out, r2}, rng, 0.5f);
@@ -189,19 +212,15 @@ TEST(MMDiTNn, LinearWithTwoLorasAndDropout) {
     const Tensor r = random_tensor({2, 4, out}, rng);
     const nn::RunContext ctx{true, 1234};
     nn::LinearSaved saved;
-    const Tensor y = nn::linear_forward(l, x, &saved, ctx);
-    // Training with dropout differs from inference; the dropped input is saved.
-    EXPECT_TRUE(saved.xd[0].defined());
-    EXPECT_FALSE(saved.xd[1].defined());
-    // The adapters' terms written first and the frozen product added into them: the same sum as term by term.
-    Tensor terms = ops::linear(x, l.weight, l.bias);
-    ops::add_(terms, ops::linear(ops::linear(saved.xd[0], a1.A), a1.B), a1.scale);
-    ops::add_(terms, ops::linear(ops::linear(x, a2.A), a2.B), a2.scale);
-    EXPECT_TRUE(all_close(y, terms, 1e-5, 1e-5));
-    const Tensor dx = nn::linear_backward(l, r, saved, ctx, grads);
-    auto loss = [&] { return dot(nn::linear_forward(l, x, nullptr, ctx), r); };
-    EXPECT_TRUE(directional_check(x, dx, loss, rng, kH, kAtol, kRtol));
-    EXPECT_TRUE(directional_check(params, grads, loss, rng, kH, kAtol, kRtol));
+    check_lora_linear(l, params, grads, x, r, ctx, saved, rng, [&] {
+        // Training with dropout differs from inference; the dropped input is saved.
+        EXPECT_TRUE(saved.xd[0].defined());
+        EXPECT_FALSE(saved.xd[1].defined());
+        Tensor terms = ops::linear(x, l.weight, l.bias);
+        ops::add_(terms, ops::linear(ops::linear(saved.xd[0], a1.A), a1.B), a1.scale);
+        ops::add_(terms, ops::linear(ops::linear(x, a2.A), a2.B), a2.scale);
+        return terms;
+    });
     // Gradients accumulate: a second backward doubles them.
     const Tensor g1 = grads.clone();
     nn::linear_backward(l, r, saved, ctx, grads);
@@ -216,25 +235,17 @@ TEST(MMDiTNn, LinearWithOneLoraAddsIntoItsInputGradientSum) {
     nn::Linear l = random_linear("x.to_k", out, in, rng);
     Tensor params = random_tensor({rank * in + out * rank}, rng, 0.5f);
     Tensor grads = Tensor::zeros({rank * in + out * rank});
-    nn::LoraAdapter a;
-    a.A = params.slice(0, 0, rank * in).view({rank, in});
-    a.B = params.slice(0, rank * in, rank * in + out * rank).view({out, rank});
-    a.scale = 0.5f;
-    a.grad_offset_a = 0;
-    a.grad_offset_b = rank * in;
+    const nn::LoraAdapter a = trainable_adapter(params, rank, in, out, 0.5f);
     l.loras = {a};
     Tensor x = random_tensor({3, 2, in}, rng);
     const Tensor r = random_tensor({3, 2, out}, rng);
     const nn::RunContext ctx{true, 99};
     nn::LinearSaved saved;
-    const Tensor y = nn::linear_forward(l, x, &saved, ctx);
-    Tensor terms = ops::linear(x, l.weight, l.bias);
-    ops::add_(terms, ops::linear(ops::linear(x, a.A), a.B), a.scale);
-    EXPECT_TRUE(all_close(y, terms, 1e-5, 1e-5));
-    const Tensor dx = nn::linear_backward(l, r, saved, ctx, grads);
-    auto loss = [&] { return dot(nn::linear_forward(l, x, nullptr, ctx), r); };
-    EXPECT_TRUE(directional_check(x, dx, loss, rng, kH, kAtol, kRtol));
-    EXPECT_TRUE(directional_check(params, grads, loss, rng, kH, kAtol, kRtol));
+    const Tensor dx = check_lora_linear(l, params, grads, x, r, ctx, saved, rng, [&] {
+        Tensor terms = ops::linear(x, l.weight, l.bias);
+        ops::add_(terms, ops::linear(ops::linear(x, a.A), a.B), a.scale);
+        return terms;
+    });
     const Tensor before = random_tensor({3, 2, in}, rng);
     Tensor sum = before.clone();
     const Tensor returned = nn::linear_backward(l, r, saved, ctx, grads, true, &sum);
