@@ -103,7 +103,8 @@ void linear_acc_(Tensor& y, const Tensor& x, const Tensor& w, float alpha, bool 
 Tensor linear_scaled(const Tensor& x, const Tensor& w, float alpha, const Tensor& b) {
     SD3_ASSERT(x.defined() && w.defined() && w.dim() == 2 && x.size(-1) == w.size(1), "linear_scaled: x ",
                x.defined() ? x.describe() : "(none)", " w ", w.defined() ? w.describe() : "(none)");
-    if (b.defined()) SD3_ASSERT(b.numel() == w.size(0), "linear_scaled: bias ", b.describe(), " for ", w.size(0), " outputs");
+    if (b.defined())
+        SD3_ASSERT(b.numel() == w.size(0), "linear_scaled: bias ", b.describe(), " for ", w.size(0), " outputs");
     SD3_ON_CUDA(x, linear_scaled(x, w, alpha, b));
     require_f32(x, "linear_scaled x");
     const Tensor xc = x.contiguous(), wc = w.contiguous();
@@ -114,7 +115,8 @@ Tensor linear_scaled(const Tensor& x, const Tensor& w, float alpha, const Tensor
     float* py = y.data<float>();
     if (b.defined()) {
         const Tensor bc = b.contiguous();
-        for (int64_t i = 0; i < M; ++i) std::memcpy(py + i * N, bc.data<float>(), static_cast<size_t>(N) * sizeof(float));
+        const size_t row_bytes = static_cast<size_t>(N) * sizeof(float);
+        for (int64_t i = 0; i < M; ++i) std::memcpy(py + i * N, bc.data<float>(), row_bytes);
     }
     cpu::gemm(false, true, M, N, K, alpha, xc.data<float>(), K, wc.data<float>(), K, b.defined() ? 1.0f : 0.0f, py, N);
     return y;

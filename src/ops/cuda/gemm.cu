@@ -106,10 +106,10 @@ __device__ __forceinline__ float op_b(const T* B, int64_t ldb, bool trans_b, int
     return to_f(trans_b ? B[n * ldb + k] : B[k * ldb + n]);
 }
 
-// Inner dimension R: C[M,N] = alpha·A[M,R]·op(B) + beta·C (+ bias[N]), e.g. y = s·h·Bᵀ + b. Each thread keeps op(B)
-// and the bias for its L columns (a 16-byte vector of C, or 1) in registers and walks rows blockIdx.y, blockIdx.y + gridDim.y, ...,
-// kSkinnyRows of them at a time, their loads in branch-free runs before the first store (rows past M re-read row
-// M - 1 and are not stored): loads under a per-row branch went out one row at a time.
+// Inner dimension R: C[M,N] = alpha·A[M,R]·op(B) + beta·C (+ bias[N]), e.g. y = s·h·Bᵀ + b. Each thread keeps
+// op(B) and the bias for its L columns (a 16-byte vector of C, or 1) in registers and walks rows blockIdx.y,
+// blockIdx.y + gridDim.y, ..., kSkinnyRows of them at a time, their loads in branch-free runs before the first
+// store (rows past M re-read row M - 1 and are not stored): loads under a per-row branch went out one row at a time.
 constexpr int kSkinnyRows = 4;
 
 template <typename T, int R, int L>
@@ -275,8 +275,9 @@ bool gemm_skinny_rank(const Exec& ex, bool trans_b, int64_t M, int64_t N, int64_
 }
 
 // The rank-4 and rank-8 kernels for C = alpha·A·op(B) + beta·C without transposed A or epilogue, in one dtype (a
-// bias only with inner dimension R); false when the problem is not one of their shapes. (The weight gradients dA = dhᵀ·x and dB = dyᵀ·h stay
-// on cuBLASLt's split-K: two-stage kernels of our own took 3.1 ms of a 512² update against its 3.0, run 10.)
+// bias only with inner dimension R); false when the problem is not one of their shapes. (The weight gradients
+// dA = dhᵀ·x and dB = dyᵀ·h stay on cuBLASLt's split-K: two-stage kernels of our own took 3.1 ms of a 512² update
+// against its 3.0, run 10.)
 bool gemm_skinny(const Exec& ex, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                  const void* A, int64_t lda, const void* B, int64_t ldb, float beta, void* C, int64_t ldc, DType ab,
                  DType c, const void* bias) {
@@ -438,7 +439,8 @@ void gemm(const Exec& ex, bool trans_a, bool trans_b, int64_t M, int64_t N, int6
     const bool with_aux = epi == Epilogue::GELU_AUX || epi == Epilogue::DGELU;
     SD3_ASSERT(with_aux == (aux != nullptr), "gemm: the GELU_AUX and DGELU epilogues, and only they, take aux");
     SD3_ASSERT(epi != Epilogue::DGELU || bias == nullptr, "gemm: DGELU takes no bias");
-    if (epi == Epilogue::NONE && gemm_skinny(ex, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ab, c, bias))
+    if (epi == Epilogue::NONE &&
+        gemm_skinny(ex, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ab, c, bias))
         return;
     if (gemm_lt(ex, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ab, c, bias, epi, aux)) return;
     gemm_fallback(ex, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ab, c, bias, epi, aux);
