@@ -70,7 +70,7 @@ Tensor linear_forward(const Linear& layer, const Tensor& x, LinearSaved* saved, 
         if (y.defined()) {
             ops::linear_acc_(y, h, a.B, a.scale);  // y += s·h·Bᵀ
         } else {
-            y = ops::linear_scaled(h, a.B, a.scale, layer.bias);  // y = s·h·Bᵀ + b
+            y = ops::linear(h, a.B, layer.bias, a.scale);  // y = s·h·Bᵀ + b
         }
     }
     ops::linear_acc_(y, x, layer.weight, 1.0f);

@@ -2,8 +2,6 @@
 // tensors go to ops/cuda/tensor_ops_model (f32, bf16, f16) and the rest to the CPU loops (f32).
 #include "ops/mmdit_ops.h"
 
-#include <cstring>
-
 #include "core/check.h"
 #include "ops/dispatch.h"
 
@@ -98,28 +96,6 @@ void linear_acc_(Tensor& y, const Tensor& x, const Tensor& w, float alpha, bool 
     const Tensor xc = x.contiguous(), wc = w.contiguous();
     cpu::gemm(false, !w_is_kn, y.numel() / N, N, K, alpha, xc.data<float>(), K, wc.data<float>(), w_is_kn ? N : K, 1.0f,
               y.data<float>(), N);
-}
-
-Tensor linear_scaled(const Tensor& x, const Tensor& w, float alpha, const Tensor& b) {
-    SD3_ASSERT(x.defined() && w.defined() && w.dim() == 2 && x.size(-1) == w.size(1), "linear_scaled: x ",
-               x.defined() ? x.describe() : "(none)", " w ", w.defined() ? w.describe() : "(none)");
-    if (b.defined())
-        SD3_ASSERT(b.numel() == w.size(0), "linear_scaled: bias ", b.describe(), " for ", w.size(0), " outputs");
-    SD3_ON_CUDA(x, linear_scaled(x, w, alpha, b));
-    require_f32(x, "linear_scaled x");
-    const Tensor xc = x.contiguous(), wc = w.contiguous();
-    const int64_t N = w.size(0), K = w.size(1), M = x.numel() / K;
-    Shape shape = x.shape();
-    shape.back() = N;
-    Tensor y = Tensor::empty(shape, DType::F32, x.device());
-    float* py = y.data<float>();
-    if (b.defined()) {
-        const Tensor bc = b.contiguous();
-        const size_t row_bytes = static_cast<size_t>(N) * sizeof(float);
-        for (int64_t i = 0; i < M; ++i) std::memcpy(py + i * N, bc.data<float>(), row_bytes);
-    }
-    cpu::gemm(false, true, M, N, K, alpha, xc.data<float>(), K, wc.data<float>(), K, b.defined() ? 1.0f : 0.0f, py, N);
-    return y;
 }
 
 Tensor layer_norm_fwd(const Tensor& x_in, float eps, Tensor* mean, Tensor* rstd) {

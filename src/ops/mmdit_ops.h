@@ -25,10 +25,6 @@ Tensor linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tenso
 // an add_ would each pass over y: a frozen layer's product added to what its LoRA adapters wrote, an adapter's
 // input gradient into the layer's.
 void linear_acc_(Tensor& y, const Tensor& x, const Tensor& w, float alpha, bool w_is_kn = false);
-// y [..., N] = alpha·x [..., K]·wᵀ + b [N] (b may be undefined) for w [N, K], a fresh tensor: a LoRA adapter's scaled
-// up-projection with the frozen layer's bias, written first so that the frozen product adds into it (linear_acc_)
-// instead of the adapter passing over that product. On CUDA the bias joins in float32 before the one rounding.
-Tensor linear_scaled(const Tensor& x, const Tensor& w, float alpha, const Tensor& b = {});
 // d pre [..., K] = activation_backward(linear_backward(dy, {}, w, ...), pre, GELU_TANH): the input gradient of a
 // linear layer w [N, K] whose input was GELU-tanh(pre), through that GELU. CUDA applies GELU' in the GEMM's
 // epilogue (one pass less over the 4D-wide activations); the CPU computes the separate ops.

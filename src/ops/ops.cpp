@@ -25,8 +25,8 @@ Shape with_last(const Shape& s, int64_t last) {
 
 }  // namespace
 
-Tensor linear(const Tensor& x_in, const Tensor& w_in, const Tensor& b) {
-    SD3_ON_CUDA(x_in, linear(x_in, w_in, b));
+Tensor linear(const Tensor& x_in, const Tensor& w_in, const Tensor& b, float alpha) {
+    SD3_ON_CUDA(x_in, linear(x_in, w_in, b, alpha));
     require_f32_cpu(x_in, "linear input");
     require_f32_cpu(w_in, "linear weight");
     const Tensor x = x_in.contiguous(), w = w_in.contiguous();
@@ -35,7 +35,7 @@ Tensor linear(const Tensor& x_in, const Tensor& w_in, const Tensor& b) {
     if (b.defined()) SD3_ASSERT(b.numel() == N, "linear: bias ", b.describe(), " for ", N, " outputs");
     Tensor y = Tensor::empty(with_last(x.shape(), N), DType::F32, x.device());
     const Tensor bc = b.defined() ? b.contiguous() : Tensor();
-    cpu::linear_fwd(y.data<float>(), x.data<float>(), w.data<float>(), ptr_or_null(bc), x.numel() / K, K, N);
+    cpu::linear_fwd(y.data<float>(), x.data<float>(), w.data<float>(), ptr_or_null(bc), x.numel() / K, K, N, alpha);
     return y;
 }
 

@@ -11,8 +11,9 @@ namespace sd3::ops {
 
 using cpu::Activation;
 
-// x [..., K] · w[N, K]ᵀ + b[N] -> [..., N]; b may be undefined.
-Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b = {});
+// alpha · x [..., K] · w[N, K]ᵀ + b[N] -> [..., N]; b may be undefined. alpha scales the product, not the bias (a
+// LoRA adapter's scaled up-projection carrying its layer's bias, nn/linear.cpp).
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b = {}, float alpha = 1.0f);
 // activation(linear(x, w, b), GELU_TANH); with `pre`, also the pre-activation linear(x, w, b) (what the backward,
 // linear_backward_gelu_tanh, needs). CUDA applies the GELU in the GEMM's epilogue, on the float32 result before its
 // one rounding to the storage dtype (the separate ops round the pre-activation too: the two differ by at most an

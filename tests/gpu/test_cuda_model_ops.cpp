@@ -319,8 +319,8 @@ TEST_P(CudaModelOps, LinearAccumulate) {
                                                   << (with_bias ? ", bias" : ""));
                 const Tensor bc = with_bias ? rounded(b, dt()) : Tensor(), bg = with_bias ? on_gpu(b, dt()) : Tensor();
                 const double extra = with_bias && h == &hk ? bias_epilogue_factor(dt()) : 1.0;
-                EXPECT_TRUE(same_as_cpu(ops::linear_scaled(on_gpu(*h, dt()), on_gpu(up, dt()), 0.75f, bg),
-                                        ops::linear_scaled(rounded(*h, dt()), rounded(up, dt()), 0.75f, bc), dt(),
+                EXPECT_TRUE(same_as_cpu(ops::linear(on_gpu(*h, dt()), on_gpu(up, dt()), bg, 0.75f),
+                                        ops::linear(rounded(*h, dt()), rounded(up, dt()), bc, 0.75f), dt(),
                                         extra));
             }
         }

@@ -141,12 +141,12 @@ TEST(MMDiTOps, LinearAccumulatesAndScales) {
     ops::add_(ref, ops::linear(x, w_kn.transpose(0, 1).contiguous()), -2.0f);
     EXPECT_TRUE(all_close(y, ref, 1e-6, 1e-6));
 
-    // The fresh scaled product a LoRA forward starts from, with and without the layer's bias.
+    // linear's alpha scales the product, not the bias: the fresh product a LoRA forward starts from.
     const Tensor b = random_tensor({4}, rng);
-    EXPECT_TRUE(all_close(ops::linear_scaled(x, w_nk, -1.5f), ops::scale(ops::linear(x, w_nk), -1.5f), 1e-6, 1e-6));
+    EXPECT_TRUE(all_close(ops::linear(x, w_nk, Tensor(), -1.5f), ops::scale(ops::linear(x, w_nk), -1.5f), 1e-6, 1e-6));
     ref = ops::scale(ops::linear(x, w_nk), -1.5f);
     ops::add_(ref, ops::linear(Tensor::zeros({2, 3, 5}), w_nk, b));
-    EXPECT_TRUE(all_close(ops::linear_scaled(x, w_nk, -1.5f, b), ref, 1e-6, 1e-6));
+    EXPECT_TRUE(all_close(ops::linear(x, w_nk, b, -1.5f), ref, 1e-6, 1e-6));
 
     const Tensor dy = random_tensor({2, 3, 4}, rng);
     Tensor dw = Tensor::zeros({4, 5}), dw_ref = Tensor::zeros({4, 5});

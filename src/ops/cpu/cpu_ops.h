@@ -12,8 +12,9 @@ namespace sd3::cpu {
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
           const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
-// y[M,N] = x[M,K] · w[N,K]ᵀ + b[N] (b may be null), PyTorch's nn.Linear.
-void linear_fwd(float* y, const float* x, const float* w, const float* b, int64_t M, int64_t K, int64_t N);
+// y[M,N] = alpha · x[M,K] · w[N,K]ᵀ + b[N] (b may be null), PyTorch's nn.Linear at alpha 1.
+void linear_fwd(float* y, const float* x, const float* w, const float* b, int64_t M, int64_t K, int64_t N,
+                float alpha = 1.0f);
 // dx[M,K] = alpha·dy·w (overwrites; skipped when null); dw[N,K] += alpha·dyᵀ·x; db[N] += alpha·Σ_rows dy (each
 // skipped when null).
 void linear_bwd(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w, int64_t M, int64_t K,

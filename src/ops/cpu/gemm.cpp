@@ -15,11 +15,12 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
                 static_cast<blasint>(lda), B, static_cast<blasint>(ldb), beta, C, static_cast<blasint>(ldc));
 }
 
-void linear_fwd(float* y, const float* x, const float* w, const float* b, int64_t M, int64_t K, int64_t N) {
+void linear_fwd(float* y, const float* x, const float* w, const float* b, int64_t M, int64_t K, int64_t N,
+                float alpha) {
     if (b != nullptr) {
         for (int64_t i = 0; i < M; ++i) std::memcpy(y + i * N, b, static_cast<size_t>(N) * sizeof(float));
     }
-    gemm(false, true, M, N, K, 1.0f, x, K, w, K, b != nullptr ? 1.0f : 0.0f, y, N);
+    gemm(false, true, M, N, K, alpha, x, K, w, K, b != nullptr ? 1.0f : 0.0f, y, N);
 }
 
 void linear_bwd(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w, int64_t M, int64_t K,

@@ -64,11 +64,11 @@ void gemm(const Exec& ex, bool trans_a, bool trans_b, int64_t M, int64_t N, int6
           int64_t lda, const void* B, int64_t ldb, float beta, void* C, int64_t ldc, DType ab, DType c,
           const void* bias = nullptr, Epilogue epi = Epilogue::NONE, void* aux = nullptr);
 
-// y[M,N] = epi(x[M,K]·w[N,K]ᵀ + b[N]) (b may be null): NONE, GELU or GELU_AUX (pre[M,N] gets the
+// y[M,N] = epi(alpha·x[M,K]·w[N,K]ᵀ + b[N]) (b may be null): NONE, GELU or GELU_AUX (pre[M,N] gets the
 // pre-activation). The fused GELU sees the float32 pre-activation, where the separate ops would round it to dt
 // first.
 void linear_fwd(const Exec& ex, void* y, const void* x, const void* w, const void* b, int64_t M, int64_t K, int64_t N,
-                DType dt, Epilogue epi = Epilogue::NONE, void* pre = nullptr);
+                DType dt, Epilogue epi = Epilogue::NONE, void* pre = nullptr, float alpha = 1.0f);
 // dpre[M,K] = (dy[M,N]·w[N,K]) * GELU'(pre[M,K]): the input gradient of a linear layer whose input was GELU(pre),
 // carried through that GELU in the GEMM's epilogue.
 void linear_bwd_dgelu(const Exec& ex, void* dpre, const void* dy, const void* w, const void* pre, int64_t M,

@@ -447,9 +447,9 @@ void gemm(const Exec& ex, bool trans_a, bool trans_b, int64_t M, int64_t N, int6
 }
 
 void linear_fwd(const Exec& ex, void* y, const void* x, const void* w, const void* b, int64_t M, int64_t K, int64_t N,
-                DType dt, Epilogue epi, void* pre) {
+                DType dt, Epilogue epi, void* pre, float alpha) {
     SD3_ASSERT(epi != Epilogue::DGELU, "linear_fwd: DGELU is a backward epilogue (linear_bwd_dgelu)");
-    gemm(ex, false, true, M, N, K, 1.0f, x, K, w, K, 0.0f, y, N, dt, dt, b, epi, pre);
+    gemm(ex, false, true, M, N, K, alpha, x, K, w, K, 0.0f, y, N, dt, dt, b, epi, pre);
 }
 
 void linear_bwd_dgelu(const Exec& ex, void* dpre, const void* dy, const void* w, const void* pre, int64_t M,

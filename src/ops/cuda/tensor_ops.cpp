@@ -209,7 +209,8 @@ Tensor convert(const Tensor& t, DType dtype) {
 }
 
 namespace {
-Tensor linear_with(const Tensor& x_in, const Tensor& w_in, const Tensor& b_in, Epilogue epi, Tensor* pre) {
+Tensor linear_with(const Tensor& x_in, const Tensor& w_in, const Tensor& b_in, Epilogue epi, Tensor* pre,
+                   float alpha = 1.0f) {
     require(x_in, x_in, "linear input");
     require(w_in, x_in, "linear weight");
     const Tensor x = contiguous(x_in), w = contiguous(w_in), b = contig_or_empty(b_in);
@@ -222,12 +223,14 @@ Tensor linear_with(const Tensor& x_in, const Tensor& w_in, const Tensor& b_in, E
     Tensor y = Tensor::empty(with_last(x.shape(), N), x.dtype(), x.device());
     if (pre != nullptr) *pre = Tensor::empty(y.shape(), y.dtype(), y.device());
     linear_fwd(ctx_of(x).exec(), y.raw(), x.raw(), w.raw(), ptr_or_null(b), x.numel() / K, K, N, x.dtype(), epi,
-               pre != nullptr ? pre->raw() : nullptr);
+               pre != nullptr ? pre->raw() : nullptr, alpha);
     return y;
 }
 }  // namespace
 
-Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) { return linear_with(x, w, b, Epilogue::NONE, nullptr); }
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b, float alpha) {
+    return linear_with(x, w, b, Epilogue::NONE, nullptr, alpha);
+}
 Tensor linear_gelu_tanh(const Tensor& x, const Tensor& w, const Tensor& b, Tensor* pre) {
     return linear_with(x, w, b, pre != nullptr ? Epilogue::GELU_AUX : Epilogue::GELU, pre);
 }

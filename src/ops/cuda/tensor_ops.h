@@ -48,7 +48,7 @@ void wait_side_copy(int index, int ticket);
 void copy(const Tensor& dst, const Tensor& src);
 Tensor convert(const Tensor& t, DType dtype);
 
-Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b);
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b, float alpha);
 Tensor linear_gelu_tanh(const Tensor& x, const Tensor& w, const Tensor& b, Tensor* pre);
 Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps);
 Tensor rms_norm(const Tensor& x, const Tensor& w, float eps);

@@ -115,20 +115,6 @@ void linear_acc_(Tensor& y, const Tensor& x_in, const Tensor& w_in, float alpha,
                1.0f, y.raw(), N, y.dtype(), y.dtype());
 }
 
-Tensor linear_scaled(const Tensor& x_in, const Tensor& w_in, float alpha, const Tensor& b_in) {
-    require(x_in, x_in, "linear_scaled x");
-    require(w_in, x_in, "linear_scaled w");
-    if (b_in.defined()) require(b_in, x_in, "linear_scaled bias");
-    const Tensor x = contiguous(x_in), w = contiguous(w_in), b = b_in.defined() ? contiguous(b_in) : Tensor();
-    const int64_t N = w.size(0), K = w.size(1);
-    Shape shape = x.shape();
-    shape.back() = N;
-    Tensor y = Tensor::empty(shape, x.dtype(), x.device());
-    cuda::gemm(ctx_of(x).exec(), false, true, x.numel() / K, N, K, alpha, x.raw(), K, w.raw(), K, 0.0f, y.raw(), N,
-               x.dtype(), x.dtype(), b.defined() ? b.raw() : nullptr);
-    return y;
-}
-
 Tensor layer_norm_fwd(const Tensor& x_in, float eps, Tensor* mean, Tensor* rstd) {
     require(x_in, x_in, "layer_norm input");
     const Tensor x = contiguous(x_in);

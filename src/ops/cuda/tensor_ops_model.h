@@ -21,7 +21,6 @@ Tensor copy(const Tensor& x);
 Tensor linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor* dw, Tensor* db, bool need_dx,
                        float alpha);
 void linear_acc_(Tensor& y, const Tensor& x, const Tensor& w, float alpha, bool w_is_kn);
-Tensor linear_scaled(const Tensor& x, const Tensor& w, float alpha, const Tensor& b);
 Tensor linear_backward_gelu_tanh(const Tensor& dy, const Tensor& w, const Tensor& pre);
 Tensor layer_norm_fwd(const Tensor& x, float eps, Tensor* mean, Tensor* rstd);
 Tensor layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& mean, const Tensor& rstd, const Tensor& add);
