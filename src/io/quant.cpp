@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "core/check.h"
 #include "core/dtype.h"
@@ -109,6 +110,31 @@ Tensor QuantizedMatrix::dequantize() const {
     return out;
 }
 
+namespace {
+// Calls fn(begin, values, count) on consecutive runs of `chunk` elements of w (the last may be shorter), each run
+// converted to float32 (exact for every float dtype) in a buffer of its thread. Runs go to threads in parallel, so
+// fn must write only its own run's outputs. No float32 copy of the whole weight is made: a T5-XXL feed-forward
+// weight would be 168 MB of it, written and read again by one thread (half of an int8 load's time before).
+template <typename Fn>
+void for_each_f32_run(const Tensor& w, int64_t chunk, Fn fn) {
+    const int64_t n = w.numel();
+    if (n == 0) return;
+    const int64_t runs = (n + chunk - 1) / chunk;
+    const char* src = static_cast<const char*>(w.raw());
+    const size_t elem = dtype_size(w.dtype());
+#pragma omp parallel if (n > (1 << 16))
+    {
+        std::vector<float> buf(static_cast<size_t>(std::min(chunk, n)));
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < runs; ++r) {
+            const int64_t begin = r * chunk, count = std::min(chunk, n - begin);
+            convert_elements(src + begin * static_cast<int64_t>(elem), w.dtype(), buf.data(), DType::F32, count);
+            fn(begin, buf.data(), count);
+        }
+    }
+}
+}  // namespace
+
 QuantizedMatrix quantize_matrix(const Tensor& w_in, QuantFormat format, int64_t nf4_block_size) {
     SD3_ASSERT(w_in.dim() == 2 && dtype_is_float(w_in.dtype()) && w_in.device().is_cpu(),
                "quantize_matrix: expected a 2-D float CPU tensor, got ", w_in.describe());
@@ -124,32 +150,52 @@ QuantizedMatrix quantize_matrix(const Tensor& w_in, QuantFormat format, int64_t 
         q.data = w_in.contiguous();
         return q;
     }
-    const Tensor w = w_in.to(DType::F32).contiguous();  // [rows, cols] f32 (exact for every float source)
-    const float* src = w.data<float>();
+    const Tensor w = w_in.contiguous();  // [rows, cols] as stored
     const int64_t n = w.numel();
+    constexpr int64_t kRun = int64_t{1} << 14;  // elements per run of the element-wise formats
     switch (format) {
         case QuantFormat::F32:
         case QuantFormat::F16:
-        case QuantFormat::BF16:
-            q.data = w.to(storage);  // round to nearest even
+        case QuantFormat::BF16: {  // round to nearest even
+            q.data = Tensor::empty({q.rows, q.cols}, storage);
+            char* dst = static_cast<char*>(q.data.raw());
+            const int64_t elem = static_cast<int64_t>(dtype_size(storage));
+            for_each_f32_run(w, kRun, [&](int64_t begin, const float* v, int64_t count) {
+                convert_elements(v, DType::F32, dst + begin * elem, storage, count);
+            });
             break;
+        }
         case QuantFormat::FP8_E4M3: {
             q.data = Tensor::empty({q.rows, q.cols}, DType::F8_E4M3);
             uint8_t* dst = q.data.data<uint8_t>();
-#pragma omp parallel for if (n > (1 << 16))
-            for (int64_t i = 0; i < n; ++i) dst[i] = f32_to_f8e4m3_saturate(src[i]);
+            for_each_f32_run(w, kRun, [&](int64_t begin, const float* v, int64_t count) {
+                for (int64_t i = 0; i < count; ++i) dst[begin + i] = f32_to_f8e4m3_saturate(v[i]);
+            });
             break;
         }
-        case QuantFormat::INT8_ROW:
+        case QuantFormat::INT8_ROW: {  // a run is a row
             q.data = Tensor::empty({q.rows, q.cols}, DType::I8);
             q.scale = Tensor::empty({q.rows}, DType::F32);
-            quantize_int8_rows(src, q.rows, q.cols, q.data.data<int8_t>(), q.scale.data<float>());
+            int8_t* dst = q.data.data<int8_t>();
+            float* absmax = q.scale.data<float>();
+            for_each_f32_run(w, q.cols, [&](int64_t begin, const float* v, int64_t) {
+                quantize_int8_rows(v, 1, q.cols, dst + begin, absmax + begin / q.cols);
+            });
             break;
-        case QuantFormat::NF4:
+        }
+        case QuantFormat::NF4: {  // a run is whole blocks; blocks are even-sized, so runs start on a byte
+            SD3_ASSERT(nf4_block_size > 0 && nf4_block_size % 2 == 0, "NF4 block size must be even, got ",
+                       nf4_block_size);
             q.data = Tensor::empty({(n + 1) / 2}, DType::U8);
             q.scale = Tensor::empty({(n + nf4_block_size - 1) / nf4_block_size}, DType::F32);
-            quantize_nf4(src, n, nf4_block_size, q.data.data<uint8_t>(), q.scale.data<float>());
+            uint8_t* packed = q.data.data<uint8_t>();
+            float* absmax = q.scale.data<float>();
+            const int64_t run = std::max<int64_t>(1, kRun / nf4_block_size) * nf4_block_size;
+            for_each_f32_run(w, run, [&](int64_t begin, const float* v, int64_t count) {
+                quantize_nf4(v, count, nf4_block_size, packed + begin / 2, absmax + begin / nf4_block_size);
+            });
             break;
+        }
     }
     return q;
 }

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <random>
 
@@ -178,6 +179,49 @@ TEST(Quant, MatrixFormatsDequantizeWithinTheirPrecision) {
                     bound = c.rel * std::fabs(ref[i]) + c.abs_floor;
                 }
                 ASSERT_LE(std::fabs(got[i] - ref[i]), bound) << "element " << i << " ref " << ref[i] << " got " << got[i];
+            }
+        }
+    }
+}
+
+TEST(Quant, MatrixFromEveryStoredDtypeMatchesTheArrayQuantizersOnItsFloat32Values) {
+    // quantize_matrix converts and quantizes run by run in parallel; the array quantizers on the whole weight's
+    // float32 values are the specification. 257 x 333 = 85581 elements take the parallel path, the odd width puts
+    // NF4 blocks and fp8 runs across rows, and the last NF4 block is short (13 elements).
+    const int64_t rows = 257, cols = 333, n = rows * cols;
+    const Tensor w32 = random_matrix(rows, cols, 7, 0.05f);
+    for (DType stored : {DType::F32, DType::BF16, DType::F16, DType::F8_E4M3}) {
+        const Tensor w = w32.to(stored);
+        const Tensor f = w.to(DType::F32);
+        const float* v = f.data<float>();
+        for (QuantFormat fmt : {QuantFormat::F32, QuantFormat::F16, QuantFormat::BF16, QuantFormat::FP8_E4M3,
+                                QuantFormat::INT8_ROW, QuantFormat::NF4}) {
+            SCOPED_TRACE(str_cat(dtype_name(stored), " as ", cpu::quant_format_name(fmt)));
+            const QuantizedMatrix q = quantize_matrix(w, fmt);
+            std::vector<uint8_t> want_data;
+            std::vector<float> want_scale;
+            if (fmt == QuantFormat::INT8_ROW) {
+                want_data.resize(static_cast<size_t>(n));
+                want_scale.resize(static_cast<size_t>(rows));
+                quantize_int8_rows(v, rows, cols, reinterpret_cast<int8_t*>(want_data.data()), want_scale.data());
+            } else if (fmt == QuantFormat::NF4) {
+                want_data.resize(static_cast<size_t>((n + 1) / 2));
+                want_scale.resize(static_cast<size_t>((n + 63) / 64));
+                quantize_nf4(v, n, 64, want_data.data(), want_scale.data());
+            } else if (fmt == QuantFormat::FP8_E4M3) {
+                for (int64_t i = 0; i < n; ++i) want_data.push_back(f32_to_f8e4m3_saturate(v[i]));
+            } else {
+                const Tensor cast = f.to(quant_format_storage_dtype(fmt));
+                const auto* b = static_cast<const uint8_t*>(cast.raw());
+                want_data.assign(b, b + cast.nbytes());
+            }
+            ASSERT_EQ(q.data.nbytes(), want_data.size());
+            EXPECT_EQ(std::memcmp(q.data.raw(), want_data.data(), want_data.size()), 0);
+            if (want_scale.empty()) {
+                EXPECT_FALSE(q.scale.defined());
+            } else {
+                ASSERT_EQ(q.scale.numel(), static_cast<int64_t>(want_scale.size()));
+                EXPECT_EQ(std::memcmp(q.scale.raw(), want_scale.data(), want_scale.size() * sizeof(float)), 0);
             }
         }
     }
