@@ -112,6 +112,10 @@ Status run_generate(const CLI::App* sub, GenerateCliOptions& o) {
     if (max_vram_bytes(o.device) > 0 && !placement.on_cpu()) {  // the CPU streams nothing
         popt.transformer_max_resident_bytes = max_vram_bytes(o.device);
         popt.text.t5_max_resident_bytes = popt.transformer_max_resident_bytes;
+    } else {
+        // The decode has the device to itself (the transformer is freed first) and stays below the prompt
+        // encoding's peak with every convolution on cuDNN (docs/benchmarks.md, run 13).
+        set_conv_copy_limit(placement.device, SIZE_MAX);
     }
     popt.text.t5.format = *t5_format;
     popt.text.clip_skip = o.clip_skip;

@@ -145,6 +145,14 @@ void set_deterministic_attention(Device device, bool on) {
 #endif
 }
 
+void set_conv_copy_limit(Device device, size_t bytes) {
+#ifdef SD3_HAVE_CUDA
+    if (!device.is_cpu()) cuda::tensor_ops::set_conv_copy_limit(device.index, bytes);
+#else
+    (void)device, (void)bytes;
+#endif
+}
+
 DeviceGraph::~DeviceGraph() {
 #ifdef SD3_HAVE_CUDA
     if (graph_ != nullptr) cuda::tensor_ops::graph_destroy(device_.index, graph_);

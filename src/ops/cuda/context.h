@@ -48,6 +48,10 @@ class Context {
     // one that sums dQ with atomics (Exec::deterministic_attention); every later exec() carries the choice.
     void set_deterministic_attention(bool on) { deterministic_attention_ = on; }
     bool deterministic_attention() const { return deterministic_attention_; }
+    // Convolutions whose input and output together pass this many bytes run on im2col with its capped scratch
+    // instead of cuDNN on channels-last copies of both (faster, but the copies cost memory: ops::conv2d).
+    void set_conv_copy_limit(size_t bytes) { conv_copy_limit_ = bytes; }
+    size_t conv_copy_limit() const { return conv_copy_limit_; }
 
     // CUDA graphs of the stream's work: begin_capture() starts recording (this thread's work on the stream is
     // recorded, not run); end_capture() returns the instantiated graph, or null when the recording failed (a call
@@ -94,6 +98,7 @@ class Context {
     size_t scratch_bytes_ = 0;
     detail::CudnnState* dnn_ = nullptr;  // null: no cuDNN attention on this device
     bool deterministic_attention_ = true;
+    size_t conv_copy_limit_ = size_t{512} << 20;  // keeps a 1024² decode's 256-channel layers on im2col
 
     // Pinned staging buffers of upload_async / start_download, each free again once its event has completed.
     struct Staging {

@@ -65,6 +65,7 @@ MemoryStats memory_stats(int index) { return Context::get(index).memory_stats();
 void reset_peak_memory(int index) { Context::get(index).reset_peak_memory(); }
 void release_workspace(int index) { Context::get(index).release_scratch(); }
 void set_deterministic_attention(int index, bool on) { Context::get(index).set_deterministic_attention(on); }
+void set_conv_copy_limit(int index, size_t bytes) { Context::get(index).set_conv_copy_limit(bytes); }
 void capture_begin(int index) { Context::get(index).begin_capture(); }
 void* capture_end(int index) { return Context::get(index).end_capture(); }
 void graph_launch(int index, void* graph) { Context::get(index).launch_graph(static_cast<cudaGraphExec_t>(graph)); }
@@ -284,12 +285,12 @@ Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor& b_in, int64_
     Context& ctx = ctx_of(x);
     const ConvShape shape{x.size(0), x.size(1), x.size(2), x.size(3), w.size(0), w.size(2), w.size(3), stride, pad};
     // cuDNN on channels-last copies: x and w transposed in, the result transposed out with the bias added. The
-    // copies cost memory: convolutions whose input and output together pass 512 MiB (the 256-channel ones of a
-    // 1024² decode) keep im2col, whose scratch is capped, so the VAE's peak stays where it was; 1x1 convolutions
+    // copies cost memory: convolutions whose input and output together pass the context's limit (by default
+    // 512 MiB: the 256-channel ones of a 1024² decode) keep im2col, whose scratch is capped; 1x1 convolutions
     // need no im2col at all.
     const bool pointwise = shape.kh == 1 && shape.kw == 1 && stride == 1 && pad == 0;
     const size_t io_bytes = x.nbytes() + static_cast<size_t>(shape_numel(y_shape)) * dtype_size(x.dtype());
-    const int64_t ws = pointwise || io_bytes > (size_t{512} << 20)
+    const int64_t ws = pointwise || io_bytes > ctx.conv_copy_limit()
                            ? -1
                            : detail::cudnn_conv2d_nhwc_workspace(ctx.exec(), shape, x.dtype());
     if (ws >= 0) {

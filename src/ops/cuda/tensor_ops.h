@@ -21,6 +21,7 @@ MemoryStats memory_stats(int index);
 void reset_peak_memory(int index);
 void release_workspace(int index);
 void set_deterministic_attention(int index, bool on);
+void set_conv_copy_limit(int index, size_t bytes);
 void profiler_capture(bool on);
 // Context::begin_capture / end_capture (null: the recording failed) / launch_graph / destroy_graph.
 void capture_begin(int index);
