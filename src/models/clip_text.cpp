@@ -107,17 +107,20 @@ Result<Tensor> embedding_lookup(const Tensor& table, const Tensor& ids, const st
         return make_error(ErrorCode::INVALID_ARGUMENT, what, ": token ids must be a contiguous int32/int64 [batch, tokens] tensor, got ",
                           ids.describe());
     const int64_t B = ids.size(0), T = ids.size(1), V = table.size(0), D = table.size(1);
-    Tensor out = Tensor::empty({B, T, D}, DType::F32);  // [B, T, D]
-    const size_t row_bytes = static_cast<size_t>(D) * dtype_size(table.dtype());
     for (int64_t b = 0; b < B; ++b)
         for (int64_t t = 0; t < T; ++t) {
             const int64_t id = id_at(ids, b, t);
             if (id < 0 || id >= V)
                 return make_error(ErrorCode::INVALID_ARGUMENT, what, ": token id ", id, " at [", b, ", ", t,
                                   "] is outside the vocabulary of ", V, " (wrong tokenizer for this model?)");
-            convert_elements(static_cast<const char*>(table.raw()) + id * row_bytes, table.dtype(),
-                             out.data<float>() + (b * T + t) * D, DType::F32, D);
         }
+    Tensor out = Tensor::empty({B, T, D}, DType::F32);  // [B, T, D]
+    const size_t row_bytes = static_cast<size_t>(D) * dtype_size(table.dtype());
+    // Rows in parallel: a T5 batch of 8 x 256 tokens gathers 34 MB of float32 rows.
+#pragma omp parallel for if (B * T * D > (1 << 16))
+    for (int64_t r = 0; r < B * T; ++r)
+        convert_elements(static_cast<const char*>(table.raw()) + id_at(ids, r / T, r % T) * row_bytes, table.dtype(),
+                         out.data<float>() + r * D, DType::F32, D);
     return out;
 }
 

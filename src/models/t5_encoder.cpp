@@ -3,6 +3,8 @@
 #include "models/t5_encoder.h"
 
 #include <cmath>
+#include <map>
+#include <vector>
 #include <nlohmann/json.hpp>
 
 #include "core/check.h"
@@ -151,14 +153,16 @@ Result<Tensor> T5Encoder::embed(const Tensor& ids) const {
 
 Tensor T5Encoder::position_bias(int64_t length) const {
     const int64_t H = config_.num_heads, L = length;
+    // The bucket depends on j - i alone: one per offset, then each head's rows are written in order.
+    std::vector<int64_t> bucket(static_cast<size_t>(2 * L - 1));  // [offset + L - 1]
+    for (int64_t d = -(L - 1); d < L; ++d)
+        bucket[d + L - 1] = t5_relative_position_bucket(d, config_.num_buckets, config_.max_distance);
     Tensor bias = Tensor::empty({H, L, L}, DType::F32);  // [H, Lq, Lk]
     const float* table = weights_.relative_attention_bias.data<float>();  // [buckets, H]
     float* out = bias.data<float>();
-    for (int64_t i = 0; i < L; ++i)
-        for (int64_t j = 0; j < L; ++j) {
-            const int64_t bucket = t5_relative_position_bucket(j - i, config_.num_buckets, config_.max_distance);
-            for (int64_t h = 0; h < H; ++h) out[(h * L + i) * L + j] = table[bucket * H + h];
-        }
+    for (int64_t h = 0; h < H; ++h)
+        for (int64_t i = 0; i < L; ++i)
+            for (int64_t j = 0; j < L; ++j) out[(h * L + i) * L + j] = table[bucket[j - i + L - 1] * H + h];
     return bias;
 }
 
@@ -200,11 +204,14 @@ void place_block(nn::WeightPlacer& placer, T5BlockWeights& b) {
 Result<std::vector<Tensor>> T5Encoder::forward_batches(const std::vector<Tensor>& ids) const {
     const nn::Placement& p = placement_;
     std::vector<Tensor> xs, biases;
+    std::map<int64_t, Tensor> bias_of_length;  // batches of one length share their bias
     for (const Tensor& batch : ids) {
         SD3_ASSIGN_OR_RETURN(Tensor x, embed(batch));  // [B, L, D]
         xs.push_back(nn::to_placement(x, p));
         // [H, L, L], once (T5Stack passes block 0's on)
-        biases.push_back(nn::to_placement(position_bias(batch.size(1)), p));
+        Tensor& bias = bias_of_length[batch.size(1)];
+        if (!bias.defined()) bias = nn::to_placement(position_bias(batch.size(1)), p);
+        biases.push_back(bias);
     }
     for (size_t i = 0; i < weights_.blocks.size(); ++i) {
         const T5BlockWeights* w = &weights_.blocks[i];

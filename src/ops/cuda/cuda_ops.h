@@ -84,7 +84,8 @@ void linear_bwd(const Exec& ex, void* dx, void* dw, void* db, const void* dy, co
 // dst [w.rows, w.cols] in dtype dt: the CPU spec's dequantize_rows, then one rounding to dt.
 void dequantize(const Exec& ex, void* dst, DType dt, const cpu::QuantWeightView& w);
 // y[M, w.rows] = x[M, w.cols] · dequant(w)ᵀ + b: dequantizes into the scratch (rows*cols elements of dt), then
-// linear_fwd (cpu::quant_linear_fwd's result, to the dtype's rounding).
+// linear_fwd (cpu::quant_linear_fwd's result, to the dtype's rounding). A weight stored in dt itself needs no
+// scratch: the GEMM reads it in place.
 size_t linear_fwd_quantized_workspace(const cpu::QuantWeightView& w, DType dt);
 void linear_fwd_quantized(const Exec& ex, void* y, const void* x, const cpu::QuantWeightView& w, const void* b,
                           int64_t M, DType dt);

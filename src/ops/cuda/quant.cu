@@ -62,12 +62,25 @@ void dequantize(const Exec& ex, void* dst, DType dt, const QuantWeightView& w) {
     SD3_CUDA_LAUNCHED();
 }
 
+namespace {
+// A weight stored in the compute dtype (T5 kept in bf16, say) is its own dequantization: the GEMM reads it where
+// it is, without a copy into the scratch.
+bool stored_in(const QuantWeightView& w, DType dt) {
+    return (w.format == QuantFormat::F32 && dt == DType::F32) || (w.format == QuantFormat::F16 && dt == DType::F16) ||
+           (w.format == QuantFormat::BF16 && dt == DType::BF16);
+}
+}  // namespace
+
 size_t linear_fwd_quantized_workspace(const QuantWeightView& w, DType dt) {
-    return static_cast<size_t>(w.rows * w.cols) * dtype_size(dt);
+    return stored_in(w, dt) ? 0 : static_cast<size_t>(w.rows * w.cols) * dtype_size(dt);
 }
 
 void linear_fwd_quantized(const Exec& ex, void* y, const void* x, const QuantWeightView& w, const void* b, int64_t M,
                           DType dt) {
+    if (stored_in(w, dt)) {
+        linear_fwd(ex, y, x, w.data, b, M, w.cols, w.rows, dt);
+        return;
+    }
     SD3_ASSERT(ex.scratch_bytes >= linear_fwd_quantized_workspace(w, dt), "linear_fwd_quantized: scratch of ",
                ex.scratch_bytes, " bytes, needs ", linear_fwd_quantized_workspace(w, dt));
     dequantize(ex, ex.scratch, dt, w);
