@@ -96,6 +96,11 @@ Status encode_prompt(const EncodePromptOptions& o) {
     m["prompts"] = prompts.size();
     m["seconds"] = encoders.timings().run_seconds;
     m["load_seconds"] = encoders.timings().load_seconds;
+    for (TextEncoderId id : {TextEncoderId::CLIP_L, TextEncoderId::CLIP_G, TextEncoderId::T5}) {
+        const std::string name = text_encoder_name(id);
+        m["seconds_by_encoder"][name] = encoders.timings().run_seconds_by_encoder[static_cast<int>(id)];
+        m["load_seconds_by_encoder"][name] = encoders.timings().load_seconds_by_encoder[static_cast<int>(id)];
+    }
     m["t5_dtype"] = o.t5_dtype;
     return write_metrics(o.device, placement, m);
 }

@@ -84,7 +84,9 @@ Status TextEncoders::load(TextEncoderId id) {
     const auto t0 = std::chrono::steady_clock::now();
     SD3_TRY(load_now(id));
     synchronize(options_.placement.device);
-    timings_.load_seconds += seconds_since(t0);
+    const double seconds = seconds_since(t0);
+    timings_.load_seconds += seconds;
+    timings_.load_seconds_by_encoder[static_cast<int>(id)] += seconds;
     return {};
 }
 
@@ -246,7 +248,9 @@ Result<std::vector<PromptEmbeds>> TextEncoders::encode_tokens(const std::vector<
                 }
             }
         }
-        timings_.run_seconds += seconds_since(t0);  // outputs are on the CPU: the device is done
+        const double seconds = seconds_since(t0);  // outputs are on the CPU: the device is done
+        timings_.run_seconds += seconds;
+        timings_.run_seconds_by_encoder[static_cast<int>(id)] += seconds;
         if (!was_loaded) release(id);
     }
     std::vector<PromptEmbeds> out;

@@ -97,9 +97,11 @@ class TextEncoders {
                                                      const std::vector<std::string>& prompts,
                                                      bool with_clip_skip = true);
 
-    // Seconds spent loading encoders (reading, quantizing, moving to the device) and running them, since creation.
+    // Seconds spent loading encoders (reading, quantizing, moving to the device) and running them, since creation,
+    // in all and per encoder (indexed by TextEncoderId).
     struct Timings {
         double load_seconds = 0, run_seconds = 0;
+        double load_seconds_by_encoder[3] = {}, run_seconds_by_encoder[3] = {};
     };
     const Timings& timings() const { return timings_; }
 

@@ -60,7 +60,7 @@ printf 'a photo of sks dog\n\na cat\r\nblurry, low quality\n' > "$tmp/prompts.tx
 "$bin" encode-prompt --model "$model" --prompts-file "$tmp/prompts.txt" --max-sequence-length 77 --t5-dtype f32 \
     --device cpu --output "$tmp/many.safetensors" --metrics-json "$tmp/m.json" >/dev/null
 "$bin" info "$tmp/many.safetensors" | grep -q "^  prompt_embeds  *F32 *\[3, 154, 64\]" || fail "stacked prompt_embeds"
-for key in '"prompts": 3' '"seconds"' '"load_seconds"' '"peak_gpu_bytes"' '"device": "cpu"'; do
+for key in '"prompts": 3' '"seconds"' '"load_seconds"' '"seconds_by_encoder"' '"T5 (text_encoder_3)"' '"peak_gpu_bytes"' '"device": "cpu"'; do
     grep -q "$key" "$tmp/m.json" || fail "metrics JSON lacks $key: $(cat "$tmp/m.json")"
 done
 set +e
