@@ -195,9 +195,7 @@ void store_from_double(void* data, DType dt, int64_t i, double v) {
     }
 }
 
-namespace {
-// One thread's part of convert_elements.
-void convert_run(const void* src, DType src_dt, void* dst, DType dst_dt, int64_t n) {
+void convert_elements(const void* src, DType src_dt, void* dst, DType dst_dt, int64_t n) {
     if (src_dt == dst_dt) {
         std::memcpy(dst, src, static_cast<size_t>(n) * dtype_size(src_dt));
         return;
@@ -241,23 +239,17 @@ void convert_run(const void* src, DType src_dt, void* dst, DType dst_dt, int64_t
     }
     for (int64_t i = 0; i < n; ++i) store_from_double(dst, dst_dt, i, load_as_double(src, src_dt, i));
 }
-}  // namespace
 
-void convert_elements(const void* src, DType src_dt, void* dst, DType dst_dt, int64_t n) {
-    // Large conversions (a model's weights as they load: CLIP-G's 2.8 GB of float32) go in parallel runs.
+void convert_elements_parallel(const void* src, DType src_dt, void* dst, DType dst_dt, int64_t n) {
     constexpr int64_t kRun = int64_t{1} << 16;
-    if (n <= kRun) {
-        convert_run(src, src_dt, dst, dst_dt, n);
-        return;
-    }
     const int64_t runs = (n + kRun - 1) / kRun;
     const auto* s = static_cast<const char*>(src);
     auto* d = static_cast<char*>(dst);
     const auto ss = static_cast<int64_t>(dtype_size(src_dt)), ds = static_cast<int64_t>(dtype_size(dst_dt));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (runs > 1)
     for (int64_t r = 0; r < runs; ++r) {
         const int64_t begin = r * kRun;
-        convert_run(s + begin * ss, src_dt, d + begin * ds, dst_dt, std::min(kRun, n - begin));
+        convert_elements(s + begin * ss, src_dt, d + begin * ds, dst_dt, std::min(kRun, n - begin));
     }
 }
 

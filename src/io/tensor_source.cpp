@@ -1,6 +1,8 @@
 // SafetensorsSource and WeightLoader.
 #include "io/tensor_source.h"
 
+#include "core/dtype.h"
+
 namespace sd3 {
 
 Result<std::shared_ptr<TensorSource>> SafetensorsSource::open(const std::string& path,
@@ -26,7 +28,11 @@ Result<Tensor> WeightLoader::take(const std::string& name, const Shape& expected
                           shape_str(meta->shape), " but the config implies ", shape_str(expected));
     SD3_ASSIGN_OR_RETURN(Tensor t, source_->get(name));
     taken_.insert(name);
-    return t.dtype() == dtype ? t : t.to(dtype);
+    if (t.dtype() == dtype) return t;
+    const Tensor src = t.contiguous();
+    Tensor out = Tensor::empty(src.shape(), dtype);
+    convert_elements_parallel(src.raw(), src.dtype(), out.raw(), dtype, src.numel());  // a weight: bulk work
+    return out;
 }
 
 Result<Tensor> WeightLoader::take_as_stored(const std::string& name, const Shape& expected) {
