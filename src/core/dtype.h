@@ -58,9 +58,8 @@ void store_from_double(void* data, DType dt, int64_t i, double v);
 // Converts n contiguous elements between any two types (exact where the target holds the value).
 void convert_elements(const void* src, DType src_dt, void* dst, DType dst_dt, int64_t n);
 // The same in parallel runs of 64K elements, for bulk conversions such as weights as they load (CLIP-G's 695M
-// parameters to float32). Not for paths that queue GPU work: with every conversion run this way a 1024² VAE
-// decode took 13-45 ms longer (run 48), most likely from OpenMP's workers spinning for a while after each
-// parallel region beside the thread that launches the kernels.
+// parameters to float32). Kept off the paths that queue GPU work, where OpenMP's workers, spinning for a while
+// after each parallel region, would compete with the thread that launches the kernels.
 void convert_elements_parallel(const void* src, DType src_dt, void* dst, DType dst_dt, int64_t n);
 
 }  // namespace sd3
