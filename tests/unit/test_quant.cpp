@@ -78,6 +78,12 @@ TEST(Quant, NF4RoundTripAndPacking) {
     std::vector<float> part(20);
     cpu::dequantize_rows(part.data(), v, 6, 2);
     for (int64_t i = 0; i < 20; ++i) EXPECT_EQ(part[i], w[60 + i]) << i;
+    // An odd count: the last byte holds the last code in its high nibble and 0 in the low one, whatever the
+    // buffer held before.
+    std::vector<uint8_t> odd(50, 0xff);
+    quantize_nf4(w.data(), 99, 64, odd.data(), absmax.data());
+    EXPECT_EQ(odd[49], nf4_encode(w[98] / amax[1]) << 4);
+    EXPECT_EQ(odd[0], packed[0]);
 }
 
 TEST(Quant, NF4ZeroBlockAndScaling) {
