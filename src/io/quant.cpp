@@ -50,7 +50,6 @@ uint8_t nf4_encode(float x) {
 }
 
 void quantize_int8_rows(const float* w, int64_t rows, int64_t cols, int8_t* q, float* absmax) {
-#pragma omp parallel for if (rows * cols > (1 << 16))
     for (int64_t r = 0; r < rows; ++r) {
         const float* row = w + r * cols;
         float amax = 0.0f;
@@ -67,7 +66,6 @@ void quantize_int8_rows(const float* w, int64_t rows, int64_t cols, int8_t* q, f
 void quantize_nf4(const float* w, int64_t n, int64_t block_size, uint8_t* packed, float* absmax) {
     SD3_ASSERT(block_size > 0 && block_size % 2 == 0, "NF4 block size must be even, got ", block_size);
     const int64_t blocks = (n + block_size - 1) / block_size;
-#pragma omp parallel for if (n > (1 << 16))
     for (int64_t b = 0; b < blocks; ++b) {
         const int64_t begin = b * block_size, end = std::min(n, begin + block_size);
         float amax = 0.0f;
@@ -75,7 +73,7 @@ void quantize_nf4(const float* w, int64_t n, int64_t block_size, uint8_t* packed
         absmax[b] = amax;
         const float inv = 1.0f / amax;  // bitsandbytes multiplies by the reciprocal
         // Codes 64 at a time, in a loop the compiler vectorizes, then packed; blocks are even-sized, so a byte
-        // never straddles two blocks (no race between threads).
+        // never straddles two blocks (quantize_matrix hands runs of whole blocks to threads).
         for (int64_t c0 = begin; c0 < end; c0 += 64) {
             const int64_t cn = std::min<int64_t>(64, end - c0);
             uint8_t codes[64];
